@@ -1,0 +1,106 @@
+"""One pydantic model tree for a run, loaded from YAML; every value has a default and a description."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from spin_ray.errors import ConfigError
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BodyConfig(Section):
+    model_path: Path | None = Field(
+        None, description="SMPL model file (.pkl or .npz); None uses the embedded open model"
+    )
+    joint_regressor_extra: Path | None = Field(
+        None, description="SPIN's J_regressor_extra.npy (9 dataset joints) for a real SMPL model"
+    )
+    joint_regressor_h36m: Path | None = Field(
+        None, description="SPIN's J_regressor_h36m.npy for evaluation on a real SMPL model"
+    )
+    num_betas: int = Field(10, ge=1, le=300, description="number of shape coefficients")
+
+
+class CameraConfig(Section):
+    focal_length: float = Field(5000.0, gt=0, description="focal length in pixels of the crop camera")
+    crop_size: int = Field(224, gt=0, description="side in pixels of the square crop the keypoints live in")
+
+
+class FittingConfig(Section):
+    iterations_camera: int = Field(50, ge=0, description="Adam iterations of the camera stage")
+    iterations_body: int = Field(50, ge=0, description="Adam iterations of the body stage")
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate of both stages")
+    gmof_sigma: float = Field(100.0, gt=0, description="Geman-McClure sigma in pixels")
+    pose_prior_weight: float = Field(4.78, ge=0, description="weight of the GMM pose prior")
+    angle_prior_weight: float = Field(15.2, ge=0, description="weight of the elbow/knee bending prior")
+    shape_prior_weight: float = Field(5.0, ge=0, description="weight of the quadratic shape prior")
+    depth_loss_weight: float = Field(100.0, ge=0, description="camera stage: keeps depth near its initial value")
+    pose_prior_path: Path | None = Field(
+        None, description="gmm_08.pkl of SMPLify for real SMPL; None uses the embedded open prior"
+    )
+    batch_size: int = Field(64, gt=0, description="samples fitted together")
+    valid_error_threshold: float = Field(100.0, gt=0, description="fits with a higher ranking error do not supervise")
+    max_abs_beta: float = Field(3.0, gt=0, description="fits with any |beta| above this supervise only towards the mean")
+    joints_only: bool = Field(True, description="use the joints-only forward in the loss (False: full mesh)")
+
+
+class StoreConfig(Section):
+    url: str | None = Field(None, description="redis:// or rediss:// URL; None starts an embedded redis-server")
+    url_env: str | None = Field(None, description="name of an environment variable holding the URL")
+    namespace: str = Field("default", min_length=1, description="fit-store namespace, one per run")
+    connect_timeout_s: float = Field(30.0, gt=0, description="give up connecting after this many seconds")
+
+
+class RunConfig(Section):
+    name: str = Field("spin-ray", description="run name, used in output paths")
+    seed: int = Field(0, description="seed of every random generator in the run")
+    device: str = Field("cpu", description="torch device of the trainer and fitters: cpu or cuda[:i]")
+    output_dir: Path = Field(Path("outputs"), description="folder for checkpoints, reports, store data")
+    cache_dir: Path = Field(Path(".cache"), description="folder for built assets: synthetic data, models")
+    body: BodyConfig = Field(default_factory=BodyConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    fitting: FittingConfig = Field(default_factory=FittingConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    """Render pydantic's errors as one line per problem with its dotted key path."""
+    lines = []
+    for item in err.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{path}' (typo? see spin_ray/config.py for the keys)")
+        else:
+            lines.append(f"{source}: {path}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(data: dict, source: str = "config") -> RunConfig:
+    """Validate a plain dict as a RunConfig, raising ConfigError with key paths."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML run config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return config_from_dict(data, source=str(path))

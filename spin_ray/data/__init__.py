@@ -1,0 +1,1 @@
+"""Datasets in SPIN's format, crops and augmentation, and the synthetic benchmark."""

@@ -1,0 +1,25 @@
+"""Errors meant for people: each says what was wrong and how to fix it."""
+
+
+class SpinRayError(Exception):
+    """Base class of every error spin-ray raises on purpose."""
+
+
+class ConfigError(SpinRayError):
+    """A run config is missing, malformed or has invalid values."""
+
+
+class BodyModelError(SpinRayError):
+    """A body model file is missing, unsafe, truncated or has wrong shapes."""
+
+
+class InputError(SpinRayError):
+    """Parameters or keypoints passed to a public function have the wrong shape or values."""
+
+
+class FitStoreError(SpinRayError):
+    """The fit store rejected a read or write, or Redis could not be reached."""
+
+
+class DataError(SpinRayError):
+    """A dataset file or image is missing or malformed."""

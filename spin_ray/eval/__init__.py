@@ -1,0 +1,1 @@
+"""Evaluation: MPJPE, PA-MPJPE and PVE."""

@@ -1,0 +1,1 @@
+"""Ray actors: the trainer actor, the fitter pool and the prediction stream."""

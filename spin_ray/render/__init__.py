@@ -1,0 +1,1 @@
+"""Headless mesh rendering with moderngl over EGL."""

@@ -1,0 +1,1 @@
+"""The fit store: Redis-backed fit dictionary with keep-best writes, an embedded server, curation."""

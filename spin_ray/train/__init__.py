@@ -1,0 +1,1 @@
+"""Losses, the training step and the single-process trainer."""
