@@ -121,8 +121,11 @@ SPIN49_TO_DATASET24: tuple[int, ...] = tuple(range(NUM_OPENPOSE, NUM_KEYPOINTS))
 # OpenPose torso joints that SPIN's camera stage uses, and the dataset hips it ignores there.
 OPENPOSE_TORSO_NAMES: tuple[str, ...] = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
 SPIN49_TORSO: tuple[int, ...] = tuple(SPIN49_NAMES.index(n) for n in OPENPOSE_TORSO_NAMES)
-# Joints whose 2D location SPIN ignores in fitting (the OpenPose hips disagree with SMPL's hips).
-SPIN49_IGNORED_IN_FIT: tuple[int, ...] = tuple(SPIN49_NAMES.index(n) for n in ("OP RHip", "OP LHip", "OP MidHip"))
+# Joints whose 2D location SMPLify's body stage ignores: OpenPose's hips sit elsewhere than SMPL's.
+SPIN49_IGNORED_IN_FIT: tuple[int, ...] = tuple(SPIN49_NAMES.index(n) for n in ("OP RHip", "OP LHip"))
+# Dataset torso joints the camera stage falls back to when the OpenPose torso is not fully visible.
+DATASET_TORSO_NAMES: tuple[str, ...] = ("Right Hip", "Left Hip", "Right Shoulder", "Left Shoulder")
+SPIN49_DATASET_TORSO: tuple[int, ...] = tuple(SPIN49_NAMES.index(n) for n in DATASET_TORSO_NAMES)
 
 
 def flip_keypoints(points: torch.Tensor, perm: tuple[int, ...] = SPIN49_FLIP_PERM) -> torch.Tensor:

@@ -1,0 +1,47 @@
+"""Run config: defaults, YAML loading and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from spin_ray.config import RunConfig, config_from_dict, load_config
+from spin_ray.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_are_the_paper_values():
+    cfg = RunConfig()
+    assert cfg.camera.focal_length == 5000 and cfg.camera.crop_size == 224
+    f = cfg.fitting
+    assert (f.iterations_camera, f.iterations_body, f.lr, f.gmof_sigma) == (50, 50, 1e-2, 100)
+    assert (f.pose_prior_weight, f.angle_prior_weight, f.shape_prior_weight) == (4.78, 15.2, 5.0)
+    assert f.valid_error_threshold == 100 and f.max_abs_beta == 3
+
+
+def test_typo_names_the_key_path():
+    with pytest.raises(ConfigError, match=r"unknown key 'fitting.iteration_body'"):
+        config_from_dict({"fitting": {"iteration_body": 3}})
+
+
+def test_bad_value_names_the_key_and_value():
+    with pytest.raises(ConfigError, match=r"camera.focal_length: .*greater than 0.*-1"):
+        config_from_dict({"camera": {"focal_length": -1}})
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fitting: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(scalar)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_shipped_configs_validate(name):
+    load_config(CONFIGS / name)
