@@ -1,0 +1,163 @@
+"""What a stored fit is: pydantic models for the store's edges and the checked byte packing of payloads.
+
+A record is one hash in Redis. Its pose and betas are raw little-endian float32 bytes; every other
+field is a decimal string. Nothing read from Redis is ever unpickled: bytes become arrays only after
+their length has been checked against the schema below.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from spin_ray.errors import FitStoreError
+
+SCHEMA_VERSION = 1
+POSE_SIZE = 72  # 24 SMPL joints x axis-angle, canonical frame
+BETAS_SIZE = 10
+FLOAT32_LE = np.dtype("<f4")
+POSE_BYTES = POSE_SIZE * FLOAT32_LE.itemsize
+BETAS_BYTES = BETAS_SIZE * FLOAT32_LE.itemsize
+
+Source = Literal["static", "loop", "gt"]
+SOURCES: tuple[str, ...] = ("static", "loop", "gt")
+
+# Names end up inside Redis keys separated by ':'; a conservative alphabet keeps keys unambiguous.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+# Field names of a record hash, in the order batch reads ask for them.
+RECORD_FIELDS: tuple[str, ...] = ("pose", "betas", "error", "step", "source", "updates", "time")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Return `name` if it can be part of a Redis key, else raise FitStoreError saying why."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise FitStoreError(
+            f"{kind} name {name!r} is not allowed: use 1-128 characters from letters, digits, '_', '.', '-' "
+            f"starting with a letter or digit (':' separates key parts and cannot appear in a name)"
+        )
+    return name
+
+
+def check_source(source: str) -> str:
+    """Return `source` if it is one of the known fit sources, else raise FitStoreError."""
+    if source not in SOURCES:
+        raise FitStoreError(f"unknown fit source {source!r}: expected one of {', '.join(SOURCES)}")
+    return source
+
+
+def unpack_floats(key: str, field: str, data: bytes | None, size: int) -> np.ndarray:
+    """Decode a little-endian float32 payload of exactly `size` values, naming the key if it is wrong."""
+    expected = size * FLOAT32_LE.itemsize
+    if data is None or len(data) != expected:
+        got = "no" if data is None else str(len(data))
+        raise FitStoreError(
+            f"record {key} has {got} bytes of {field}, expected {expected} "
+            f"(store written by another schema version?)"
+        )
+    return np.frombuffer(data, dtype=FLOAT32_LE).astype(np.float32)
+
+
+def parse_number(key: str, field: str, data: bytes | None, kind: type) -> float | int:
+    """Decode a decimal field of a record hash, naming the key if it is missing or not a number."""
+    try:
+        if data is None:
+            raise ValueError("missing")
+        return kind(data.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise FitStoreError(
+            f"record {key} has field {field}={data!r}, expected a {kind.__name__} "
+            f"(store written by another schema version?)"
+        ) from None
+
+
+def format_float(value: float) -> str:
+    """Exact decimal text of a float64 (repr round-trips), so Lua and Redis compare the same number."""
+    return repr(float(value))
+
+
+class FitStoreAddress(BaseModel):
+    """Everything needed to open a FitStore in any process: small, picklable, password hidden in reprs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: SecretStr = Field(description="redis:// or rediss:// URL, possibly with user and password")
+    namespace: str = Field("default", description="fit-store namespace, one per run")
+    body_model_hash: str | None = Field(
+        None, description="hex identity of the body model the fits belong to; None opens read-only"
+    )
+    connect_timeout_s: float = Field(30.0, gt=0, description="give up connecting after this many seconds")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_ok(cls, value: str) -> str:
+        return check_name("namespace", value)
+
+    @field_validator("body_model_hash")
+    @classmethod
+    def _hash_ok(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{8,128}", value):
+            raise ValueError(f"body_model_hash must be 8-128 hex digits, got {value!r}")
+        return value.lower() if value is not None else None
+
+
+class NamespaceMeta(BaseModel):
+    """Metadata of a namespace: which schema and body model its fits were written with."""
+
+    schema_version: int
+    body_model_hash: str
+    created: float = Field(description="Unix time the namespace was created")
+
+
+class FitRecord(BaseModel):
+    """One stored fit, as shown to people and written to files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    index: int = Field(ge=0)
+    pose: list[float] = Field(min_length=POSE_SIZE, max_length=POSE_SIZE)
+    betas: list[float] = Field(min_length=BETAS_SIZE, max_length=BETAS_SIZE)
+    error: float
+    step: int
+    source: Source
+    updates: int = Field(ge=1)
+    time: float
+
+    @field_validator("error")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("error must be finite")
+        return value
+
+
+class DatasetStats(BaseModel):
+    """Summary of one dataset's fits in a namespace."""
+
+    dataset: str
+    count: int
+    by_source: dict[str, int]
+    error_quantiles: dict[str, float] = Field(description="quantile label (p0, p50, ...) -> error")
+    above_threshold: int = Field(description="fits whose error exceeds the valid-fit threshold")
+    threshold: float
+    improvements_by_step: list[tuple[int, int, float]] = Field(
+        description="(step, fits written at that step, their mean error), ordered by step"
+    )
+
+    @property
+    def total_updates(self) -> int:
+        """Fits written over the namespace's life, improvements included."""
+        return sum(n for _, n, _ in self.improvements_by_step)
+
+
+class StoreStats(BaseModel):
+    """Summary of a whole namespace."""
+
+    namespace: str
+    meta: NamespaceMeta | None
+    datasets: list[DatasetStats]
