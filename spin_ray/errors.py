@@ -23,3 +23,7 @@ class FitStoreError(SpinRayError):
 
 class DataError(SpinRayError):
     """A dataset file or image is missing or malformed."""
+
+
+class RenderError(SpinRayError):
+    """The headless renderer could not start (no EGL/GL) or was given unusable input."""
