@@ -1,0 +1,273 @@
+"""FitStore against a real redis-server: keep-best semantics, concurrency, bad input, file round trips."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+from spin_ray.errors import FitStoreError
+from spin_ray.store.fit_store import FitStore
+from spin_ray.store.server import EmbeddedRedis, free_port
+
+from conftest import TEST_BODY_HASH
+
+
+def _rows(n: int, seed: int = 0, low: float = 1.0, high: float = 200.0):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.normal(size=(n, 72)).astype(np.float32),
+        rng.normal(size=(n, 10)).astype(np.float32),
+        rng.uniform(low, high, size=n),
+    )
+
+
+def _namespace_keys(store: FitStore) -> list[bytes]:
+    return sorted(store.client.scan_iter(match=f"spinray:{store.namespace}:*"))
+
+
+def test_keep_best_writes_only_strictly_lower_errors(fit_store):
+    pose, betas, err = _rows(64)
+    assert fit_store.keep_best("coco", np.arange(64), pose, betas, err, step=1, source="static").all()
+    # Half lower, a quarter equal, a quarter higher: only the lower half may replace.
+    new_err = err.copy()
+    new_err[:32] -= 0.5
+    new_err[48:] += 0.5
+    new_pose = pose + 1
+    written = fit_store.keep_best("coco", np.arange(64), new_pose, betas, new_err, step=7, source="loop")
+    np.testing.assert_array_equal(written, np.arange(64) < 32)
+
+    got = fit_store.read("coco", np.arange(64))
+    assert got.found.all()
+    np.testing.assert_array_equal(got.error, np.where(written, new_err, err))
+    np.testing.assert_array_equal(got.pose, np.where(written[:, None], new_pose, pose))
+    np.testing.assert_array_equal(got.betas, betas)
+    np.testing.assert_array_equal(got.step, np.where(written, 7, 1))
+    np.testing.assert_array_equal(got.updates, np.where(written, 2, 1))
+    assert list(got.source[:32]) == ["loop"] * 32 and list(got.source[32:]) == ["static"] * 32
+    assert (np.abs(got.time - time.time()) < 60).all()
+
+    stats = fit_store.stats(threshold=100.0).datasets[0]
+    assert stats.count == 64 and stats.by_source == {"loop": 32, "static": 32}
+    assert stats.above_threshold == int((got.error > 100).sum())
+    assert [(s, n) for s, n, _ in stats.improvements_by_step] == [(1, 64), (7, 32)]
+    assert stats.improvements_by_step[1][2] == pytest.approx(new_err[:32].mean())
+
+
+def test_error_compare_is_numeric_and_exact(fit_store):
+    pose, betas, _ = _rows(1)
+    # As strings "9.5" > "10.0"; as float64 text these two differ only in the last bit.
+    for err, expect in [(10.0, True), (9.5, True), (0.30000000000000004, True), (0.3, True), (0.3, False)]:
+        assert fit_store.keep_best("h36m", [5], pose, betas, [err], 0, "loop")[0] == expect
+    assert fit_store.read("h36m", [5]).error[0] == 0.3
+    assert fit_store.client.zscore(f"spinray:{fit_store.namespace}:idx:h36m", "5") == 0.3
+
+
+def test_read_reports_missing_samples(fit_store):
+    pose, betas, err = _rows(3)
+    fit_store.keep_best("lsp", [0, 2, 4], pose, betas, err, 3, "gt")
+    got = fit_store.read("lsp", [4, 1, 0, 99])
+    np.testing.assert_array_equal(got.found, [True, False, True, False])
+    np.testing.assert_array_equal(got.pose[1], np.zeros(72, np.float32))
+    assert np.isnan(got.error[[1, 3]]).all() and (got.step[[1, 3]] == -1).all()
+    np.testing.assert_array_equal(got.pose[0], pose[2])
+    assert fit_store.read("never-written", [0]).found.tolist() == [False]
+
+
+def test_curation_queries_match_numpy(fit_store):
+    pose, betas, err = _rows(200, seed=3)
+    fit_store.keep_best("mpii", np.arange(200), pose, betas, err, 0, "loop")
+    order = np.argsort(err)
+    idx, e = fit_store.worst("mpii", 5)
+    np.testing.assert_array_equal(idx, order[::-1][:5])
+    np.testing.assert_array_equal(e, err[order[::-1][:5]])
+    idx, _ = fit_store.best("mpii", 3)
+    np.testing.assert_array_equal(idx, order[:3])
+    idx, e = fit_store.filter("mpii", 50.0)
+    np.testing.assert_array_equal(idx, np.flatnonzero(err <= 50.0))
+    assert fit_store.datasets() == ["mpii"]
+    q = fit_store.stats().datasets[0].error_quantiles
+    assert q["p0"] == err.min() and q["p100"] == err.max()
+
+
+# -- concurrency ----------------------------------------------------------------------------------
+
+
+def _concurrent_writer(args):
+    store, worker, n_samples, rounds = args
+    rng = np.random.default_rng(100 + worker)
+    all_errors, total_written = [], 0
+    for _ in range(rounds):
+        order = rng.permutation(n_samples)
+        errors = rng.uniform(0, 1000, size=n_samples)
+        for start in range(0, n_samples, 64):
+            idx = order[start : start + 64]
+            e = errors[idx]
+            # The pose carries its own error so a test can tell which write a record came from.
+            pose = np.repeat(e.astype(np.float32)[:, None], 72, axis=1)
+            betas = np.full((idx.size, 10), worker, dtype=np.float32)
+            total_written += int(store.keep_best("coco", idx, pose, betas, e, worker, "loop").sum())
+        all_errors.append(errors)
+    store.close()
+    return np.stack(all_errors), total_written
+
+
+def test_concurrent_writers_keep_the_minimum(fit_store):
+    n_samples, workers, rounds = 1000, 8, 2
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        results = pool.map(_concurrent_writer, [(fit_store, w, n_samples, rounds) for w in range(workers)])
+    errors = np.concatenate([r[0] for r in results])  # (workers * rounds, n_samples)
+    total_written = sum(r[1] for r in results)
+    minimum = errors.min(axis=0)
+
+    got = fit_store.read("coco", np.arange(n_samples))
+    assert got.found.all()
+    np.testing.assert_array_equal(got.error, minimum)
+    np.testing.assert_array_equal(got.pose[:, 0], minimum.astype(np.float32))
+    winner = np.argmin(errors, axis=0) // rounds
+    np.testing.assert_array_equal(got.betas[:, 0], winner.astype(np.float32))
+    # The index agrees with the records, and every reported write is counted exactly once.
+    idx, idx_err = fit_store.all_errors("coco")
+    assert idx.size == n_samples
+    np.testing.assert_array_equal(idx_err, minimum[idx])
+    assert got.updates.sum() == total_written
+    assert sum(n for _, n, _ in fit_store.progress("coco")) == total_written
+    assert fit_store.stats().datasets[0].by_source == {"loop": n_samples}
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda a: a.update(errors=np.where(np.arange(64) == 5, np.nan, a["errors"])), "errors[5]"),
+        (lambda a: a.update(errors=np.where(np.arange(64) == 9, np.inf, a["errors"])), "errors[9]"),
+        (lambda a: a.update(poses=a["poses"][:, :69]), "poses has shape (64, 69)"),
+        (lambda a: a.update(betas=np.zeros((64, 11))), "betas has shape (64, 11)"),
+        (lambda a: a.update(errors=a["errors"][:63]), "errors has 63 values"),
+        (lambda a: a.update(source="fitter"), "unknown fit source 'fitter'"),
+        (lambda a: a.update(dataset="coco:train"), "':' separates key parts"),
+        (lambda a: a.update(dataset=""), "dataset name ''"),
+        (lambda a: a.update(indices=np.arange(64) - 1), "indices[0] is -1"),
+        (lambda a: a.update(poses=np.where(np.arange(64)[:, None] == 3, np.nan, a["poses"])), "poses[3]"),
+    ],
+)
+def test_bad_batches_write_nothing(fit_store, mutate, message):
+    pose, betas, err = _rows(64)
+    args = dict(dataset="coco", indices=np.arange(64), poses=pose, betas=betas, errors=err, step=0, source="loop")
+    mutate(args)
+    with pytest.raises(FitStoreError) as info:
+        fit_store.keep_best(**args)
+    assert message in str(info.value)
+    assert _namespace_keys(fit_store) == [f"spinray:{fit_store.namespace}:meta".encode()]
+
+
+def test_corrupt_record_bytes_name_the_key(fit_store):
+    pose, betas, err = _rows(2)
+    fit_store.keep_best("coco", [17, 18], pose, betas, err, 0, "loop")
+    key = fit_store.record_key("coco", 17)
+    fit_store.client.hset(key, "pose", b"\0" * 300)
+    with pytest.raises(FitStoreError, match=rf"record {key} has 300 bytes of pose, expected 288 \(store written by another schema"):
+        fit_store.read("coco", [18, 17])
+    fit_store.client.hset(key, mapping={"pose": pose[0].tobytes(), "error": b"not-a-number"})
+    with pytest.raises(FitStoreError, match=rf"record {key} has field error="):
+        fit_store.read("coco", [17])
+
+
+def test_other_body_model_or_schema_is_refused(fit_store, redis_server):
+    with pytest.raises(FitStoreError, match="holds fits of body model 0123456789abcdef, but this store was opened for body model ffff0000"):
+        FitStore.open(redis_server.url, fit_store.namespace, body_model_hash="ffff0000")
+    reader = FitStore.open(redis_server.url, fit_store.namespace)  # no hash: read-only, allowed
+    pose, betas, err = _rows(1)
+    with pytest.raises(FitStoreError, match="read-only"):
+        reader.keep_best("coco", [0], pose, betas, err, 0, "loop")
+    fit_store.client.hset(f"spinray:{fit_store.namespace}:meta", "schema_version", 99)
+    with pytest.raises(FitStoreError, match="schema 99, this code reads schema 1"):
+        FitStore.open(redis_server.url, fit_store.namespace, body_model_hash=TEST_BODY_HASH)
+    # A writer already open notices inside the script, and writes nothing.
+    with pytest.raises(FitStoreError, match="changed under this writer"):
+        fit_store.keep_best("coco", [0, 1], np.repeat(pose, 2, 0), np.repeat(betas, 2, 0), [1.0, 2.0], 0, "loop")
+    assert fit_store.read("coco", [0, 1]).found.tolist() == [False, False]
+
+
+def test_unknown_dataset_in_queries(fit_store):
+    pose, betas, err = _rows(1)
+    fit_store.keep_best("coco", [0], pose, betas, err, 0, "loop")
+    with pytest.raises(FitStoreError, match="unknown dataset 'lspet'.*datasets with fits: coco"):
+        fit_store.worst("lspet", 3)
+
+
+def test_redis_down_is_a_clear_error(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(FitStoreError, match="cannot reach Redis at redis://u:\\*\\*\\*@127.0.0.1"):
+        FitStore.open(f"redis://u:hunter2secret@127.0.0.1:{free_port()}/0", "x", connect_timeout_s=0.5)
+    assert time.monotonic() - start < 5
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        store = FitStore.open(server.url, "x", body_model_hash=TEST_BODY_HASH, connect_timeout_s=1)
+    # The server is gone now: reads and writes fail with the operation named.
+    pose, betas, err = _rows(1)
+    with pytest.raises(FitStoreError, match="lost Redis at redis://127.0.0.1.* while writing 1 fits of coco"):
+        store.keep_best("coco", [0], pose, betas, err, 0, "loop")
+    with pytest.raises(FitStoreError, match="while reading 2 fits of coco"):
+        store.read("coco", [0, 1])
+
+
+def test_store_pickles_to_its_address(fit_store):
+    clone = pickle.loads(pickle.dumps(fit_store))
+    assert clone.namespace == fit_store.namespace and clone is not fit_store
+    pose, betas, err = _rows(1)
+    clone.keep_best("coco", [3], pose, betas, err, 0, "loop")
+    assert fit_store.read("coco", [3]).found[0]
+    clone.close()
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def test_npy_round_trip_is_lossless(fit_store, tmp_path):
+    rng = np.random.default_rng(5)
+    fits = rng.normal(size=(120, 82)).astype(np.float32)
+    errors = rng.uniform(0, 300, size=120)
+    errors[[3, 50]] = np.nan  # rows without a fit
+    fits[[3, 50]] = 0
+    np.save(tmp_path / "coco_fits.npy", fits)
+    np.save(tmp_path / "coco_errors.npy", errors)
+    written = fit_store.import_npy("coco", tmp_path / "coco_fits.npy", tmp_path / "coco_errors.npy")
+    assert written.sum() == 118 and not written[[3, 50]].any()
+    assert fit_store.read("coco", [0]).source[0] == "static"
+
+    out = fit_store.export_npy("coco", tmp_path / "out" / "coco_fits.npy", size=120)
+    np.testing.assert_array_equal(np.load(out), fits)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "coco_fits.errors.npy"), errors)
+    with pytest.raises(FitStoreError, match="no errors for"):
+        fit_store.import_npy("coco", tmp_path / "coco_fits.npy")
+    np.save(tmp_path / "bad.npy", fits[:, :80])
+    with pytest.raises(FitStoreError, match=r"shape \(120, 80\), expected \(N, 82\)"):
+        fit_store.import_npy("coco", tmp_path / "bad.npy", 1.0)
+
+
+def test_parquet_round_trip_is_lossless(fit_store, redis_server, tmp_path):
+    import pyarrow.parquet as pq
+
+    for step, (source, dataset) in enumerate([("static", "coco"), ("loop", "coco"), ("gt", "h36m")]):
+        pose, betas, err = _rows(40, seed=step)
+        fit_store.keep_best(dataset, np.arange(0, 80, 2), pose, betas, err, step * 10, source)
+    first = fit_store.export_parquet(tmp_path / "a.parquet")
+    other = FitStore.open(redis_server.url, fit_store.namespace + "-copy", body_model_hash=TEST_BODY_HASH)
+    try:
+        assert other.import_parquet(first) == 80
+        second = other.export_parquet(tmp_path / "b.parquet")
+        a, b = pq.read_table(first), pq.read_table(second)
+        assert a.num_rows == 80 and a.drop_columns([]).equals(b)
+        assert set(a.column("source").to_pylist()) == {"static", "loop", "gt"}
+        stranger = FitStore.open(redis_server.url, fit_store.namespace + "-other", body_model_hash="ffff0000")
+        with pytest.raises(FitStoreError, match="holds fits of body model 0123456789abcdef"):
+            stranger.import_parquet(first)
+        stranger.drop()
+    finally:
+        other.drop()
