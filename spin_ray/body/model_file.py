@@ -89,8 +89,9 @@ def _numpy_core_attr(name: str):
 _ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
     ("copy_reg", "_reconstructor"): copyreg._reconstructor,
     ("copyreg", "_reconstructor"): copyreg._reconstructor,
-    ("__builtin__", "object"): object,
-    ("builtins", "object"): object,
+    # Plain containers: chumpy's pickled state holds sets and tuples (e.g. its dirty-variable set).
+    **{(module, cls.__name__): cls for module in ("__builtin__", "builtins")
+       for cls in (object, set, frozenset, list, dict, tuple, slice)},
     ("_codecs", "encode"): __import__("_codecs").encode,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
