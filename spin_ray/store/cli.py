@@ -1,0 +1,298 @@
+"""`spin-ray store ...`: serve an embedded Redis, and curate a namespace's fits (stats, worst, filter, files, plot)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from spin_ray.config import FittingConfig, StoreConfig
+from spin_ray.errors import FitStoreError
+
+URL_ENV = "SPIN_RAY_REDIS_URL"
+PASSWORD_ENV = "SPIN_RAY_REDIS_PASSWORD"
+_DEFAULT_THRESHOLD = FittingConfig().valid_error_threshold
+_DEFAULT_STORE = StoreConfig()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `store` and its subcommands to the spin-ray parser."""
+    store = subparsers.add_parser("store", help="the Redis fit store: serve, inspect, curate, import/export")
+    sub = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND", required=True)
+
+    serve = sub.add_parser("serve", help="run an embedded redis-server (127.0.0.1, AOF) until Ctrl-C")
+    serve.add_argument("--data-dir", type=Path, default=Path("outputs/redis"), help="folder of the AOF and log")
+    serve.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one, never 6379)")
+    serve.add_argument(
+        "--password-env", default=None, metavar="VAR",
+        help=f"require the password held in this environment variable (e.g. {PASSWORD_ENV}); never typed on the command line",
+    )  # fmt: skip
+    serve.set_defaults(func=_serve)
+
+    def connected(name: str, help_text: str) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help_text)
+        parser.add_argument("--url", default=None, help=f"redis:// or rediss:// URL (default: ${URL_ENV})")
+        parser.add_argument("--namespace", default=_DEFAULT_STORE.namespace, help="fit-store namespace (one per run)")
+        parser.add_argument(
+            "--timeout", type=float, default=_DEFAULT_STORE.connect_timeout_s, help="seconds to keep trying to connect"
+        )
+        return parser
+
+    stats = connected("stats", "counts per dataset and source, error quantiles, improvements over steps")
+    stats.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+    stats.add_argument("--threshold", type=float, default=_DEFAULT_THRESHOLD, help="valid-fit error threshold")
+    stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    stats.set_defaults(func=_stats)
+
+    worst = connected("worst", "samples with the highest errors, by dataset, and how many are above the threshold")
+    worst.add_argument("--k", type=int, default=20, help="samples per dataset")
+    worst.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+    worst.add_argument("--threshold", type=float, default=_DEFAULT_THRESHOLD, help="valid-fit error threshold")
+    worst.set_defaults(func=_worst)
+
+    filt = connected("filter", "write the ids of samples to keep (error <= --max-error) as CSV")
+    filt.add_argument("--max-error", type=float, required=True, help="keep samples whose fit error is at most this")
+    filt.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+    filt.add_argument("--out", type=Path, default=None, help="CSV file dataset,index,error (default: stdout)")
+    filt.set_defaults(func=_filter)
+
+    export = connected("export", "write fits to SPIN's .npy (one dataset) or Parquet (all fields)")
+    export.add_argument("out", type=Path, help="output .npy or .parquet file")
+    export.add_argument("--dataset", action="append", help="dataset(s) to export; .npy needs exactly one")
+    export.add_argument("--size", type=int, default=None, help=".npy rows (dataset length; default max index + 1)")
+    export.set_defaults(func=_export)
+
+    imp = connected("import", "import SPIN .npy fits (N, 82) or a Parquet export, keeping the better fit per sample")
+    imp.add_argument("path", type=Path, help="input .npy or .parquet file")
+    imp.add_argument("--dataset", default=None, help="dataset the .npy rows belong to")
+    imp.add_argument("--errors", type=Path, default=None, help="errors .npy (N,) for a .npy import (NaN = no fit)")
+    imp.add_argument("--error", type=float, default=None, help="one error for every row of a .npy import")
+    imp.add_argument("--source", default="static", choices=("static", "loop", "gt"), help="source of .npy fits")
+    imp.add_argument("--step", type=int, default=0, help="trainer step recorded for .npy fits")
+    imp.add_argument(
+        "--body-model-hash", default=None,
+        help="hex identity of the body model of these fits (default: the namespace's, or the Parquet file's)",
+    )  # fmt: skip
+    imp.set_defaults(func=_import)
+
+    plot = connected("plot", "PNG: histogram of errors per dataset and mean error over training steps")
+    plot.add_argument("--out", type=Path, default=Path("fit_errors.png"), help="PNG file to write")
+    plot.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
+    plot.add_argument("--threshold", type=float, default=_DEFAULT_THRESHOLD, help="valid-fit threshold line")
+    plot.set_defaults(func=_plot)
+
+
+# -- connection ---------------------------------------------------------------------------------------
+
+
+def _url(args: argparse.Namespace) -> str:
+    url = args.url or os.environ.get(URL_ENV)
+    if not url:
+        raise FitStoreError(
+            f"no Redis URL: pass --url or set {URL_ENV} (start a server with `spin-ray store serve`)"
+        )
+    return url
+
+
+def _open(args: argparse.Namespace, body_model_hash: str | None = None):
+    from spin_ray.store.fit_store import FitStore
+
+    return FitStore.open(_url(args), args.namespace, body_model_hash=body_model_hash, connect_timeout_s=args.timeout)
+
+
+def _datasets(store, wanted: list[str] | None) -> list[str]:
+    names = wanted or store.datasets()
+    if not names:
+        raise FitStoreError(f"namespace {store.namespace!r} holds no fits yet (wrong --namespace or --url?)")
+    return names
+
+
+# -- subcommands ----------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from spin_ray.store.server import EmbeddedRedis
+
+    password = None
+    if args.password_env:
+        password = os.environ.get(args.password_env)
+        if not password:
+            raise FitStoreError(f"--password-env {args.password_env}: that environment variable is empty or unset")
+
+    def on_sigterm(signum, frame):  # a service manager's stop should unwind like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    with EmbeddedRedis(args.data_dir, port=args.port, password=password) as server:
+        shown = server.url if password is None else server.url.replace(password, f"${args.password_env}")
+        print(f"redis-server (pid {server.pid}) serving {shown} with data in {server.data_dir}", flush=True)
+        print(f"export {URL_ENV}={shown}", flush=True)
+        try:
+            status = server.wait()
+        except KeyboardInterrupt:
+            print("stopping redis-server (flushing the AOF)", flush=True)
+            return 0
+    raise FitStoreError(f"redis-server exited on its own with status {status}; see {args.data_dir / 'redis.log'}")
+
+
+def _stats(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        stats = store.stats(threshold=args.threshold, datasets=_datasets(store, args.dataset))
+    if args.json:
+        print(stats.model_dump_json(indent=2))
+        return 0
+    meta = stats.meta
+    print(f"namespace {stats.namespace}" + (f" (schema {meta.schema_version}, body model {meta.body_model_hash})" if meta else ""))
+    for ds in stats.datasets:
+        sources = ", ".join(f"{k} {v}" for k, v in sorted(ds.by_source.items()))
+        share = 100.0 * ds.above_threshold / ds.count if ds.count else 0.0
+        print(f"\n{ds.dataset}: {ds.count} fits ({sources}); {ds.total_updates} writes in all")
+        print("  error " + "  ".join(f"{k} {v:.3g}" for k, v in ds.error_quantiles.items()))
+        print(f"  above threshold {ds.threshold:g}: {ds.above_threshold} ({share:.1f} %)")
+        if ds.improvements_by_step:
+            print("  fits written over training steps (step range: writes, mean error):")
+            for lo, hi, n, mean in _bin_steps(ds.improvements_by_step):
+                print(f"    {lo:>8}-{hi:<8} {n:>8}  {mean:.3g}")
+    return 0
+
+
+def _bin_steps(progress: list[tuple[int, int, float]], bins: int = 10) -> list[tuple[int, int, int, float]]:
+    """Group (step, count, mean) into at most `bins` step ranges: (first, last, count, mean error)."""
+    steps = np.array([p[0] for p in progress])
+    counts = np.array([p[1] for p in progress], dtype=np.float64)
+    sums = np.array([p[1] * p[2] for p in progress])
+    edges = np.linspace(steps.min(), steps.max() + 1, min(bins, len(steps)) + 1)
+    which = np.clip(np.searchsorted(edges, steps, side="right") - 1, 0, len(edges) - 2)
+    out = []
+    for b in np.unique(which):
+        sel = which == b
+        out.append((int(steps[sel].min()), int(steps[sel].max()), int(counts[sel].sum()), float(sums[sel].sum() / counts[sel].sum())))
+    return out
+
+
+def _worst(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        for name in _datasets(store, args.dataset):
+            indices, errors = store.worst(name, args.k)
+            stats = store.stats(threshold=args.threshold, datasets=[name]).datasets[0]
+            print(f"{name}: {stats.above_threshold} of {stats.count} fits above {args.threshold:g}; worst {len(indices)}:")
+            for index, error in zip(indices.tolist(), errors.tolist()):
+                print(f"  {name} {index} {error:.4g}")
+    print(
+        f"\nto keep only fits at or below the threshold: spin-ray store filter --max-error {args.threshold:g} "
+        f"--namespace {args.namespace} --out keep.csv"
+    )
+    return 0
+
+
+def _filter(args: argparse.Namespace) -> int:
+    out = open(args.out, "w", newline="") if args.out else sys.stdout
+    try:
+        with _open(args) as store:
+            writer = csv.writer(out)
+            writer.writerow(["dataset", "index", "error"])
+            for name in _datasets(store, args.dataset):
+                indices, errors = store.filter(name, args.max_error)
+                writer.writerows((name, i, repr(e)) for i, e in zip(indices.tolist(), errors.tolist()))
+                print(f"{name}: keep {len(indices)} of {store.count(name)} fits (error <= {args.max_error:g})", file=sys.stderr)
+    finally:
+        if args.out:
+            out.close()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    suffix = args.out.suffix.lower()
+    with _open(args) as store:
+        if suffix == ".npy":
+            if not args.dataset or len(args.dataset) != 1:
+                raise FitStoreError("a .npy export holds one dataset: pass exactly one --dataset")
+            path = store.export_npy(args.dataset[0], args.out, size=args.size)
+            print(f"wrote {path} and {path.with_name(path.stem + '.errors.npy')}")
+        elif suffix == ".parquet":
+            path = store.export_parquet(args.out, datasets=args.dataset)
+            print(f"wrote {path}")
+        else:
+            raise FitStoreError(f"cannot tell the format of {args.out}: name it .npy (SPIN) or .parquet")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    suffix = args.path.suffix.lower()
+    body_hash = args.body_model_hash
+    if body_hash is None and suffix == ".parquet":
+        body_hash = read_parquet_hash(args.path)
+    if body_hash is None:
+        with _open(args) as reader:
+            meta = reader.meta
+        if meta is None:
+            raise FitStoreError(
+                f"namespace {args.namespace!r} is new: pass --body-model-hash so its fits are tied to a body model"
+            )
+        body_hash = meta.body_model_hash
+    with _open(args, body_model_hash=body_hash) as store:
+        if suffix == ".npy":
+            if not args.dataset:
+                raise FitStoreError("a .npy import needs --dataset (the dataset its rows belong to)")
+            if args.errors is not None and args.error is not None:
+                raise FitStoreError("pass --errors FILE or --error VALUE, not both")
+            written = store.import_npy(
+                args.dataset, args.path, args.errors if args.errors is not None else args.error, args.source, args.step
+            )
+            print(f"{args.dataset}: wrote {int(written.sum())} of {written.size} rows (others had a better stored fit or no fit)")
+        elif suffix == ".parquet":
+            print(f"wrote {store.import_parquet(args.path)} records")
+        else:
+            raise FitStoreError(f"cannot tell the format of {args.path}: expected .npy (SPIN) or .parquet")
+    return 0
+
+
+def read_parquet_hash(path: Path) -> str | None:
+    """The body-model hash recorded in a Parquet export, without reading its rows."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise FitStoreError(f"Parquet file {path} does not exist")
+    meta = pq.read_schema(path).metadata or {}
+    value = meta.get(b"spin_ray.body_model_hash")
+    return value.decode() if value else None
+
+
+def _plot(args: argparse.Namespace) -> int:
+    # Figure + Agg canvas directly: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with _open(args) as store:
+        names = _datasets(store, args.dataset)
+        errors = {name: store.all_errors(name)[1] for name in names}
+        progress = {name: store.progress(name) for name in names}
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    hist, curve = fig.subplots(1, 2)
+    finite = np.concatenate([e for e in errors.values() if e.size]) if any(e.size for e in errors.values()) else np.zeros(1)
+    bins = np.linspace(0.0, max(float(np.quantile(finite, 0.995)), args.threshold) * 1.05, 60)
+    for name, e in errors.items():
+        hist.hist(np.clip(e, None, bins[-1]), bins=bins, alpha=0.55, label=f"{name} ({e.size})")
+    hist.axvline(args.threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {args.threshold:g}")
+    hist.set(xlabel="fit error (px, last bin includes higher)", ylabel="samples", title="stored fit errors per dataset")
+    hist.legend(fontsize="small")
+    if any(progress.values()):
+        for name, steps in progress.items():
+            if steps:
+                curve.plot([s for s, _, _ in steps], [m for _, _, m in steps], marker=".", label=name)
+        curve.set(xlabel="trainer step", ylabel="mean error of fits written", title="improvements over training")
+        curve.legend(fontsize="small")
+    else:
+        curve.text(0.5, 0.5, "no training steps recorded", ha="center", va="center")
+        curve.set_axis_off()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=100)
+    print(f"wrote {args.out}")
+    return 0
