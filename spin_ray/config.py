@@ -60,6 +60,27 @@ class StoreConfig(Section):
     connect_timeout_s: float = Field(30.0, gt=0, description="give up connecting after this many seconds")
 
 
+class DatasetEntry(Section):
+    name: str = Field(..., min_length=1, description="dataset name; samples are named (name, row)")
+    npz: Path = Field(..., description="SPIN-format .npz file (imgname, center, scale, part, ...)")
+    image_root: Path = Field(..., description="folder that the npz's imgname paths are relative to")
+    ratio: float = Field(1.0, ge=0, description="relative share of this dataset in a mixed batch")
+
+
+class DataConfig(Section):
+    datasets: list[DatasetEntry] = Field(default_factory=list, description="training datasets and their mix")
+    img_res: int = Field(224, gt=0, description="side in pixels of the image crop fed to the network")
+    rot_factor: float = Field(30.0, ge=0, description="rotation std in degrees (clipped at twice this)")
+    rot_prob: float = Field(0.4, ge=0, le=1, description="share of samples rotated (SPIN zeroes 60 %)")
+    scale_factor: float = Field(0.25, ge=0, lt=1, description="box scale std, clipped to 1 +- this")
+    noise_factor: float = Field(0.4, ge=0, le=1, description="per-channel colour gains uniform in 1 +- this")
+    flip_prob: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 loads in the trainer)")
+    bad_samples: Literal["skip", "raise"] = Field(
+        "skip", description="a sample with a missing image or bad annotations: skip it (counted) or raise"
+    )
+
+
 class RunConfig(Section):
     name: str = Field("spin-ray", description="run name, used in output paths")
     seed: int = Field(0, description="seed of every random generator in the run")
@@ -70,6 +91,7 @@ class RunConfig(Section):
     camera: CameraConfig = Field(default_factory=CameraConfig)
     fitting: FittingConfig = Field(default_factory=FittingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
