@@ -117,7 +117,8 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
                 f"check the user and password in the URL"
             ) from None
         except (redis.ConnectionError, redis.TimeoutError) as err:
-            if time.monotonic() + delay > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 client.close()
                 raise FitStoreError(
                     f"cannot reach Redis at {redact_url(url)} after {timeout_s:g} s "
@@ -125,7 +126,7 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
                     f"(start one with `spin-ray store serve`)"
                 ) from None
             log.debug("Redis at %s not answering yet, retrying in %.2f s", redact_url(url), delay)
-            time.sleep(delay)
+            time.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
 
 
