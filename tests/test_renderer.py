@@ -188,20 +188,20 @@ def test_missing_egl_says_what_to_install(monkeypatch):
 
 def test_agrees_with_geometry_perspective_projection(sphere):
     geometry = pytest.importorskip("spin_ray.geometry")
-    projection = getattr(geometry, "perspective_projection", None)
-    if projection is None:
-        pytest.skip("spin_ray.geometry.perspective_projection not written yet")
     import torch
 
-    verts, _ = sphere
+    verts, faces = sphere
     translation, focal, center = np.array([0.1, 0.2, 4.0]), 150.0, np.array([60.0, 50.0])
-    try:
-        uv = projection(
-            torch.from_numpy(verts)[None].double(),
-            torch.from_numpy(translation)[None],
-            torch.tensor([focal], dtype=torch.float64),
-            torch.from_numpy(center)[None],
-        )
-    except TypeError:
-        pytest.skip("perspective_projection has another signature than this test assumes")
-    np.testing.assert_allclose(uv[0].numpy(), project(verts, translation, focal, center), atol=1e-6)
+    uv = geometry.perspective_projection(
+        torch.from_numpy(verts)[None].double(),
+        torch.from_numpy(translation)[None],
+        focal,
+        torch.from_numpy(center)[None],
+    )[0].numpy()
+    np.testing.assert_allclose(uv, project(verts, translation, focal, center), atol=1e-6)
+    with R.MeshRenderer(120, 100, faces) as renderer:
+        mask = renderer.silhouette(verts, translation, focal, center)
+    assert iou(mask, rasterise_triangles(uv, faces, 120, 100)) > 0.97
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    cols, rows = np.rint(uv).astype(int).T
+    assert grown[rows, cols].all()
