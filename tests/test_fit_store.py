@@ -271,3 +271,13 @@ def test_parquet_round_trip_is_lossless(fit_store, redis_server, tmp_path):
         stranger.drop()
     finally:
         other.drop()
+
+
+def test_script_cache_flush_is_survived(fit_store):
+    pose, betas, err = _rows(4)
+    fit_store.client.script_flush()
+    assert fit_store.keep_best("coco", np.arange(4), pose, betas, err, 0, "loop").all()
+    fit_store.client.script_flush()
+    got = fit_store.read("coco", np.arange(4))
+    np.testing.assert_array_equal(got.pose, pose)
+    assert got.updates.tolist() == [1, 1, 1, 1]  # rows refused with NOSCRIPT were sent once more, not twice
