@@ -281,3 +281,17 @@ def test_script_cache_flush_is_survived(fit_store):
     got = fit_store.read("coco", np.arange(4))
     np.testing.assert_array_equal(got.pose, pose)
     assert got.updates.tolist() == [1, 1, 1, 1]  # rows refused with NOSCRIPT were sent once more, not twice
+
+
+def test_from_config_resolves_url_and_env(redis_server, monkeypatch):
+    from spin_ray.config import StoreConfig
+
+    monkeypatch.setenv("FIT_STORE_TEST_URL", redis_server.url)
+    store = FitStore.from_config(StoreConfig(url_env="FIT_STORE_TEST_URL", namespace="cfg"), TEST_BODY_HASH)
+    assert store.namespace == "cfg" and store.meta.body_model_hash == TEST_BODY_HASH
+    store.drop()
+    monkeypatch.delenv("FIT_STORE_TEST_URL")
+    with pytest.raises(FitStoreError, match="FIT_STORE_TEST_URL, but that environment variable is empty"):
+        FitStore.from_config(StoreConfig(url_env="FIT_STORE_TEST_URL"), TEST_BODY_HASH)
+    with pytest.raises(FitStoreError, match="names no Redis"):
+        FitStore.from_config(StoreConfig(), TEST_BODY_HASH)

@@ -14,11 +14,12 @@ other side (a Ray actor or another process gets a working store from the same ob
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
@@ -36,6 +37,9 @@ from spin_ray.store.records import (
     StoreStats,
 )
 from spin_ray.store.server import connect, redact_url
+
+if TYPE_CHECKING:
+    from spin_ray.config import StoreConfig
 
 # One keep-best write. Every comparison goes through tonumber(): Lua compares strings otherwise.
 # KEYS: record, error index, dataset stats, namespace meta
@@ -248,6 +252,17 @@ class FitStore:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
             raise FitStoreError(f"bad fit-store address: {problems}") from None
         return cls(address)
+
+    @classmethod
+    def from_config(cls, config: "StoreConfig", body_model_hash: str | None, url: str | None = None) -> "FitStore":
+        """Open the store a run config names; `url` (e.g. an embedded server's) overrides the config."""
+        url = url or resolve_url(config)
+        if url is None:
+            raise FitStoreError(
+                "the store config names no Redis (store.url and store.url_env are unset): "
+                "start an EmbeddedRedis and pass its url, or set store.url"
+            )
+        return cls.open(url, config.namespace, body_model_hash, config.connect_timeout_s)
 
     def __reduce__(self) -> tuple:
         # Pickle the address only: the other process opens its own connection.
@@ -672,6 +687,20 @@ class FitStore:
             )  # fmt: skip
             total += int(self._write(batch, dataset).sum())
         return total
+
+
+def resolve_url(config: "StoreConfig") -> str | None:
+    """The Redis URL a store config names (store.url, else the variable store.url_env), or None."""
+    if config.url:
+        return config.url
+    if config.url_env:
+        value = os.environ.get(config.url_env)
+        if not value:
+            raise FitStoreError(
+                f"store.url_env names {config.url_env}, but that environment variable is empty or unset"
+            )
+        return value
+    return None
 
 
 def _first_line(err: BaseException) -> str:
