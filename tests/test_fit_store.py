@@ -177,6 +177,9 @@ def test_corrupt_record_bytes_name_the_key(fit_store):
     fit_store.client.hset(key, mapping={"pose": pose[0].tobytes(), "error": b"not-a-number"})
     with pytest.raises(FitStoreError, match=rf"record {key} has field error="):
         fit_store.read("coco", [17])
+    fit_store.client.hset(key, mapping={"error": b"1.5", "source": b"oracle"})
+    with pytest.raises(FitStoreError, match=rf"record {key} has source 'oracle'"):
+        fit_store.read("coco", [17])
 
 
 def test_other_body_model_or_schema_is_refused(fit_store, redis_server):

@@ -487,7 +487,13 @@ class FitStore:
             step[i] = rec.parse_number(key, "step", stp, int)
             updates[i] = rec.parse_number(key, "updates", upd, int)
             stamp[i] = rec.parse_number(key, "time", tim, float)
-            source[i] = rec.check_source((src or b"?").decode("ascii", errors="replace"))
+            name = (src or b"").decode("ascii", errors="replace")
+            if name not in rec.SOURCES:
+                raise FitStoreError(
+                    f"record {key} has source {name!r}, expected one of {', '.join(rec.SOURCES)} "
+                    f"(store written by another schema version?)"
+                )
+            source[i] = name
         pose_arr = np.frombuffer(b"".join(pose_parts), dtype=rec.FLOAT32_LE).reshape(n, POSE_SIZE)
         betas_arr = np.frombuffer(b"".join(betas_parts), dtype=rec.FLOAT32_LE).reshape(n, BETAS_SIZE)
         return StoredFits(

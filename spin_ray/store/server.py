@@ -2,7 +2,9 @@
 
 The embedded server binds 127.0.0.1 only, on a free port that is never 6379 (Ray's GCS default),
 keeps an append-only file fsynced every second in the data dir, and is stopped with SIGTERM (Redis
-then flushes the AOF) when the context manager exits, on Ctrl-C, or at interpreter exit.
+then flushes the AOF) when the context manager exits, on Ctrl-C, or at interpreter exit. A parent
+killed by SIGKILL (or by a SIGTERM it does not handle) leaves the server running: its pid is in the
+log, and `spin-ray store serve` handles SIGTERM for that reason.
 """
 
 from __future__ import annotations
