@@ -96,10 +96,10 @@ def test_curation_queries_match_numpy(fit_store):
 # -- concurrency ----------------------------------------------------------------------------------
 
 
-def _concurrent_writer(args):
-    store, worker, n_samples, rounds = args
+def _concurrent_writer(store, worker, n_samples, rounds, barrier, results):
     rng = np.random.default_rng(100 + worker)
     all_errors, total_written = [], 0
+    barrier.wait(timeout=120)  # all writers start together, so their batches really interleave
     for _ in range(rounds):
         order = rng.permutation(n_samples)
         errors = rng.uniform(0, 1000, size=n_samples)
@@ -112,16 +112,26 @@ def _concurrent_writer(args):
             total_written += int(store.keep_best("coco", idx, pose, betas, e, worker, "loop").sum())
         all_errors.append(errors)
     store.close()
-    return np.stack(all_errors), total_written
+    results.put((worker, np.stack(all_errors), total_written))
 
 
 def test_concurrent_writers_keep_the_minimum(fit_store):
     n_samples, workers, rounds = 1000, 8, 2
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers) as pool:
-        results = pool.map(_concurrent_writer, [(fit_store, w, n_samples, rounds) for w in range(workers)])
-    errors = np.concatenate([r[0] for r in results])  # (workers * rounds, n_samples)
-    total_written = sum(r[1] for r in results)
+    # forkserver: writers start clean even if other tests left threads (torch, Ray) in this process.
+    ctx = mp.get_context("forkserver")
+    barrier, queue = ctx.Barrier(workers), ctx.Queue()
+    procs = [
+        ctx.Process(target=_concurrent_writer, args=(fit_store, w, n_samples, rounds, barrier, queue))
+        for w in range(workers)
+    ]
+    for proc in procs:
+        proc.start()
+    results = sorted(queue.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=30)
+        assert proc.exitcode == 0
+    errors = np.concatenate([r[1] for r in results])  # (workers * rounds, n_samples), by worker
+    total_written = sum(r[2] for r in results)
     minimum = errors.min(axis=0)
 
     got = fit_store.read("coco", np.arange(n_samples))
