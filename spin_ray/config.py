@@ -81,6 +81,46 @@ class DataConfig(Section):
     )
 
 
+class NetworkConfig(Section):
+    backbone: Literal["resnet18", "resnet34", "resnet50", "mobilenet_v3_small"] = Field(
+        "resnet18", description="torchvision backbone (random init; resnet50 is the paper's, for GPUs)"
+    )
+    pretrained_path: Path | None = Field(
+        None, description="local ImageNet state dict for the backbone; None keeps the random init (never downloads)"
+    )
+    mean_params_path: Path | None = Field(
+        None, description="SPIN's smpl_mean_params.npz; None computes mean parameters for the open model"
+    )
+    ief_iterations: int = Field(3, ge=1, description="iterative error feedback steps of the regressor head")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout after each hidden layer of the regressor head")
+
+
+class LossConfig(Section):
+    keypoint_loss_weight: float = Field(5.0, ge=0, description="2D keypoint loss weight")
+    keypoint_3d_loss_weight: float = Field(5.0, ge=0, description="3D keypoint loss weight (SPIN reuses the 2D one)")
+    pose_loss_weight: float = Field(1.0, ge=0, description="rotation-matrix MSE against valid fits")
+    beta_loss_weight: float = Field(0.001, ge=0, description="betas MSE against valid fits")
+    shape_loss_weight: float = Field(0.0, ge=0, description="vertex L1 against valid fits (SPIN: off)")
+    cam_loss_weight: float = Field(1.0, ge=0, description="camera prior (exp(-10 s))^2 keeping the scale positive")
+    openpose_train_weight: float = Field(0.0, ge=0, description="confidence factor of the 25 OpenPose keypoints")
+    gt_train_weight: float = Field(1.0, ge=0, description="confidence factor of the 24 dataset keypoints")
+    loss_scale: float = Field(60.0, gt=0, description="factor on the weighted sum (SPIN multiplies its loss by 60)")
+
+
+class TrainConfig(Section):
+    mode: Literal["sync", "async", "static", "2d"] = Field(
+        "sync", description="sync: SPIN as published; async: Ray fitter pool; static: stored fits only; 2d: no fits"
+    )
+    steps: int = Field(10000, ge=0, description="optimiser steps of the run")
+    batch_size: int = Field(64, gt=0, description="images per optimiser step (SPIN: 64)")
+    lr: float = Field(5e-5, gt=0, description="Adam learning rate (SPIN: 5e-5)")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay (SPIN: 0)")
+    num_threads: int = Field(1, ge=1, description="torch intra-op threads of the trainer")
+    log_every: int = Field(100, gt=0, description="steps between logged scalars")
+    checkpoint_every: int = Field(10000, gt=0, description="steps between checkpoints")
+    loss: LossConfig = Field(default_factory=LossConfig)
+
+
 class RunConfig(Section):
     name: str = Field("spin-ray", description="run name, used in output paths")
     seed: int = Field(0, description="seed of every random generator in the run")
@@ -92,6 +132,8 @@ class RunConfig(Section):
     fitting: FittingConfig = Field(default_factory=FittingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -27,3 +27,7 @@ class DataError(SpinRayError):
 
 class RenderError(SpinRayError):
     """The headless renderer could not start (no EGL/GL) or was given unusable input."""
+
+
+class ModelError(SpinRayError):
+    """Network weights or mean parameters are missing or do not fit the configured regressor."""
