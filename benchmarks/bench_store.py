@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="client process counts")
     parser.add_argument("--write-results", type=Path, default=None, help="update this RESULTS.md section")
     args = parser.parse_args(argv)
+    load = os.getloadavg()[0]
     header = machine()
     rows = []
     with tempfile.TemporaryDirectory() as data_dir, EmbeddedRedis(data_dir) as server:
@@ -130,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {c} | {op} | {total} | {per} |" for c, op, total, per in rows),
         "",
     ]
+    load_before, load_after = load, os.getloadavg()[0]
+    if max(load_before, load_after) > 0.5:
+        # Client, server and the other work share the same cores: throughput drops and p99 grows.
+        table += [
+            f"Other CPU-heavy work shared the machine during this run (1-min load average {load_before:.1f} before, "
+            f"{load_after:.1f} after, on {os.cpu_count()} cores): throughputs are lower bounds and the p99 "
+            f"latencies include waiting for a core.",
+            "",
+        ]
     text = "\n".join(table)
     print(text)
     if args.write_results:
