@@ -123,6 +123,13 @@ def test_password_is_required_and_never_shown(tmp_path, caplog):
             assert raw.recv(100).startswith(b"-NOAUTH")
         store = FitStore.open(server.url, "auth", body_model_hash=TEST_BODY_HASH, connect_timeout_s=2)
         assert PASSWORD not in repr(store) and PASSWORD not in repr(store.address)
+        # An ACL user named in the URL, as on a shared cluster Redis.
+        store.client.acl_setuser("fitter", enabled=True, passwords=[f"+{PASSWORD}"], keys=["*"], commands=["+@all"])
+        as_user = FitStore.open(
+            f"redis://fitter:{PASSWORD}@127.0.0.1:{server.port}/0", "auth", body_model_hash=TEST_BODY_HASH
+        )
+        assert as_user.client.acl_whoami() == "fitter" and as_user.meta.body_model_hash == TEST_BODY_HASH
+        as_user.close()
         store.close()
         wrong = server.url.replace(PASSWORD, PASSWORD[::-1])
         with pytest.raises(FitStoreError) as refused:
