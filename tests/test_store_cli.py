@@ -132,3 +132,24 @@ def test_serve_runs_until_ctrl_c(tmp_path):
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{pid}")
     assert "ready to exit" in (tmp_path / "redis.log").read_text().lower()
+
+
+def test_serve_with_password_never_prints_it(tmp_path):
+    env = {**os.environ, "SPIN_RAY_REDIS_PASSWORD": "s3rve-Pw/needs%quoting"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spin_ray.cli", "store", "serve", "--data-dir", str(tmp_path),
+         "--password-env", "SPIN_RAY_REDIS_PASSWORD"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        proc.stdout.readline()
+        export = proc.stdout.readline()
+        assert "redis://:$SPIN_RAY_REDIS_PASSWORD@127.0.0.1:" in export
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for text in (export, out, err, (tmp_path / "redis.log").read_text()):
+        assert "s3rve-Pw" not in text and "needs%25quoting" not in text

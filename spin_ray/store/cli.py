@@ -130,7 +130,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     with EmbeddedRedis(args.data_dir, port=args.port, password=password) as server:
-        shown = server.url if password is None else server.url.replace(password, f"${args.password_env}")
+        # Never print the password: show the variable that holds it instead.
+        shown = server.url if password is None else f"redis://:${args.password_env}@127.0.0.1:{server.port}/0"
         print(f"redis-server (pid {server.pid}) serving {shown} with data in {server.data_dir}", flush=True)
         print(f"export {URL_ENV}={shown}", flush=True)
         try:
