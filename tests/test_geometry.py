@@ -191,3 +191,11 @@ def test_similarity_procrustes_never_reflects():
     det_a = torch.linalg.det(a0[:, :3])
     det_m = torch.linalg.det(m0[:, :3])
     assert (torch.sign(det_a) == torch.sign(det_m)).all()
+
+
+@pytest.mark.parametrize("angle", [0.0, 1e-8, 0.5, 2.0, math.pi - 1e-6, math.pi])
+def test_matrix_to_axis_angle_gradient_finite(angle):
+    aa = torch.tensor([[0.6, 0.0, 0.8]], dtype=torch.float64) * angle
+    rot = axis_angle_to_matrix(aa).requires_grad_()
+    matrix_to_axis_angle(rot).sum().backward()
+    assert torch.isfinite(rot.grad).all()
