@@ -14,7 +14,6 @@ import torch
 
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
 from spin_ray.body.joints import EXTRA_KEYPOINT_NAMES, SMPL_EXTRA_VERTEX_IDS
-from spin_ray.body.kinematics import forward_kinematics, shaped_rest_joints
 from spin_ray.body.model_file import embedded_model_path, load_body_model_arrays
 from spin_ray.body.random_model import random_model_arrays
 from spin_ray.config import BodyConfig
@@ -114,7 +113,10 @@ def random_params(batch: int, num_betas: int, seed: int, dtype=torch.float32, sc
 # Joints-only forward vs full smplx forward.
 
 
-def test_joints_only_matches_full_forward(model):
+@pytest.mark.parametrize("extras_method", ["vertices", "pairs"])
+def test_joints_only_matches_full_forward(model_dir, extras_method):
+    model = BodyModel.from_file(model_dir / "model.npz", extras_method=extras_method)
+    assert model.extras_method == extras_method
     rotmats, betas = random_params(16, model.num_betas, seed=0)
     full = model(rotmats, betas)
     fast = model.keypoints(rotmats, betas)
@@ -126,21 +128,44 @@ def test_joints_only_matches_full_forward(model):
     assert torch.allclose(fast, full.keypoints, atol=1e-5, rtol=0)
 
 
-def test_pose_correctives_are_used(model):
+@pytest.mark.parametrize("extras_method,buffer", [("vertices", "support_posedirs"), ("pairs", "pair_posedirs")])
+def test_pose_correctives_are_used(model_dir, extras_method, buffer):
     """With posedirs zeroed the keypoints move: the joints-only path applies pose blendshapes."""
+    model = BodyModel.from_file(model_dir / "model.npz", extras_method=extras_method)
     rotmats, betas = random_params(4, model.num_betas, seed=3)
     with_correctives = model.keypoints(rotmats, betas)
-    saved = model.support_posedirs.clone()
-    try:
-        model.support_posedirs.zero_()
-        without = model.keypoints(rotmats, betas)
-    finally:
-        model.support_posedirs.copy_(saved)
-    assert (with_correctives - without).abs().max() > 1e-3
+    getattr(model, buffer).zero_()
+    assert (with_correctives - model.keypoints(rotmats, betas)).abs().max() > 1e-3
 
 
-def test_joints_only_matches_full_forward_float64_and_gradients(model_dir):
-    model = BodyModel.from_file(model_dir / "model.npz", dtype=torch.float64)
+def test_zero_posedirs_are_skipped_and_still_match(tmp_path):
+    arrays = random_model_arrays(num_vertices=200, seed=20)
+    arrays["posedirs"][:] = 0.0  # like the open model
+    np.savez(tmp_path / "noposedirs.npz", **arrays)
+    for method, buffer in (("vertices", "support_posedirs"), ("pairs", "pair_posedirs")):
+        model = BodyModel.from_file(tmp_path / "noposedirs.npz", extras_method=method)
+        assert getattr(model, buffer) is None
+        rotmats, betas = random_params(4, model.num_betas, seed=21)
+        assert torch.allclose(model.keypoints(rotmats, betas), model(rotmats, betas).keypoints, atol=1e-5)
+
+
+def test_auto_extras_method_picks_the_cheaper_form(tmp_path):
+    few = random_model_arrays(num_vertices=2000, seed=22, keypoint_support=2)
+    many = random_model_arrays(num_vertices=2000, seed=22, keypoint_support=300)
+    np.savez(tmp_path / "few.npz", **few)
+    np.savez(tmp_path / "many.npz", **many)
+    sparse, dense = BodyModel.from_file(tmp_path / "few.npz"), BodyModel.from_file(tmp_path / "many.npz")
+    assert sparse.extras_method == "vertices" and sparse.num_support_vertices <= 40
+    assert dense.extras_method == "pairs" and dense.num_support_vertices > 1000
+    rotmats, betas = random_params(4, 10, seed=23)
+    assert torch.allclose(dense.keypoints(rotmats, betas), dense(rotmats, betas).keypoints, atol=1e-5)
+    with pytest.raises(InputError, match="extras_method"):
+        BodyModel.from_file(tmp_path / "few.npz", extras_method="mesh")
+
+
+@pytest.mark.parametrize("extras_method", ["vertices", "pairs"])
+def test_joints_only_matches_full_forward_float64_and_gradients(model_dir, extras_method):
+    model = BodyModel.from_file(model_dir / "model.npz", dtype=torch.float64, extras_method=extras_method)
     rotmats, betas = random_params(4, model.num_betas, seed=1, dtype=torch.float64)
     weights = torch.randn(4, 49, 3, dtype=torch.float64)
     grads = []
@@ -153,23 +178,13 @@ def test_joints_only_matches_full_forward_float64_and_gradients(model_dir):
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-9)
 
 
-def test_joints_only_gradcheck(model_dir):
-    model = BodyModel.from_file(model_dir / "model.npz", dtype=torch.float64)
+@pytest.mark.parametrize("extras_method", ["vertices", "pairs"])
+def test_joints_only_gradcheck(model_dir, extras_method):
+    model = BodyModel.from_file(model_dir / "model.npz", dtype=torch.float64, extras_method=extras_method)
     rotmats, betas = random_params(1, model.num_betas, seed=2, dtype=torch.float64)
     rotmats.requires_grad_()
     betas.requires_grad_()
     assert torch.autograd.gradcheck(lambda r, b: model.keypoints(r, b), (rotmats, betas), eps=1e-6, atol=1e-6)
-
-
-def test_forward_kinematics_matches_smplx_transforms(model):
-    from smplx.lbs import batch_rigid_transform
-
-    rotmats, betas = random_params(3, model.num_betas, seed=4, dtype=torch.float32)
-    rest = shaped_rest_joints(betas, model.j_template, model.j_shapedirs)
-    joints, transforms = forward_kinematics(rotmats, rest, model._parents)
-    ref_joints, ref_transforms = batch_rigid_transform(rotmats, rest, model.smpl.parents)
-    assert torch.allclose(joints, ref_joints, atol=1e-6)
-    assert torch.allclose(transforms, ref_transforms, atol=1e-6)
 
 
 def test_pkl_and_npz_load_the_same_model(model_dir):

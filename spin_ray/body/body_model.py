@@ -5,17 +5,19 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import smplx
 import torch
 
-from spin_ray.body.joints import NUM_SMPL_JOINTS, SPIN49_FROM_JOINTS_AND_EXTRAS
+from spin_ray.body.joints import NUM_EXTRA_KEYPOINTS, NUM_SMPL_JOINTS, SPIN49_FROM_JOINTS_AND_EXTRAS
 from spin_ray.body.kinematics import (
     forward_kinematics,
     joint_shape_basis,
+    keypoint_joint_basis,
     kinematic_levels,
+    regressed_skinned_points,
     shaped_rest_joints,
     skin_vertices,
 )
@@ -27,6 +29,8 @@ from spin_ray.errors import BodyModelError, InputError
 # smplx always appends 5 face keypoints from vertex ids; we compute our own extras and drop its
 # extra joints, so point them at vertex 0, which exists on every mesh.
 _UNUSED_SMPLX_VERTEX_IDS = {"nose": 0, "reye": 0, "leye": 0, "rear": 0, "lear": 0}
+_PAIR_BUFFERS = ("pair_weight", "pair_template", "pair_shapedirs", "pair_posedirs")
+ExtrasMethod = Literal["auto", "vertices", "pairs"]
 
 
 class BodyOutput(NamedTuple):
@@ -45,7 +49,10 @@ def _buffer(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 class BodyModel(torch.nn.Module):
     """An SMPL-layout body model: buffers only, no translation (the camera adds it)."""
 
-    def __init__(self, arrays: BodyModelArrays, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, arrays: BodyModelArrays, dtype: torch.dtype = torch.float32, extras_method: ExtrasMethod = "auto"
+    ) -> None:
+        """Buffers for both forwards; `extras_method` picks how the joints-only path gets the 20 extras."""
         super().__init__()
         self.identity: str = arrays.sha256
         self.source: str = arrays.source
@@ -77,23 +84,57 @@ class BodyModel(torch.nn.Module):
         self.register_buffer("j_template", j_template.to(dtype))
         self.register_buffer("j_shapedirs", j_shapedirs.to(dtype))
 
-        # The joints-only path skins only the vertices that some extra keypoint regresses from.
-        support = np.flatnonzero(np.any(arrays.keypoint_regressor != 0, axis=0))
         self.register_buffer("keypoint_regressor", _buffer(arrays.keypoint_regressor, dtype))
-        self.register_buffer("support_regressor", _buffer(arrays.keypoint_regressor[:, support], dtype))
-        self.register_buffer("support_template", _buffer(arrays.v_template[support], dtype))
-        self.register_buffer("support_shapedirs", _buffer(arrays.shapedirs[support], dtype))
-        support_posedirs = arrays.posedirs[support].reshape(len(support) * 3, -1).T
-        self.register_buffer("support_posedirs", _buffer(support_posedirs, dtype))
-        self.register_buffer("support_weights", _buffer(arrays.weights[support], dtype))
+        self._extras_method = self._register_extras_path(arrays, dtype, extras_method)
         self.register_buffer("spin49_index", torch.tensor(SPIN49_FROM_JOINTS_AND_EXTRAS, dtype=torch.long))
         h36m = arrays.J_regressor_h36m
         self.register_buffer("j_regressor_h36m", None if h36m is None else _buffer(h36m, dtype))
 
+    def _register_extras_path(self, arrays: BodyModelArrays, dtype: torch.dtype, method: ExtrasMethod) -> str:
+        """Buffers of the joints-only extras: skin the support vertices, or sum per (keypoint, joint) pair.
+
+        Both are exact LBS followed by the regressor; they differ in cost only. Skinning costs per
+        support vertex (nonzero regressor column); the pair form costs per (keypoint, joint) pair,
+        20 x 24 = 480 of them, which is less when the regressors spread over hundreds of vertices.
+        """
+        if method not in ("auto", "pairs", "vertices"):
+            raise InputError(f"extras_method must be 'auto', 'pairs' or 'vertices', got {method!r}")
+        support = np.flatnonzero(np.any(arrays.keypoint_regressor != 0, axis=0))
+        posedirs = arrays.posedirs[support]
+        # All-zero pose correctives (the open model) cost nothing if skipped.
+        posedirs = posedirs if np.any(posedirs) else None
+        if method == "auto":
+            # A pair is ~3x cheaper than a vertex (one transform, no weight blend): measured crossover
+            # near 160 support vertices at batch 64 on one thread (benchmarks/bench_body.py models).
+            method = "pairs" if 3 * len(support) > NUM_EXTRA_KEYPOINTS * NUM_SMPL_JOINTS else "vertices"
+        self.num_support_vertices = len(support)
+        if method == "pairs":
+            f64 = torch.float64
+            basis = keypoint_joint_basis(
+                _buffer(arrays.keypoint_regressor[:, support], f64), _buffer(arrays.weights[support], f64),
+                _buffer(arrays.v_template[support], f64), _buffer(arrays.shapedirs[support], f64),
+                None if posedirs is None else _buffer(posedirs, f64),
+            )
+            for name, value in basis.items():
+                self.register_buffer(name, value.to(dtype))
+            if "pair_posedirs" not in basis:
+                self.register_buffer("pair_posedirs", None)
+            return method
+        self.register_buffer("support_regressor", _buffer(arrays.keypoint_regressor[:, support], dtype))
+        self.register_buffer("support_template", _buffer(arrays.v_template[support], dtype))
+        self.register_buffer("support_shapedirs", _buffer(arrays.shapedirs[support], dtype))
+        support_posedirs = None if posedirs is None else _buffer(posedirs.reshape(len(support) * 3, -1).T, dtype)
+        self.register_buffer("support_posedirs", support_posedirs)
+        self.register_buffer("support_weights", _buffer(arrays.weights[support], dtype))
+        return method
+
     @classmethod
-    def from_file(cls, path: str | Path, num_betas: int = 10, dtype: torch.dtype = torch.float32) -> BodyModel:
+    def from_file(
+        cls, path: str | Path, num_betas: int = 10, dtype: torch.dtype = torch.float32,
+        extras_method: ExtrasMethod = "auto",
+    ) -> BodyModel:
         """A model file that carries its own keypoint regressor (.npz in our layout)."""
-        return cls(load_body_model_arrays(path, num_betas=num_betas), dtype=dtype)
+        return cls(load_body_model_arrays(path, num_betas=num_betas), dtype=dtype, extras_method=extras_method)
 
     @classmethod
     def from_config(cls, cfg: BodyConfig) -> BodyModel:
@@ -130,9 +171,9 @@ class BodyModel(torch.nn.Module):
         return int(self.smpl.v_template.shape[0])
 
     @property
-    def num_support_vertices(self) -> int:
-        """Vertices skinned by the joints-only path."""
-        return int(self.support_template.shape[0])
+    def extras_method(self) -> str:
+        """How the joints-only path computes the 20 extra keypoints: 'vertices' or 'pairs'."""
+        return self._extras_method
 
     @property
     def has_h36m_regressor(self) -> bool:
@@ -181,9 +222,13 @@ class BodyModel(torch.nn.Module):
         self._check_params(rotmats, betas)
         rest = shaped_rest_joints(betas, self.j_template, self.j_shapedirs)
         joints, skinning = forward_kinematics(rotmats, rest, self._parents, self._levels)
-        support = skin_vertices(rotmats, skinning, betas, self.support_template, self.support_shapedirs,
-                                self.support_posedirs, self.support_weights)
-        extras = torch.einsum("ks,bsc->bkc", self.support_regressor, support)
+        if self._extras_method == "pairs":
+            basis = {name: getattr(self, name) for name in _PAIR_BUFFERS}
+            extras = regressed_skinned_points(rotmats, skinning, betas, basis)
+        else:
+            support = skin_vertices(rotmats, skinning, betas, self.support_template, self.support_shapedirs,
+                                    self.support_posedirs, self.support_weights)
+            extras = torch.einsum("ks,bsc->bkc", self.support_regressor, support)
         return self._gather_keypoints(joints, extras)
 
     def h36m_joints(self, vertices: torch.Tensor) -> torch.Tensor:

@@ -83,15 +83,59 @@ def skin_vertices(
     betas: torch.Tensor,
     v_template: torch.Tensor,
     shapedirs: torch.Tensor,
-    posedirs: torch.Tensor,
+    posedirs: torch.Tensor | None,
     weights: torch.Tensor,
 ) -> torch.Tensor:
     """Posed positions (B,S,3) of a vertex subset: shape and pose blendshapes, then LBS.
 
-    v_template (S,3), shapedirs (S,3,Bt), posedirs (P, S*3) in smplx's layout, weights (S,J).
+    v_template (S,3), shapedirs (S,3,Bt), posedirs (P, S*3) in smplx's layout or None when all
+    zero, weights (S,J).
     """
     batch = betas.shape[0]
-    shaped = v_template + torch.einsum("bk,sck->bsc", betas, shapedirs)
-    posed = shaped + (pose_feature(rotmats) @ posedirs).view(batch, -1, 3)
+    posed = v_template + torch.einsum("bk,sck->bsc", betas, shapedirs)
+    if posedirs is not None:
+        posed = posed + (pose_feature(rotmats) @ posedirs).view(batch, -1, 3)
     per_vertex = torch.einsum("sj,bjrc->bsrc", weights, skinning[..., :3, :])
     return (per_vertex[..., :3] @ posed.unsqueeze(-1)).squeeze(-1) + per_vertex[..., 3]
+
+
+def keypoint_joint_basis(
+    regressor: torch.Tensor,
+    weights: torch.Tensor,
+    v_template: torch.Tensor,
+    shapedirs: torch.Tensor,
+    posedirs: torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """Per (keypoint, joint) sums that make regressed skinned points cost O(K*J), not O(vertices).
+
+    A regressed point is sum_s R_ks sum_j W_sj (A_j v_s) = sum_j A_j applied to
+    (sum_s R_ks W_sj v_s) with weight sum_s R_ks W_sj; v_s is linear in betas and the pose feature,
+    so each (k, j) sum is too and can be precomputed. Inputs over the support vertices:
+    regressor (K,S), weights (S,J), v_template (S,3), shapedirs (S,3,Bt), posedirs (S,3,P) or None
+    when all zero.
+    """
+    coupling = regressor[:, :, None] * weights[None]  # (K, S, J)
+    basis = {
+        "pair_weight": coupling.sum(1),  # (K, J)
+        "pair_template": torch.einsum("ksj,sc->kjc", coupling, v_template),
+        "pair_shapedirs": torch.einsum("ksj,sct->kjct", coupling, shapedirs),
+    }
+    if posedirs is not None:
+        # Stored as (P, K*J*3) so the pose feature multiplies it directly, like smplx's posedirs.
+        basis["pair_posedirs"] = torch.einsum("ksj,scp->kjcp", coupling, posedirs).flatten(0, 2).T
+    return basis
+
+
+def regressed_skinned_points(
+    rotmats: torch.Tensor,
+    skinning: torch.Tensor,
+    betas: torch.Tensor,
+    basis: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """Regressed posed points (B,K,3) from `keypoint_joint_basis`; equal to skinning then regressing."""
+    batch = betas.shape[0]
+    points = basis["pair_template"] + torch.einsum("bt,kjct->bkjc", betas, basis["pair_shapedirs"])
+    if basis.get("pair_posedirs") is not None:
+        points = points + (pose_feature(rotmats) @ basis["pair_posedirs"]).view(batch, *points.shape[1:])
+    rotated = torch.einsum("bjrc,bkjc->bkr", skinning[..., :3, :3], points)
+    return rotated + torch.einsum("kj,bjr->bkr", basis["pair_weight"], skinning[..., :3, 3])

@@ -24,6 +24,7 @@ def random_model_arrays(
     seed: int = 0,
     keypoint_support: int = 4,
     with_keypoint_regressor: bool = True,
+    joints_per_vertex: int = 4,
 ) -> dict[str, np.ndarray]:
     """Raw SMPL-layout arrays of a random body: smooth skinning, nonzero shape and pose blendshapes.
 
@@ -38,9 +39,12 @@ def random_model_arrays(
         joints[j] = joints[parents[j]] + rng.normal(0.0, 0.1, size=3)
     owner = rng.integers(0, NUM_SMPL_JOINTS, size=num_vertices)
     v_template = joints[owner] + rng.normal(0.0, 0.05, size=(num_vertices, 3))
-    # Smooth weights: a softmax over distances to the joints.
+    # Smooth weights: a softmax over distances to the nearest `joints_per_vertex` joints (SMPL's
+    # vertices depend on at most 4 joints).
     dist2 = ((v_template[:, None, :] - joints[None]) ** 2).sum(-1)
     logits = -dist2 / (2 * 0.08**2)
+    far = np.argsort(dist2, axis=1)[:, joints_per_vertex:]
+    np.put_along_axis(logits, far, -np.inf, axis=1)
     weights = np.exp(logits - logits.max(1, keepdims=True))
     weights /= weights.sum(1, keepdims=True)
     # J_regressor: each joint a convex combination of its 8 nearest vertices (like SMPL's sparse rows).
