@@ -143,25 +143,56 @@ def test_zero_yaw_puts_the_persons_left_on_the_image_right():
 OPEN_MODEL = Path(__file__).resolve().parents[1] / "spin_ray" / "body" / "assets" / "open_body_model.npz"
 
 
+def load_open_model() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    with np.load(OPEN_MODEL, allow_pickle=False) as npz:
+        arrays = {key: torch.from_numpy(np.asarray(npz[key], dtype=np.float32)) for key in
+                  ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "keypoint_regressor")}
+        parents = torch.from_numpy(npz["kintree_table"][0].astype(np.int64))
+    parents[0] = -1
+    return arrays, parents
+
+
+def open_model_forward(poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Vertices and 24 joints of the open model (mean shape) via smplx's lbs."""
+    from smplx.lbs import lbs
+
+    arrays, parents = load_open_model()
+    # smplx's lbs wants posedirs as (207, 3V).
+    posedirs = arrays["posedirs"].reshape(-1, arrays["posedirs"].shape[-1]).T
+    return lbs(torch.zeros(poses.shape[0], arrays["shapedirs"].shape[-1]), poses.float(), arrays["v_template"],
+               arrays["shapedirs"], posedirs, arrays["J_regressor"], parents, arrays["weights"])
+
+
+@pytest.mark.skipif(not OPEN_MODEL.is_file(), reason="open body model not built yet")
+def test_global_orient_on_the_open_body_model():
+    from spin_ray.body.joints import EXTRA_KEYPOINT_NAMES
+
+    orient = sample_global_orient(8, math.radians(45), torch.Generator().manual_seed(8))
+    poses = torch.cat((orient, sample_body_poses(8, torch.Generator().manual_seed(9))[:, 3:]), dim=1)
+    verts, joints = open_model_forward(poses)
+    nose = load_open_model()[0]["keypoint_regressor"][EXTRA_KEYPOINT_NAMES.index("nose")] @ verts
+    t = torch.tensor([[0.0, 0.0, 10.0]]).expand(8, 3)
+    px = perspective_projection(joints, t, 5000.0, crop_size=224)
+    assert (px[:, J["head"], 1] < px[:, [J["left_ankle"], J["right_ankle"]], 1].min(-1).values).all()
+    assert (nose[:, 2] < joints[:, J["head"], 2]).all()
+
+
 @pytest.mark.skipif(not OPEN_MODEL.is_file(), reason="open body model not built yet")
 def test_flexion_axes_on_the_open_body_model():
-    import smplx
-    from smplx.utils import Struct
-
-    with np.load(OPEN_MODEL, allow_pickle=False) as npz:
-        arrays = {key: npz[key] for key in npz.files}
-    model = smplx.SMPL(model_path=str(OPEN_MODEL), data_struct=Struct(**arrays), num_betas=10,
-                       vertex_ids={key: 0 for key in ("nose", "reye", "leye", "rear", "lear", "LBigToe",
-                                                      "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel")})
+    arrays, parents = load_open_model()
     poses = torch.cat([
         single_joint_pose("left_knee", 0, 1.0), single_joint_pose("right_knee", 0, 1.0),
         single_joint_pose("left_elbow", 1, -1.0), single_joint_pose("right_elbow", 1, 1.0),
         torch.zeros(1, 72, dtype=torch.float64),
     ]).float()
-    out = model(global_orient=poses[:, :3], body_pose=poses[:, 3:])
-    joints = out.joints[:, :24].detach()
+    _, joints = open_model_forward(poses)
     rest = joints[4]
     assert joints[0, J["left_ankle"], 2] < rest[J["left_ankle"], 2] - 0.1
     assert joints[1, J["right_ankle"], 2] < rest[J["right_ankle"], 2] - 0.1
     assert joints[2, J["left_wrist"], 2] > rest[J["left_wrist"], 2] + 0.1
     assert joints[3, J["right_wrist"], 2] > rest[J["right_wrist"], 2] + 0.1
+    # Forearms fold inwards, towards the body's midline.
+    assert joints[2, J["left_wrist"], 0] < rest[J["left_wrist"], 0] - 0.05
+    assert joints[3, J["right_wrist"], 0] > rest[J["right_wrist"], 0] + 0.05
+    # The person's left is +x and the head is up: the model shares the stick skeleton's frame.
+    assert rest[J["left_hip"], 0] > rest[J["right_hip"], 0] and rest[J["head"], 1] > rest[J["pelvis"], 1]
