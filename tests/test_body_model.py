@@ -52,7 +52,7 @@ def _fake_chumpy_modules() -> dict[str, types.ModuleType]:
     return {"chumpy": package, "chumpy.ch": ch, "chumpy.reordering": reordering}
 
 
-def write_chumpy_pkl(arrays: dict[str, np.ndarray], path: Path) -> None:
+def write_chumpy_pkl(arrays: dict[str, np.ndarray], path: Path, expression_key: str | None = None) -> None:
     """Pickle like an official SMPL file: chumpy Ch arrays, csc J_regressor, numpy.core/scipy.sparse.csc paths."""
     modules = _fake_chumpy_modules()
     saved = {name: sys.modules.get(name) for name in modules}
@@ -69,6 +69,8 @@ def write_chumpy_pkl(arrays: dict[str, np.ndarray], path: Path) -> None:
                 data[key] = Ch(value.astype(np.float64))
         data["J"] = Ch(np.zeros((24, 3)))
         data["unused_expression"] = Select(Ch(np.zeros(3)), np.arange(2))  # no 'x': skipped unless needed
+        if expression_key is not None:
+            data[expression_key] = Select(data[expression_key], np.arange(2))
         data["bs_style"] = "lbs"
         blob = pickle.dumps(data, protocol=2)
     finally:
@@ -333,6 +335,11 @@ def test_truncated_file(model_dir, tmp_path, name):
     path = tmp_path / name
     path.write_bytes(data[: len(data) // 2])
     assert "truncated" in _one_line_error(path)
+
+
+def test_pkl_with_chumpy_expression_for_a_needed_key(tmp_path):
+    write_chumpy_pkl(random_model_arrays(num_vertices=50, seed=15), tmp_path / "expr.pkl", expression_key="weights")
+    _one_line_error(tmp_path / "expr.pkl", "'weights'", "chumpy.reordering.Select")
 
 
 def test_missing_key(tmp_path):

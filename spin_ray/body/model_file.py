@@ -8,7 +8,9 @@ import hashlib
 import io
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import scipy.sparse
@@ -67,6 +69,8 @@ def embedded_model_path() -> Path:
 class _ChumpyShim:
     """Stands in for any chumpy class: keeps the pickled state, whose array (if any) is under 'x'."""
 
+    chumpy_class = "chumpy"
+
     def __init__(self, *args, **kwargs) -> None:
         self.state: dict = {}
 
@@ -86,7 +90,7 @@ def _numpy_core_attr(name: str):
 
 # (module, name) -> what the unpickler gets. Everything else is refused: a pickle can call any
 # global it names, so only pure data constructors are allowed.
-_ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
+_ALLOWED_GLOBALS: Mapping[tuple[str, str], object] = MappingProxyType({
     ("copy_reg", "_reconstructor"): copyreg._reconstructor,
     ("copyreg", "_reconstructor"): copyreg._reconstructor,
     # Plain containers: chumpy's pickled state holds sets and tuples (e.g. its dirty-variable set).
@@ -99,7 +103,7 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], object] = {
     ("numpy._core.multiarray", "_reconstruct"): _numpy_core_attr("_reconstruct"),
     ("numpy.core.multiarray", "scalar"): _numpy_core_attr("scalar"),
     ("numpy._core.multiarray", "scalar"): _numpy_core_attr("scalar"),
-}
+})
 _SPARSE_CLASSES = {"csc_matrix": scipy.sparse.csc_matrix, "csr_matrix": scipy.sparse.csr_matrix}
 _SPARSE_MODULES = {"scipy.sparse.csc", "scipy.sparse.csr", "scipy.sparse._csc", "scipy.sparse._csr", "scipy.sparse"}
 
@@ -113,7 +117,8 @@ class _SmplUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         if module == "chumpy" or module.startswith("chumpy."):
-            return _ChumpyShim
+            # A subclass per chumpy class, so an error can name what a value was.
+            return type(name, (_ChumpyShim,), {"chumpy_class": f"{module}.{name}"})
         if module in _SPARSE_MODULES and name in _SPARSE_CLASSES:
             return _SPARSE_CLASSES[name]
         allowed = _ALLOWED_GLOBALS.get((module, name))
@@ -144,12 +149,10 @@ def _read_pickle(path: Path) -> dict:
         raise BodyModelError(f"{path}: expected a pickled dict of model arrays, got {type(obj).__name__}")
     out = {}
     for key, value in obj.items():
-        if isinstance(value, _ChumpyShim):
-            if "x" not in value.state:
-                # A chumpy expression (e.g. a reordering) would need chumpy to evaluate; only keys
-                # we need make this fatal, later.
-                continue
+        if isinstance(value, _ChumpyShim) and "x" in value.state:
             value = value.state["x"]
+        # A chumpy expression without 'x' (e.g. a reordering) would need chumpy to evaluate; it stays
+        # a shim and is an error only if a key we need holds one.
         out[str(key)] = value
     return out
 
@@ -172,6 +175,11 @@ def _read_npz(path: Path) -> dict:
 
 def _dense(value, path: Path, key: str) -> np.ndarray:
     """A dense float array from an ndarray or scipy sparse matrix, or a BodyModelError."""
+    if isinstance(value, _ChumpyShim):
+        raise BodyModelError(
+            f"{path}: key '{key}' is an unevaluated chumpy expression ({value.chumpy_class}); re-save the "
+            "model with plain arrays (e.g. SMPL's 'remove chumpy' script) or use an .npz"
+        )
     if scipy.sparse.issparse(value):
         value = value.toarray()
     try:
