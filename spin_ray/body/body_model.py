@@ -217,6 +217,12 @@ class BodyModel(torch.nn.Module):
         extras = torch.einsum("kv,bvc->bkc", self.keypoint_regressor, vertices)
         return BodyOutput(vertices=vertices, joints=joints, keypoints=self._gather_keypoints(joints, extras))
 
+    def joints(self, rotmats: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
+        """The 24 posed joints (B,24,3) by forward kinematics of the shaped rest joints, without the mesh."""
+        self._check_params(rotmats, betas)
+        rest = shaped_rest_joints(betas, self.j_template, self.j_shapedirs)
+        return forward_kinematics(rotmats, rest, self._parents, self._levels)[0]
+
     def keypoints(self, rotmats: torch.Tensor, betas: torch.Tensor) -> torch.Tensor:
         """Joints-only forward: the 49 SPIN keypoints (B,49,3) without posing the whole mesh."""
         self._check_params(rotmats, betas)

@@ -1,0 +1,283 @@
+"""Batched SMPLify (SPIN §3.3): a camera stage, then a body stage, with a per-sample ranking error.
+
+Everything here is a pure function of its inputs: nothing mutates the caller's tensors (the
+reference code zeroes confidences in place on a view, which silently hides the OpenPose torso from
+its camera stage). Samples are independent: the loss is a sum over samples and Adam's state is
+elementwise, so a sample's result does not depend on the rest of its batch, and a sample whose loss
+or parameters turn non-finite is frozen, flagged and returned with an infinite error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
+from spin_ray.body.joints import (
+    NUM_KEYPOINTS,
+    SPIN49_DATASET_TORSO,
+    SPIN49_IGNORED_IN_FIT,
+    SPIN49_TORSO,
+)
+from spin_ray.config import CameraConfig, FittingConfig
+from spin_ray.errors import InputError
+from spin_ray.fitting.priors import angle_prior, gmof, shape_prior
+from spin_ray.geometry import camera_translation_from_keypoints, perspective_projection
+
+
+@dataclass(frozen=True)
+class SmplifyParams:
+    """A batch of SMPL parameters with a camera translation; axis-angle rotations."""
+
+    global_orient: torch.Tensor  # (B, 3)
+    body_pose: torch.Tensor  # (B, 69)
+    betas: torch.Tensor  # (B, num_betas)
+    camera_t: torch.Tensor  # (B, 3)
+
+    @property
+    def pose(self) -> torch.Tensor:
+        """The 72-d axis-angle pose (B, 72)."""
+        return torch.cat([self.global_orient, self.body_pose], dim=-1)
+
+    @property
+    def batch_size(self) -> int:
+        """Number of samples."""
+        return self.global_orient.shape[0]
+
+    @classmethod
+    def from_pose(cls, pose: torch.Tensor, betas: torch.Tensor, camera_t: torch.Tensor) -> SmplifyParams:
+        """Split a 72-d pose into global orientation and body pose."""
+        return cls(pose[:, :3], pose[:, 3:], betas, camera_t)
+
+    def detached(self) -> SmplifyParams:
+        """Copies cut from any autograd graph."""
+        return SmplifyParams(*(t.detach().clone() for t in self.tensors()))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """The four tensors in field order."""
+        return (self.global_orient, self.body_pose, self.betas, self.camera_t)
+
+    def select(self, mask: torch.Tensor, other: SmplifyParams) -> SmplifyParams:
+        """Per sample, self where mask is true, else other."""
+        pick = [torch.where(mask[:, None], a, b) for a, b in zip(self.tensors(), other.tensors())]
+        return SmplifyParams(*pick)
+
+
+@dataclass(frozen=True)
+class SmplifyResult:
+    """Fitted parameters and per-sample diagnostics; compare `error` to `initial_error` to keep the better."""
+
+    params: SmplifyParams
+    error: torch.Tensor  # (B,) ranking error of the fit; inf where failed
+    initial_error: torch.Tensor  # (B,) ranking error of the initialisation
+    failed: torch.Tensor  # (B,) bool: rejected input or a non-finite loss/parameter during fitting
+    betas_out_of_range: torch.Tensor  # (B,) bool: some |beta| > max_abs_beta; not for supervision
+    pixel_error: torch.Tensor  # (B,) mean pixel distance over visible keypoints, for people to read
+
+
+def check_keypoints(keypoints_2d: torch.Tensor) -> None:
+    """Raise InputError unless keypoints_2d is (B, 49, 3) [u, v, confidence]."""
+    if keypoints_2d.dim() != 3 or tuple(keypoints_2d.shape[1:]) != (NUM_KEYPOINTS, 3):
+        raise InputError(
+            f"keypoints_2d must be (B, {NUM_KEYPOINTS}, 3) [u, v, confidence] in crop pixels, "
+            f"got {tuple(keypoints_2d.shape)}"
+        )
+
+
+def rejected_samples(keypoints_2d: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: samples with a non-finite keypoint or confidence, or no visible keypoint."""
+    finite = torch.isfinite(keypoints_2d).all(dim=(1, 2))
+    conf = torch.nan_to_num(keypoints_2d[..., 2], nan=0.0)
+    return ~finite | ~(conf > 0).any(dim=1)
+
+
+def fit_confidences(keypoints_2d: torch.Tensor) -> torch.Tensor:
+    """Confidences (B, 49) used by the body stage and the ranking error: OpenPose hips zeroed, on a copy."""
+    conf = keypoints_2d[..., 2].clamp(min=0).clone()
+    conf[:, list(SPIN49_IGNORED_IN_FIT)] = 0.0
+    return conf
+
+
+def model_keypoints(body: BodyModel, params: SmplifyParams, joints_only: bool = True) -> torch.Tensor:
+    """The 49 model keypoints (B, 49, 3) in the body frame (no camera translation)."""
+    rotmats = axis_angle_pose_to_rotmats(params.pose)
+    if joints_only:
+        return body.keypoints(rotmats, params.betas)
+    return body(rotmats, params.betas).keypoints
+
+
+def project(points: torch.Tensor, camera_t: torch.Tensor, camera: CameraConfig) -> torch.Tensor:
+    """Pixels (B, N, 2) of body-frame points seen through the crop camera at translation camera_t."""
+    return perspective_projection(points, camera_t, camera.focal_length, crop_size=camera.crop_size)
+
+
+def reprojection_terms(
+    projected: torch.Tensor, keypoints_2d: torch.Tensor, conf: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """Per-keypoint robust error (B, 49): conf^2 * sum over u, v of GMoF(projected - observed)."""
+    return conf.pow(2) * gmof(projected - keypoints_2d[..., :2], sigma).sum(-1)
+
+
+def ranking_error(
+    keypoints_3d: torch.Tensor, camera_t: torch.Tensor, keypoints_2d: torch.Tensor,
+    camera: CameraConfig, sigma: float,
+) -> torch.Tensor:
+    """SPIN's ranking error (B,): mean over the 49 keypoints of conf^2 * GMoF reprojection, in crop pixels."""
+    projected = project(keypoints_3d, camera_t, camera)
+    return reprojection_terms(projected, keypoints_2d, fit_confidences(keypoints_2d), sigma).mean(-1)
+
+
+def pixel_error(keypoints_3d: torch.Tensor, camera_t: torch.Tensor, keypoints_2d: torch.Tensor,
+                camera: CameraConfig) -> torch.Tensor:
+    """Mean pixel distance (B,) over keypoints with positive confidence (NaN where none)."""
+    distance = (project(keypoints_3d, camera_t, camera) - keypoints_2d[..., :2]).norm(dim=-1)
+    visible = (fit_confidences(keypoints_2d) > 0).to(distance.dtype)
+    return (distance * visible).sum(-1) / visible.sum(-1)
+
+
+def camera_stage_loss(
+    keypoints_3d: torch.Tensor, camera_t: torch.Tensor, initial_depth: torch.Tensor,
+    keypoints_2d: torch.Tensor, camera: CameraConfig, depth_loss_weight: float,
+) -> torch.Tensor:
+    """Per-sample camera-stage loss (B,): squared torso reprojection plus a pull towards the initial depth.
+
+    The OpenPose torso is used when all four of its joints are visible, else the dataset torso; only
+    visible joints count. Confidences come from the caller's tensor, untouched.
+    """
+    conf = keypoints_2d[..., 2]
+    op, ds = list(SPIN49_TORSO), list(SPIN49_DATASET_TORSO)
+    use_openpose = (conf[:, op] > 0).all(dim=1, keepdim=True)
+    joints = torch.where(use_openpose, torch.tensor(op, device=conf.device), torch.tensor(ds, device=conf.device))
+    observed = torch.gather(keypoints_2d, 1, joints[..., None].expand(-1, -1, 3))
+    model = torch.gather(keypoints_3d, 1, joints[..., None].expand(-1, -1, 3))
+    projected = project(model, camera_t, camera)
+    visible = (observed[..., 2] > 0).to(projected.dtype)
+    reprojection = (visible[..., None] * (projected - observed[..., :2]).pow(2)).sum(dim=(1, 2))
+    return reprojection + depth_loss_weight**2 * (camera_t[:, 2] - initial_depth).pow(2)
+
+
+def body_stage_loss(
+    keypoints_3d: torch.Tensor, params: SmplifyParams, keypoints_2d: torch.Tensor, conf: torch.Tensor,
+    pose_prior: torch.nn.Module, camera: CameraConfig, fitting: FittingConfig,
+) -> torch.Tensor:
+    """Per-sample body-stage loss (B,): robust reprojection + pose, bending and shape priors (SPIN's weights squared)."""
+    projected = project(keypoints_3d, params.camera_t, camera)
+    reprojection = reprojection_terms(projected, keypoints_2d, conf, fitting.gmof_sigma).sum(-1)
+    return (
+        reprojection
+        + fitting.pose_prior_weight**2 * pose_prior(params.body_pose)
+        + fitting.angle_prior_weight**2 * angle_prior(params.body_pose)
+        + fitting.shape_prior_weight**2 * shape_prior(params.betas)
+    )
+
+
+def _safe_inputs(keypoints_2d: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Keypoints with rejected samples replaced by zeros (a copy), so they cannot poison a batched op."""
+    return torch.where(rejected[:, None, None], torch.zeros_like(keypoints_2d), keypoints_2d)
+
+
+def _run_stage(
+    params: SmplifyParams, trainable: tuple[str, ...], iterations: int, lr: float,
+    failed: torch.Tensor, loss_fn,
+) -> tuple[SmplifyParams, torch.Tensor]:
+    """Adam on the named fields of params; returns the new params and the updated failed mask."""
+    if iterations == 0:
+        return params, failed
+    fields = {name: getattr(params, name).detach().clone() for name in ("global_orient", "body_pose", "betas",
+                                                                          "camera_t")}
+    last_good = {name: value.clone() for name, value in fields.items()}
+    for name in trainable:
+        fields[name].requires_grad_(True)
+    optimizer = torch.optim.Adam([fields[name] for name in trainable], lr=lr, betas=(0.9, 0.999))
+    for _ in range(iterations):
+        current = SmplifyParams(**fields)
+        # Failed samples are evaluated at their last good values, so no NaN reaches the body model.
+        safe = SmplifyParams(**last_good).select(failed, current)
+        per_sample = loss_fn(safe)
+        failed = failed | ~torch.isfinite(per_sample)
+        loss = torch.where(failed, torch.zeros_like(per_sample), per_sample).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            for name in trainable:
+                grad = fields[name].grad
+                if grad is not None:
+                    grad.masked_fill_(failed[:, None] | ~torch.isfinite(grad), 0.0)
+        optimizer.step()
+        with torch.no_grad():
+            finite = torch.stack([torch.isfinite(fields[n]).all(dim=1) for n in trainable]).all(dim=0)
+            failed = failed | ~finite
+            for name in trainable:
+                last_good[name] = torch.where(failed[:, None], last_good[name], fields[name].detach())
+    final = SmplifyParams(**{name: last_good[name].detach() for name in last_good})
+    return final, failed
+
+
+def smplify(
+    body: BodyModel,
+    pose_prior: torch.nn.Module,
+    keypoints_2d: torch.Tensor,
+    init: SmplifyParams,
+    fitting: FittingConfig,
+    camera: CameraConfig,
+) -> SmplifyResult:
+    """Fit SMPL to 2D keypoints (B, 49, 3) [u, v, conf] in crop pixels, starting from init."""
+    check_keypoints(keypoints_2d)
+    batch = keypoints_2d.shape[0]
+    for name, tensor, width in zip(("global_orient", "body_pose", "betas", "camera_t"), init.tensors(),
+                                   (3, 69, body.num_betas, 3)):
+        if tensor.shape != (batch, width):
+            raise InputError(f"smplify: init.{name} has shape {tuple(tensor.shape)}, expected ({batch}, {width})")
+    rejected = rejected_samples(keypoints_2d) | ~torch.stack(
+        [torch.isfinite(t).all(dim=1) for t in init.tensors()]).all(dim=0)
+    keypoints_2d = _safe_inputs(keypoints_2d.detach(), rejected)
+    zero_params = SmplifyParams(*(torch.zeros_like(t) for t in init.tensors()))
+    zero_params = replace(zero_params, camera_t=torch.tensor([0.0, 0.0, 1.0]).expand(batch, 3).to(init.camera_t))
+    start = zero_params.select(rejected, init.detached())
+    sigma = fitting.gmof_sigma
+    conf = fit_confidences(keypoints_2d)
+
+    def kp(p: SmplifyParams) -> torch.Tensor:
+        return model_keypoints(body, p, fitting.joints_only)
+
+    with torch.no_grad():
+        initial_error = ranking_error(kp(start), start.camera_t, keypoints_2d, camera, sigma)
+    initial_depth = start.camera_t[:, 2].detach()
+
+    params, failed = _run_stage(
+        start, ("global_orient", "camera_t"), fitting.iterations_camera, fitting.lr, rejected,
+        lambda p: camera_stage_loss(kp(p), p.camera_t, initial_depth, keypoints_2d, camera,
+                                    fitting.depth_loss_weight),
+    )
+    params, failed = _run_stage(
+        params, ("global_orient", "body_pose", "betas"), fitting.iterations_body, fitting.lr, failed,
+        lambda p: body_stage_loss(kp(p), p, keypoints_2d, conf, pose_prior, camera, fitting),
+    )
+    with torch.no_grad():
+        final_kp = kp(params)
+        error = ranking_error(final_kp, params.camera_t, keypoints_2d, camera, sigma)
+        failed = failed | ~torch.isfinite(error)
+        inf = torch.full_like(error, float("inf"))
+        return SmplifyResult(
+            params=params,
+            error=torch.where(failed, inf, error),
+            initial_error=torch.where(rejected, inf, initial_error),
+            failed=failed,
+            betas_out_of_range=(params.betas.abs() > fitting.max_abs_beta).any(dim=1),
+            pixel_error=torch.where(failed, inf, pixel_error(final_kp, params.camera_t, keypoints_2d, camera)),
+        )
+
+
+def camera_from_keypoints(
+    body: BodyModel, pose: torch.Tensor, betas: torch.Tensor, keypoints_2d: torch.Tensor,
+    camera: CameraConfig, initial_depth: float,
+) -> torch.Tensor:
+    """Closed-form camera translation (B, 3) for given parameters, fitted to the visible keypoints."""
+    with torch.no_grad():
+        points = body.keypoints(axis_angle_pose_to_rotmats(pose), betas)
+        conf = torch.nan_to_num(fit_confidences(torch.nan_to_num(keypoints_2d)), nan=0.0)
+        return camera_translation_from_keypoints(
+            points, torch.nan_to_num(keypoints_2d[..., :2]), conf, camera.focal_length, camera.crop_size,
+            initial_depth,
+        )
