@@ -23,8 +23,8 @@ from spin_ray.body.kinematics import (
 )
 from spin_ray.body.model_file import BodyModelArrays, embedded_model_path, load_body_model_arrays
 from spin_ray.config import BodyConfig
-from spin_ray.geometry import axis_angle_to_matrix
 from spin_ray.errors import BodyModelError, InputError
+from spin_ray.geometry import axis_angle_to_matrix
 
 # smplx always appends 5 face keypoints from vertex ids; we compute our own extras and drop its
 # extra joints, so point them at vertex 0, which exists on every mesh.
