@@ -129,16 +129,18 @@ def _serve(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    with EmbeddedRedis(args.data_dir, port=args.port, password=password) as server:
-        # Never print the password: show the variable that holds it instead.
-        shown = server.url if password is None else f"redis://:${args.password_env}@127.0.0.1:{server.port}/0"
-        print(f"redis-server (pid {server.pid}) serving {shown} with data in {server.data_dir}", flush=True)
-        print(f"export {URL_ENV}={shown}", flush=True)
-        try:
+    # The whole block is inside the try: a signal may land between any two lines, and the `with`
+    # stops the server on the way out wherever it lands.
+    try:
+        with EmbeddedRedis(args.data_dir, port=args.port, password=password) as server:
+            # Never print the password: show the variable that holds it instead.
+            shown = server.url if password is None else f"redis://:${args.password_env}@127.0.0.1:{server.port}/0"
+            print(f"redis-server (pid {server.pid}) serving {shown} with data in {server.data_dir}", flush=True)
+            print(f"export {URL_ENV}={shown}", flush=True)
             status = server.wait()
-        except KeyboardInterrupt:
-            print("stopping redis-server (flushing the AOF)", flush=True)
-            return 0
+    except KeyboardInterrupt:
+        print("stopped redis-server (AOF flushed)", flush=True)
+        return 0
     raise FitStoreError(f"redis-server exited on its own with status {status}; see {args.data_dir / 'redis.log'}")
 
 

@@ -515,7 +515,8 @@ class FitStore:
         prefix = self._index_key("")
         with self._redis_errors("listing datasets"):
             keys = list(self._client.scan_iter(match=prefix + "*", count=1000))
-        return sorted(k.decode()[len(prefix) :] for k in keys)
+        # SCAN may return a key more than once.
+        return sorted({k.decode()[len(prefix) :] for k in keys})
 
     def _require_dataset(self, dataset: str) -> None:
         """Raise FitStoreError if the dataset has no fits here, listing the ones that do."""

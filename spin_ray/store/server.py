@@ -215,7 +215,13 @@ class EmbeddedRedis:
                 # Own session: Ctrl-C reaches only us, and we stop Redis after our last write.
                 start_new_session=True,
             )
-            ok, last_error = self._wait_ready(process, port)
+            try:
+                ok, last_error = self._wait_ready(process, port)
+            except BaseException:
+                # Interrupted (Ctrl-C) while starting: leave no server behind.
+                process.kill()
+                process.wait()
+                raise
             if ok:
                 self._process, self.port = process, port
                 atexit.register(self.stop)
