@@ -204,9 +204,13 @@ def test_other_body_model_or_schema_is_refused(fit_store, redis_server):
     with pytest.raises(FitStoreError, match="schema 99, this code reads schema 1"):
         FitStore.open(redis_server.url, fit_store.namespace, body_model_hash=TEST_BODY_HASH)
     # A writer already open notices inside the script, and writes nothing.
-    with pytest.raises(FitStoreError, match="changed under this writer"):
+    with pytest.raises(FitStoreError, match="changed under this writer \\(namespace metadata is schema 99"):
         fit_store.keep_best("coco", [0, 1], np.repeat(pose, 2, 0), np.repeat(betas, 2, 0), [1.0, 2.0], 0, "loop")
     assert fit_store.read("coco", [0, 1]).found.tolist() == [False, False]
+    fit_store.client.delete(f"spinray:{fit_store.namespace}:meta")
+    with pytest.raises(FitStoreError, match="namespace metadata is missing"):
+        fit_store.keep_best("coco", [0], pose, betas, err, 0, "loop")
+    assert fit_store.count("coco") == 0
 
 
 def test_unknown_dataset_in_queries(fit_store):

@@ -46,8 +46,11 @@ if TYPE_CHECKING:
 # ARGV: error, pose, betas, step, source, time, index, schema, body hash, updates ('' = old + 1)
 KEEP_BEST_LUA = """
 local meta = redis.call('HMGET', KEYS[4], 'schema_version', 'body_model_hash')
+if not meta[1] then
+  return redis.error_reply('SPINRAY_META namespace metadata is missing')
+end
 if meta[1] ~= ARGV[8] or meta[2] ~= ARGV[9] then
-  return redis.error_reply('SPINRAY_META namespace metadata is ' .. tostring(meta[1]) .. '/' .. tostring(meta[2]))
+  return redis.error_reply('SPINRAY_META namespace metadata is schema ' .. meta[1] .. ', body model ' .. tostring(meta[2]))
 end
 local new = tonumber(ARGV[1])
 local old = redis.call('HMGET', KEYS[1], 'error', 'updates', 'source')
@@ -431,8 +434,8 @@ class FitStore:
             self._meta = None
             raise FitStoreError(
                 f"namespace {self.namespace!r} changed under this writer ({text.split('SPINRAY_META ')[-1]}; "
-                f"expected {SCHEMA_VERSION}/{self.address.body_model_hash}): it was dropped or re-created "
-                f"for another body model; reopen the store"
+                f"expected schema {SCHEMA_VERSION}, body model {self.address.body_model_hash}): it was dropped "
+                f"or re-created for another body model; reopen the store"
             )
         raise FitStoreError(f"keep-best script failed: {text}")
 
