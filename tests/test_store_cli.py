@@ -90,6 +90,8 @@ def test_export_import_round_trip_through_cli(capsys, filled, redis_server, tmp_
 def test_user_errors_are_one_line_messages(capsys, filled, monkeypatch, tmp_path):
     code, _, err = _run(capsys, filled, "worst", "--dataset", "nope")
     assert code == 1 and "FitStoreError: unknown dataset 'nope'" in err
+    code, _, err = _run(capsys, filled, "stats", "--dataset", "coco", "--dataset", "nope")
+    assert code == 1 and "unknown dataset 'nope'" in err and "datasets with fits: coco, lsp" in err
     code, _, err = _run(capsys, filled, "export", str(tmp_path / "x.npy"))
     assert code == 1 and "exactly one --dataset" in err
     fresh = f"{filled.namespace}-new"

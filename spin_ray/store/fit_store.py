@@ -583,7 +583,7 @@ class FitStore:
         """Counts per dataset and source, error quantiles, fits above `threshold`, improvements by step."""
         names = list(datasets) if datasets is not None else self.datasets()
         for name in names:
-            rec.check_name("dataset", name)
+            self._require_dataset(name)
         out = []
         with self._redis_errors("computing statistics"):
             for name in names:
