@@ -216,3 +216,10 @@ def test_spin_loss_backpropagates_to_every_prediction():
 def test_shape_errors_name_the_argument():
     with pytest.raises(InputError, match=r"target_keypoints has shape \(4, 24, 3\)"):
         keypoint_2d_loss(torch.zeros(B, 49, 2), torch.zeros(B, 24, 3), 0.0, 1.0)
+
+
+def test_default_weights_are_spins():
+    w = LossConfig()
+    assert (w.keypoint_loss_weight, w.keypoint_3d_loss_weight, w.pose_loss_weight, w.beta_loss_weight) == (5, 5, 1, 0.001)
+    assert (w.shape_loss_weight, w.cam_loss_weight, w.loss_scale) == (0, 1, 60)
+    assert (w.openpose_train_weight, w.gt_train_weight) == (0, 1)
