@@ -220,6 +220,7 @@ def test_shape_errors_name_the_argument():
 
 def test_default_weights_are_spins():
     w = LossConfig()
-    assert (w.keypoint_loss_weight, w.keypoint_3d_loss_weight, w.pose_loss_weight, w.beta_loss_weight) == (5, 5, 1, 0.001)
+    assert (w.keypoint_loss_weight, w.keypoint_3d_loss_weight) == (5, 5)
+    assert (w.pose_loss_weight, w.beta_loss_weight) == (1, 0.001)
     assert (w.shape_loss_weight, w.cam_loss_weight, w.loss_scale) == (0, 1, 60)
     assert (w.openpose_train_weight, w.gt_train_weight) == (0, 1)
