@@ -217,11 +217,6 @@ def to_smpl_frame(points: torch.Tensor) -> torch.Tensor:
     return points @ torch.as_tensor(ANNY_TO_SMPL, dtype=points.dtype).T
 
 
-def from_smpl_frame(points: torch.Tensor) -> torch.Tensor:
-    """Points (..., 3) from SMPL's frame back to Anny's."""
-    return points @ torch.as_tensor(ANNY_TO_SMPL, dtype=points.dtype)
-
-
 def axis_angle_to_matrix(rotvec: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3) rotation matrices of axis-angle vectors (..., 3) (Rodrigues)."""
     angle = rotvec.norm(dim=-1, keepdim=True)
