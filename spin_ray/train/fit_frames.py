@@ -1,0 +1,62 @@
+"""Moving fits between a batch's augmented crop and the canonical frame the fit store holds.
+
+The ranking error of a stored fit is always computed the same way, whoever produced it: in the
+canonical (un-augmented) 224-pixel crop, with the camera translation in closed form from the
+keypoints. So a loop fit, a static fit and a fit found from a flipped, rotated view of the same
+sample are ranked against each other fairly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from spin_ray.body.body_model import BodyModel
+from spin_ray.config import CameraConfig
+from spin_ray.data.augment import augment_pose, canonicalise_keypoints, canonicalise_pose
+from spin_ray.fitting.problems import typical_depth
+from spin_ray.fitting.smplify import camera_from_keypoints, model_keypoints, ranking_error, SmplifyParams
+
+
+@dataclass(frozen=True)
+class CanonicalFits:
+    """Fits in the canonical frame with their ranking errors, ready for `FitStore.keep_best`."""
+
+    pose: torch.Tensor  # (B, 72) axis-angle
+    betas: torch.Tensor  # (B, num_betas)
+    error: torch.Tensor  # (B,) inf where the fit is unusable
+
+
+def crop_pixels(keypoints: torch.Tensor, camera: CameraConfig) -> torch.Tensor:
+    """Normalised keypoints (B, J, 3) in [-1, 1] to pixels of the fitting crop; confidence kept."""
+    xy = 0.5 * camera.crop_size * (keypoints[..., :2] + 1.0)
+    return torch.cat([xy, keypoints[..., 2:]], dim=-1)
+
+
+def score_fits(
+    body: BodyModel, pose: torch.Tensor, betas: torch.Tensor, keypoints_px: torch.Tensor,
+    camera: CameraConfig, sigma: float,
+) -> torch.Tensor:
+    """Ranking error (B,) of fits against crop-pixel keypoints, camera translation in closed form."""
+    with torch.no_grad():
+        camera_t = camera_from_keypoints(body, pose, betas, keypoints_px, camera, typical_depth(camera))
+        params = SmplifyParams.from_pose(pose, betas, camera_t)
+        error = ranking_error(model_keypoints(body, params), camera_t, keypoints_px, camera, sigma)
+    return torch.nan_to_num(error, nan=float("inf"))
+
+
+def canonical_fits(
+    body: BodyModel, pose: torch.Tensor, betas: torch.Tensor, keypoints: torch.Tensor, aug: torch.Tensor,
+    camera: CameraConfig, sigma: float,
+) -> CanonicalFits:
+    """Fits found in a batch's augmented frame (pose (B,72), normalised keypoints (B,49,3)) moved to canonical."""
+    canonical_pose = canonicalise_pose(pose, aug)
+    canonical_keypoints = crop_pixels(canonicalise_keypoints(keypoints, aug), camera)
+    error = score_fits(body, canonical_pose, betas, canonical_keypoints, camera, sigma)
+    return CanonicalFits(canonical_pose, betas, error)
+
+
+def augmented_pose(canonical_pose: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
+    """A stored (canonical) pose (B,72) seen through a batch's augmentation."""
+    return augment_pose(canonical_pose, aug)
