@@ -79,6 +79,23 @@ def _run(pool, kind: str, store: FitStore, clients: int, batch: int, seconds: fl
     return pool.map(_worker, [(kind, store, c, batch, seconds, start_at) for c in range(clients)])
 
 
+def cpu_busy_fraction(seconds: float = 1.0) -> float:
+    """Share of all cores' time spent not idle over `seconds`, from /proc/stat (0 where unavailable)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
 def machine() -> str:
     """nproc, CPU model and load, for the results table."""
     model = platform.processor() or "unknown CPU"
@@ -100,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="client process counts")
     parser.add_argument("--write-results", type=Path, default=None, help="update this RESULTS.md section")
     args = parser.parse_args(argv)
-    load = os.getloadavg()[0]
-    header = machine()
+    busy_before = cpu_busy_fraction()
+    header = machine() + f", CPU {100 * busy_before:.0f} % busy in the second before the run"
     rows = []
     with tempfile.TemporaryDirectory() as data_dir, EmbeddedRedis(data_dir) as server:
         version = server_version(server)
@@ -131,13 +148,17 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {c} | {op} | {total} | {per} |" for c, op, total, per in rows),
         "",
     ]
-    load_before, load_after = load, os.getloadavg()[0]
-    if max(load_before, load_after) > 0.5:
+    if max(args.clients) + 1 > (os.cpu_count() or 1):
+        table += [
+            f"With {max(args.clients)} clients plus redis-server on {os.cpu_count()} cores the CPU is oversubscribed: "
+            f"the multi-client rows measure contention for cores as much as the store.",
+            "",
+        ]
+    if busy_before > 0.15:
         # Client, server and the other work share the same cores: throughput drops and p99 grows.
         table += [
-            f"Other CPU-heavy work shared the machine during this run (1-min load average {load_before:.1f} before, "
-            f"{load_after:.1f} after, on {os.cpu_count()} cores): throughputs are lower bounds and the p99 "
-            f"latencies include waiting for a core.",
+            f"Other work kept the CPU {100 * busy_before:.0f} % busy in the second before this run: throughputs "
+            f"are lower bounds and the p99 latencies include waiting for a core.",
             "",
         ]
     text = "\n".join(table)
