@@ -15,8 +15,9 @@ import torch
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import CameraConfig
 from spin_ray.data.augment import augment_pose, canonicalise_keypoints, canonicalise_pose
-from spin_ray.fitting.problems import typical_depth
-from spin_ray.fitting.smplify import camera_from_keypoints, model_keypoints, ranking_error, SmplifyParams
+from spin_ray.fitting.scoring import crop_pixels, score_fits
+
+__all__ = ["CanonicalFits", "augmented_pose", "canonical_fits", "crop_pixels", "score_fits"]
 
 
 @dataclass(frozen=True)
@@ -26,24 +27,6 @@ class CanonicalFits:
     pose: torch.Tensor  # (B, 72) axis-angle
     betas: torch.Tensor  # (B, num_betas)
     error: torch.Tensor  # (B,) inf where the fit is unusable
-
-
-def crop_pixels(keypoints: torch.Tensor, camera: CameraConfig) -> torch.Tensor:
-    """Normalised keypoints (B, J, 3) in [-1, 1] to pixels of the fitting crop; confidence kept."""
-    xy = 0.5 * camera.crop_size * (keypoints[..., :2] + 1.0)
-    return torch.cat([xy, keypoints[..., 2:]], dim=-1)
-
-
-def score_fits(
-    body: BodyModel, pose: torch.Tensor, betas: torch.Tensor, keypoints_px: torch.Tensor,
-    camera: CameraConfig, sigma: float,
-) -> torch.Tensor:
-    """Ranking error (B,) of fits against crop-pixel keypoints, camera translation in closed form."""
-    with torch.no_grad():
-        camera_t = camera_from_keypoints(body, pose, betas, keypoints_px, camera, typical_depth(camera))
-        params = SmplifyParams.from_pose(pose, betas, camera_t)
-        error = ranking_error(model_keypoints(body, params), camera_t, keypoints_px, camera, sigma)
-    return torch.nan_to_num(error, nan=float("inf"))
 
 
 def canonical_fits(

@@ -1,0 +1,33 @@
+"""The one way every stored fit is scored: its ranking error in a crop, camera in closed form.
+
+A loop fit, a static fit and a fit found from a flipped, rotated view of the same sample must be
+ranked against each other fairly, so none of them keeps the camera its own optimisation found:
+the translation is recomputed from the keypoints, as SPIN does for stored fits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from spin_ray.body.body_model import BodyModel
+from spin_ray.config import CameraConfig
+from spin_ray.fitting.problems import typical_depth
+from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, model_keypoints, ranking_error
+
+
+def crop_pixels(keypoints: torch.Tensor, camera: CameraConfig) -> torch.Tensor:
+    """Normalised keypoints (B, J, 3) in [-1, 1] to pixels of the fitting crop; confidence kept."""
+    xy = 0.5 * camera.crop_size * (keypoints[..., :2] + 1.0)
+    return torch.cat([xy, keypoints[..., 2:]], dim=-1)
+
+
+def score_fits(
+    body: BodyModel, pose: torch.Tensor, betas: torch.Tensor, keypoints_px: torch.Tensor,
+    camera: CameraConfig, sigma: float,
+) -> torch.Tensor:
+    """Ranking error (B,) of fits against crop-pixel keypoints, camera translation in closed form."""
+    with torch.no_grad():
+        camera_t = camera_from_keypoints(body, pose, betas, keypoints_px, camera, typical_depth(camera))
+        params = SmplifyParams.from_pose(pose, betas, camera_t)
+        error = ranking_error(model_keypoints(body, params), camera_t, keypoints_px, camera, sigma)
+    return torch.nan_to_num(error, nan=float("inf"))
