@@ -93,8 +93,14 @@ def test_open_body_model_silhouette():
     with R.MeshRenderer(224, 224, faces) as renderer:
         mask = renderer.silhouette(verts, translation, 500.0)
     uv = project(verts, translation, 500.0, (112.0, 112.0))
-    assert iou(mask, rasterise_triangles(uv, faces, 224, 224)) > 0.98
-    grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    ref = rasterise_triangles(uv, faces, 224, 224)
+    # fillPoly includes every pixel a triangle's outline touches, so on thin limbs and fingers the
+    # reference is up to a pixel fatter than the exact rasterisation: compare within one pixel.
+    kernel = np.ones((3, 3), np.uint8)
+    assert not (mask & ~cv2.dilate(ref.astype(np.uint8), kernel).astype(bool)).any()
+    assert not (cv2.erode(ref.astype(np.uint8), kernel).astype(bool) & ~mask).any()
+    assert iou(mask, ref) > 0.9
+    grown = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
     cols, rows = np.rint(uv).astype(int).T
     assert grown[rows, cols].all()
 
