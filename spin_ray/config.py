@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spin_ray.errors import ConfigError
 
@@ -121,6 +121,66 @@ class TrainConfig(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
 
 
+SYNTH_SPLITS: tuple[str, ...] = ("synth-3d", "synth-itw", "synth-test")
+
+
+class SynthConfig(Section):
+    sizes: dict[str, int] = Field(
+        default_factory=lambda: {"synth-3d": 1000, "synth-itw": 1000, "synth-test": 200},
+        description="samples per split: synth-3d (SMPL + 3D truth), synth-itw (2D only), synth-test (held out)",
+    )
+    image_size: int = Field(256, ge=32, le=2048, description="side in pixels of the square synthetic images")
+    seed: int = Field(0, ge=0, description="seed of the synthetic data (test split uses a disjoint stream)")
+    cache_dir: Path | None = Field(None, description="folder of generated datasets; None uses <cache_dir>/synth")
+    workers: int = Field(0, ge=0, description="generator processes; 0 uses every core")
+    chunk_size: int = Field(50, ge=1, description="samples per seeded work unit (changing it changes the data)")
+    image_format: Literal["jpg", "png"] = Field("jpg", description="image file format")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of the written images")
+    max_yaw_deg: float = Field(45.0, ge=0, le=180, description="people turn up to +- this many degrees from facing the camera")
+    large_turn_prob: float = Field(0.15, ge=0, le=1, description="share of samples with any yaw and a roll")
+    max_roll_deg: float = Field(30.0, ge=0, le=180, description="largest in-plane roll of a large-turn sample")
+    person_height: tuple[float, float] = Field(
+        (0.55, 0.9), description="person box side as a fraction of the image side, uniform in this range"
+    )
+    focal_length: tuple[float, float] = Field(
+        (400.0, 1500.0), description="focal length in pixels of the image camera, uniform in this range"
+    )
+    truncation_prob: float = Field(0.1, ge=0, le=1, description="share of samples pushed partly out of the image")
+    occlusion_depth: float = Field(
+        0.05, gt=0, description="metres: a keypoint is occluded if another part's surface at its pixel is this much closer"
+    )
+    self_occlusion_depth: float = Field(
+        0.3, gt=0, description="metres: ... or its own (or a neighbouring) part's surface is this much closer"
+    )
+    surface_occlusion_depth: float = Field(
+        0.1, gt=0, description="metres: the same for keypoints on the skin (face, feet, head top)"
+    )
+    detector_noise: float = Field(
+        0.01, ge=0, description="detector keypoint noise std as a fraction of the person box side (times 0.5-3)"
+    )
+    detector_swap_prob: float = Field(0.05, ge=0, le=1, description="share of samples with a left/right limb swap")
+    detector_dropout_prob: float = Field(0.05, ge=0, le=1, description="share of detector keypoints missed")
+    occluded_dropout_prob: float = Field(0.5, ge=0, le=1, description="share of occluded detector keypoints missed")
+
+    @field_validator("sizes")
+    @classmethod
+    def _known_splits(cls, sizes: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(sizes) - set(SYNTH_SPLITS))
+        if unknown:
+            raise ValueError(f"unknown synthetic split(s) {unknown}; the splits are {list(SYNTH_SPLITS)}")
+        negative = {k: v for k, v in sizes.items() if v < 0}
+        if negative:
+            raise ValueError(f"split sizes must be >= 0, got {negative}")
+        return sizes
+
+    @field_validator("person_height", "focal_length")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
+            raise ValueError(f"need 0 < low <= high, got {value}")
+        return value
+
+
 class RunConfig(Section):
     name: str = Field("spin-ray", description="run name, used in output paths")
     seed: int = Field(0, description="seed of every random generator in the run")
@@ -134,6 +194,7 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -184,14 +184,26 @@ def write_spin_npz(
     shape=None,
     has_smpl=None,
     gender=None,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write a SPIN-format `.npz` (validated first); None leaves an optional key out of the file."""
+    """Write a SPIN-format `.npz` (validated first); None leaves an optional key out of the file.
+
+    `extra` adds numeric per-sample keys that SPIN's format does not define (e.g. a synthetic
+    camera); readers of SPIN's format ignore them.
+    """
     path = Path(path)
     arrays = {"imgname": np.asarray(imgname, dtype=str), "center": center, "scale": scale, "part": part,
               "openpose": openpose, "S": S, "pose": pose, "shape": shape, "has_smpl": has_smpl,
               "gender": None if gender is None else np.asarray(gender, dtype=str)}
     arrays = {k: np.asarray(v) for k, v in arrays.items() if v is not None}
     _validate(arrays, path)
+    for key, value in (extra or {}).items():
+        value = np.asarray(value)
+        if key in _SHAPES:
+            raise _fail(path, key, "is a SPIN key; pass it by its own argument, not in `extra`")
+        if value.dtype.kind not in "biuf" or value.ndim == 0 or value.shape[0] != len(arrays["imgname"]):
+            raise _fail(path, key, f"extra keys need one numeric row per sample, got {value.dtype} {value.shape}")
+        arrays[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so an interrupted writer never leaves a truncated dataset behind.
     tmp = path.with_name(path.name + ".tmp.npz")
