@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spin-ray-installed
 
-.PHONY: setup run test bench clean-venv
+.PHONY: setup run test bench clean-venv image
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (spin-ray targets Python 3.11)"; exit 1; }
@@ -25,3 +25,13 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Container images for clusters (docker/, deploy/). The tags are the ones deploy/ray-cluster.yaml and
+# deploy/k8s/ name (a test keeps them equal); to push, build with IMAGE=registry/team/spin-ray and
+# put the same name in those files.
+IMAGE ?= spin-ray
+image:
+	@command -v docker >/dev/null || { echo "make image needs the docker CLI and a Docker engine (none found)"; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine is reachable (docker info failed); start one or set DOCKER_HOST, then retry"; exit 1; }
+	docker build -f docker/Dockerfile -t $(IMAGE):cpu .
+	docker build -f docker/Dockerfile.cuda -t $(IMAGE):cuda .
