@@ -60,6 +60,46 @@ class StoreConfig(Section):
     connect_timeout_s: float = Field(30.0, gt=0, description="give up connecting after this many seconds")
 
 
+class PipelineConfig(Section):
+    num_fitters: int = Field(2, ge=1, description="fitter actors in the pool at the start of a run")
+    fitter_num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per fitter actor (fractions allowed)")
+    fitter_num_gpus: float = Field(
+        0.0, ge=0, description="GPUs Ray reserves per fitter actor (fractions below 1 allowed)"
+    )
+    fitter_threads: int = Field(1, ge=1, description="torch intra-op threads inside each fitter actor")
+    fitter_device: str | None = Field(
+        None, description="torch device of the fitters: cpu or cuda[:i]; None uses the run's device"
+    )
+    max_in_flight_per_fitter: int = Field(2, ge=1, description="requests sent to one fitter and not yet collected")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="requests in flight over the whole pool; None: num_fitters x max_in_flight_per_fitter"
+    )
+    max_pending: int | None = Field(
+        None, ge=0, description="requests queued in the pool while every fitter is busy; None: max_in_flight"
+    )
+    busy_policy: Literal["drop", "block"] = Field(
+        "drop", description="pool full: drop the oldest queued request (submit never waits), or block submit"
+    )
+    block_timeout_s: float = Field(600.0, gt=0, description="busy_policy block: raise after waiting this long")
+    max_restarts: int = Field(3, ge=0, description="times a dead fitter actor is recreated, per pool slot")
+    staleness_steps: int = Field(
+        50, ge=0, description="results of requests older than this many trainer steps are written but counted stale"
+    )
+    artificial_delay_s: float = Field(0.0, ge=0, description="seconds a fitter sleeps per request (tests only)")
+    startup_timeout_s: float = Field(300.0, gt=0, description="wait this long for new fitters to answer a ping")
+    metrics_window_s: float = Field(30.0, gt=0, description="seconds of recent results behind fits/s and mean error")
+    lookahead_steps: int = Field(0, ge=0, description="predict batches this many steps early for fresher fits (0: off)")
+    ray_address: str | None = Field(None, description="Ray cluster to join (or RAY_ADDRESS); None starts a local Ray")
+    ray_namespace: str = Field("spin-ray", min_length=1, description="Ray namespace of the run's actors")
+
+    @field_validator("fitter_num_gpus")
+    @classmethod
+    def _whole_above_one(cls, value: float) -> float:
+        if value > 1 and not float(value).is_integer():
+            raise ValueError(f"Ray shares a GPU only in fractions below 1; above 1 ask for whole GPUs, got {value}")
+        return value
+
+
 class DatasetEntry(Section):
     name: str = Field(..., min_length=1, description="dataset name; samples are named (name, row)")
     npz: Path = Field(..., description="SPIN-format .npz file (imgname, center, scale, part, ...)")
@@ -191,6 +231,7 @@ class RunConfig(Section):
     camera: CameraConfig = Field(default_factory=CameraConfig)
     fitting: FittingConfig = Field(default_factory=FittingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -31,3 +31,7 @@ class RenderError(SpinRayError):
 
 class ModelError(SpinRayError):
     """Network weights or mean parameters are missing or do not fit the configured regressor."""
+
+
+class PipelineError(SpinRayError):
+    """The Ray pipeline (fitter pool, fitter actors, fit requests) was misused or could not keep running."""
