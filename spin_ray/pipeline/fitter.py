@@ -1,0 +1,129 @@
+"""The fitter: batched SMPLify on a trainer's predictions, canonical fits written with keep_best.
+
+`fit_request` is the pure part (request in, canonical fits out), usable without Ray. `FitterActor`
+is a plain class holding the state a fitter process needs (body model, pose prior, store
+connection); `FitterPool` wraps it with `ray.remote` so its resources come from the config. The
+body model is built inside the actor from the config: shipped, it would pickle to ~42 MB.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from spin_ray.body.body_model import BodyModel
+from spin_ray.config import CameraConfig, FittingConfig, RunConfig
+from spin_ray.errors import PipelineError
+from spin_ray.fitting.priors import load_pose_prior
+from spin_ray.fitting.smplify import SmplifyParams, smplify
+from spin_ray.pipeline.requests import FitReport, FitRequest
+from spin_ray.store.fit_store import FitStore
+from spin_ray.store.records import FitStoreAddress
+from spin_ray.train.fit_frames import CanonicalFits, canonical_fits, crop_pixels
+
+
+def fit_request(
+    body: BodyModel, prior: torch.nn.Module, request: FitRequest, fitting: FittingConfig, camera: CameraConfig,
+    device: torch.device | str = "cpu",
+) -> CanonicalFits:
+    """SMPLify from the request's predictions, moved to the canonical frame; error inf where a fit failed."""
+    # Arrays Ray hands over are read-only views of the object store: copy before torch owns them.
+    as_tensor = lambda a: torch.tensor(a, device=device)  # noqa: E731
+    keypoints = as_tensor(request.keypoints)
+    init = SmplifyParams.from_pose(as_tensor(request.pose), as_tensor(request.betas), as_tensor(request.camera_t))
+    result = smplify(body, prior, crop_pixels(keypoints, camera), init, fitting, camera)
+    fits = canonical_fits(
+        body, result.params.pose, result.params.betas, keypoints, as_tensor(request.aug), camera, fitting.gmof_sigma
+    )
+    finite = (
+        ~result.failed
+        & torch.isfinite(fits.error)
+        & torch.isfinite(fits.pose).all(dim=1)
+        & torch.isfinite(fits.betas).all(dim=1)
+    )
+    error = torch.where(finite, fits.error, torch.full_like(fits.error, float("inf")))
+    return CanonicalFits(fits.pose.detach(), fits.betas.detach(), error.detach())
+
+
+def fitter_device(config: RunConfig) -> torch.device:
+    """The fitters' torch device from the config, checked to exist in this process."""
+    name = config.pipeline.fitter_device or config.device
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise PipelineError(f"fitter device {name!r} is not a torch device ({err}); use cpu or cuda[:i]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(
+            f"fitter device {name!r} asks for CUDA, but this fitter process sees no GPU: "
+            "set pipeline.fitter_num_gpus > 0 so Ray places fitters on GPUs, or pipeline.fitter_device: cpu"
+        )
+    return device
+
+
+class FitterActor:
+    """One fitter process: builds its body model, prior and store connection once, then fits requests."""
+
+    def __init__(self, config: RunConfig, store: FitStoreAddress, actor_id: str) -> None:
+        torch.set_num_threads(config.pipeline.fitter_threads)
+        self.actor_id = actor_id
+        self.device = fitter_device(config)
+        self.fitting = config.fitting
+        self.camera = config.camera
+        self.delay_s = config.pipeline.artificial_delay_s
+        self.body = BodyModel.from_config(config.body).to(self.device)
+        self.prior = load_pose_prior(config.fitting).to(self.device)
+        if store.body_model_hash is None:
+            raise PipelineError(
+                f"fitter {actor_id}: the fit-store address for namespace {store.namespace!r} has no body-model hash, "
+                "so it is read-only; pass FitStoreAddress(..., body_model_hash=body.identity)"
+            )
+        if store.body_model_hash != self.body.identity:
+            raise PipelineError(
+                f"fitter {actor_id}: the fit store is for body model {store.body_model_hash}, but config.body builds "
+                f"{self.body.identity}: fits of different body models cannot be mixed; "
+                "give the fitters the run's config and open the store with body_model_hash=body.identity"
+            )
+        self.store = FitStore(store)
+
+    def fit(self, request: FitRequest) -> FitReport:
+        """Fit one request, write every improvement to the store (source 'loop'), report what happened."""
+        start = time.perf_counter()
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
+        fits = fit_request(self.body, self.prior, request, self.fitting, self.camera, self.device)
+        pose = fits.pose.cpu().numpy()
+        betas = fits.betas.cpu().numpy()
+        error = fits.error.cpu().numpy().astype(np.float64)
+        finite = np.isfinite(error)
+        written = 0
+        for dataset, rows in request.groups():
+            rows = rows[finite[rows]]
+            if rows.size == 0:
+                continue
+            mask = self.store.keep_best(
+                dataset, request.indices[rows], pose[rows], betas[rows], error[rows], request.step, source="loop"
+            )
+            written += int(mask.sum())
+        fitted = int(finite.sum())
+        return FitReport(
+            request_id=request.request_id,
+            step=request.step,
+            batch_size=request.batch_size,
+            fitted=fitted,
+            written=written,
+            failed=request.batch_size - fitted,
+            mean_error=float(error[finite].mean()) if fitted else float("nan"),
+            elapsed_s=time.perf_counter() - start,
+            actor_id=self.actor_id,
+        )
+
+    def ping(self) -> str:
+        """This fitter's id, once it is ready to fit."""
+        return self.actor_id
+
+    def pid(self) -> int:
+        """The process id of this fitter (for fault tests and operators)."""
+        return os.getpid()
