@@ -56,8 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     worst.add_argument("--threshold", type=float, default=_DEFAULT_THRESHOLD, help="valid-fit error threshold")
     worst.set_defaults(func=_worst)
 
-    filt = connected("filter", "write the ids of samples to keep (error <= --max-error) as CSV")
-    filt.add_argument("--max-error", type=float, required=True, help="keep samples whose fit error is at most this")
+    filt = connected("filter", "write the ids of samples to keep (error <= --max-error, not in --exclude) as CSV")
+    filt.add_argument("--max-error", type=float, default=None, help="keep samples whose fit error is at most this")
+    filt.add_argument(
+        "--exclude", type=Path, default=None, metavar="FILE",
+        help="ids file (CSV dataset,index, e.g. the gallery's download) of samples to drop",
+    )  # fmt: skip
     filt.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
     filt.add_argument("--out", type=Path, default=None, help="CSV file dataset,index,error (default: stdout)")
     filt.set_defaults(func=_filter)
@@ -66,6 +70,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("out", type=Path, help="output .npy or .parquet file")
     export.add_argument("--dataset", action="append", help="dataset(s) to export; .npy needs exactly one")
     export.add_argument("--size", type=int, default=None, help=".npy rows (dataset length; default max index + 1)")
+    export.add_argument(
+        "--with-paths", action="store_true", help="Parquet: add image_path, center, scale columns (needs --data or --config)"
+    )
+    _add_location_flags(export)
     export.set_defaults(func=_export)
 
     imp = connected("import", "import SPIN .npy fits (N, 82) or a Parquet export, keeping the better fit per sample")
@@ -86,6 +94,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
     plot.add_argument("--threshold", type=float, default=_DEFAULT_THRESHOLD, help="valid-fit threshold line")
     plot.set_defaults(func=_plot)
+
+    gallery = connected("gallery", "static HTML page of fits drawn over their images: sort, filter, mark ids to exclude")
+    which = gallery.add_mutually_exclusive_group()
+    which.add_argument("--worst", type=int, default=None, metavar="K", help="the K highest-error fits per dataset (default 24)")
+    which.add_argument("--best", type=int, default=None, metavar="K", help="the K lowest-error fits per dataset")
+    which.add_argument("--ids", type=Path, default=None, metavar="FILE", help="ids file (CSV dataset,index) of samples to show")
+    gallery.add_argument("--dataset", action="append", help="only this dataset (repeatable; with --worst/--best)")
+    gallery.add_argument("--out", type=Path, default=Path("gallery"), help="folder for index.html and images/")
+    gallery.add_argument("--threshold", type=float, default=_DEFAULT_THRESHOLD, help="valid-fit threshold (error colours)")
+    gallery.add_argument(
+        "--checkpoint", type=Path, default=None, help="training checkpoint: show the network's prediction beside the fit"
+    )
+    _add_location_flags(gallery)
+    gallery.set_defaults(func=_gallery)
+
+
+def _add_location_flags(parser: argparse.ArgumentParser) -> None:
+    """--config / --data: where each dataset's npz and images are (the store holds no paths)."""
+    parser.add_argument("--config", type=Path, default=None, help="run config whose data.datasets name the npz files and image roots")
+    parser.add_argument(
+        "--data", action="append", default=[], metavar="NAME=NPZ[:IMAGE_ROOT]",
+        help="where dataset NAME's npz and images are (IMAGE_ROOT defaults to the npz's folder; repeatable; overrides --config)",
+    )  # fmt: skip
 
 
 # -- connection ---------------------------------------------------------------------------------------
@@ -195,15 +226,31 @@ def _worst(args: argparse.Namespace) -> int:
 
 
 def _filter(args: argparse.Namespace) -> int:
+    from spin_ray.store.sample_ids import read_ids
+
+    if args.max_error is None and args.exclude is None:
+        raise FitStoreError("filter needs --max-error E, --exclude FILE, or both")
+    excluded = set(read_ids(args.exclude)) if args.exclude is not None else set()
+    max_error = float("inf") if args.max_error is None else args.max_error
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
         with _open(args) as store:
             writer = csv.writer(out)
             writer.writerow(["dataset", "index", "error"])
-            for name in _datasets(store, args.dataset):
-                indices, errors = store.filter(name, args.max_error)
+            names = _datasets(store, args.dataset)
+            for name in names:
+                indices, errors = store.filter(name, max_error) if args.max_error is not None else _by_index(store, name)
+                keep = np.array([(name, i) not in excluded for i in indices.tolist()], dtype=bool)
+                dropped = int((~keep).sum())
+                indices, errors = indices[keep], errors[keep]
                 writer.writerows((name, i, repr(e)) for i, e in zip(indices.tolist(), errors.tolist()))
-                print(f"{name}: keep {len(indices)} of {store.count(name)} fits (error <= {args.max_error:g})", file=sys.stderr)
+                rule = f"error <= {args.max_error:g}" if args.max_error is not None else "any error"
+                note = f", {dropped} excluded" if args.exclude is not None else ""
+                print(f"{name}: keep {len(indices)} of {store.count(name)} fits ({rule}{note})", file=sys.stderr)
+            unknown = _not_stored(store, names, excluded)
+            if unknown:
+                shown = ", ".join(f"{d}:{i}" for d, i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+                print(f"warning: {len(unknown)} excluded id(s) have no stored fit here (other dataset or namespace?): {shown}", file=sys.stderr)
     finally:
         if args.out:
             out.close()
@@ -214,13 +261,20 @@ def _export(args: argparse.Namespace) -> int:
     suffix = args.out.suffix.lower()
     with _open(args) as store:
         if suffix == ".npy":
+            if args.with_paths:
+                raise FitStoreError("--with-paths adds columns to a Parquet export: name the output .parquet")
             if not args.dataset or len(args.dataset) != 1:
                 raise FitStoreError("a .npy export holds one dataset: pass exactly one --dataset")
             path = store.export_npy(args.dataset[0], args.out, size=args.size)
             print(f"wrote {path} and {path.with_name(path.stem + '.errors.npy')}")
         elif suffix == ".parquet":
+            locations = _locations(args) if args.with_paths else None
             path = store.export_parquet(args.out, datasets=args.dataset)
-            print(f"wrote {path}")
+            if locations is not None:
+                from spin_ray.store.sample_paths import add_image_paths
+
+                add_image_paths(path, locations)
+            print(f"wrote {path}" + (" (with image_path, center, scale)" if locations is not None else ""))
         else:
             raise FitStoreError(f"cannot tell the format of {args.out}: name it .npy (SPIN) or .parquet")
     return 0
@@ -299,3 +353,67 @@ def _plot(args: argparse.Namespace) -> int:
     fig.savefig(args.out, dpi=100)
     print(f"wrote {args.out}")
     return 0
+
+
+# -- curation with images ---------------------------------------------------------------------------
+
+
+def _by_index(store, name: str) -> tuple[np.ndarray, np.ndarray]:
+    indices, errors = store.all_errors(name)
+    order = np.argsort(indices, kind="stable")
+    return indices[order], errors[order]
+
+
+def _not_stored(store, names: list[str], ids: set[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The ids without a stored fit among the datasets `names`, sorted."""
+    missing = [i for i in ids if i[0] not in names]
+    for name in names:
+        indices = np.array(sorted(i for d, i in ids if d == name), dtype=np.int64)
+        if indices.size:
+            found = store.read(name, indices).found
+            missing += [(name, int(i)) for i in indices[~found]]
+    return sorted(missing)
+
+
+def _locations(args: argparse.Namespace):
+    from spin_ray.store.sample_paths import locations_from_config, merge_locations, parse_data_flag
+
+    from_config = locations_from_config(args.config) if args.config is not None else []
+    return merge_locations(from_config, [parse_data_flag(text) for text in args.data])
+
+
+def _gallery(args: argparse.Namespace) -> int:
+    from spin_ray.store.gallery import Selection, build_gallery, load_predictor
+    from spin_ray.store.gallery_page import write_page
+    from spin_ray.store.sample_ids import read_ids
+
+    if args.ids is not None:
+        if args.dataset:
+            raise FitStoreError("--dataset picks datasets for --worst/--best; an --ids file names its own datasets")
+        selection = Selection("ids", ids=tuple(read_ids(args.ids)))
+    else:
+        mode, k = ("best", args.best) if args.best is not None else ("worst", args.worst or 24)
+        if k < 1:
+            raise FitStoreError(f"--{mode} {k}: show at least one sample per dataset")
+        selection = Selection(mode, k=k, datasets=tuple(args.dataset or ()))
+    locations = _locations(args)
+    body, camera = _gallery_body(args)
+    predictor = load_predictor(args.checkpoint, camera) if args.checkpoint is not None else None
+    with _open(args) as store:
+        data = build_gallery(store, selection, locations, args.out, body, camera, args.threshold, predictor)
+    page = write_page(data, args.out)
+    print(f"wrote {page} ({len(data.cards)} cards" + (f", {len(data.notices)} notices" if data.notices else "") + ")")
+    for notice in data.notices:
+        print(f"  note: {notice}", file=sys.stderr)
+    return 0
+
+
+def _gallery_body(args: argparse.Namespace):
+    """The body model and crop camera of the run config, or the embedded model and default camera."""
+    from spin_ray.body.body_model import BodyModel
+    from spin_ray.config import CameraConfig, load_config
+
+    if args.config is None:
+        return BodyModel.embedded(), CameraConfig()
+    cfg = load_config(args.config)
+    return BodyModel.from_config(cfg.body), cfg.camera
