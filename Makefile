@@ -21,6 +21,7 @@ run: setup
 	$(PY) -m spin_ray.launch configs/local.yaml
 
 test: setup
+	@SPIN_RAY_TEST_BROWSER=1 bash scripts/system-deps.sh
 	$(PY) -m pytest -q
 
 clean-venv:
