@@ -160,6 +160,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Python leaves SIGINT alone when it starts with SIGINT ignored (a job started with `&` by a
+    # non-interactive shell): install the handler explicitly so Ctrl-C or kill -INT always stops.
+    signal.signal(signal.SIGINT, on_sigterm)
     # The whole block is inside the try: a signal may land between any two lines, and the `with`
     # stops the server on the way out wherever it lands.
     try:
