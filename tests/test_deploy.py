@@ -379,6 +379,16 @@ def test_ray_cluster_yaml_has_a_cpu_head_and_an_autoscaled_gpu_worker_type():
     assert "$RAY_HEAD_IP:6379" in workers_join
 
 
+def test_ray_cluster_yaml_turns_token_auth_on_with_a_mounted_token():
+    cluster = yaml.safe_load(RAY_CLUSTER.read_text())
+    env = dict(
+        option.split()[1].split("=", 1) for option in cluster["docker"]["run_options"] if option.startswith("--env ")
+    )
+    assert env.get("RAY_AUTH_MODE") == "token"
+    token = Path(env["RAY_AUTH_TOKEN_PATH"])
+    assert any(token.is_relative_to(remote) for remote in cluster["file_mounts"]), "the token file is not mounted"
+
+
 def test_cluster_config_keeps_redis_off_the_ray_gcs_port_of_a_ray_up_head():
     store = _cluster_config().store
     # The URL must come from the environment; a literal URL here would have to avoid 6379 on the head.
