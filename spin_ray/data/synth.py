@@ -85,6 +85,7 @@ _TRUNCATION_EDGE_PROBS = (0.4, 0.2, 0.2, 0.2)
 _TRUNCATION_CUT = (0.1, 0.45)
 # Lighting: ambient and diffuse ranges of the Lambert shading.
 _AMBIENT = (0.25, 0.45)
+_MIN_BODY_VALUE = 2.0 / 255.0
 _DIFFUSE = (0.55, 0.8)
 
 # Body regions for clothing colours, by the SMPL joint that skins a vertex most.
@@ -214,7 +215,7 @@ def keypoint_parts(parents: list[int], part_of_vertex: np.ndarray, keypoint_regr
 
 def occluded_keypoints(uv: np.ndarray, depth: np.ndarray, depth_maps: np.ndarray, part_maps: np.ndarray,
                        own_parts: np.ndarray, threshold: float, self_threshold: float | np.ndarray) -> np.ndarray:
-    """(n,K) True where the rendered surface at a keypoint's pixel hides it.
+    """(n,K) True where the rendered surface at a keypoint's pixel (uv in the maps' pixels) hides it.
 
     Hidden: another part's surface is more than `threshold` closer, or the keypoint's own or a
     neighbouring part's surface is more than `self_threshold` closer (joints sit inside the body,
@@ -229,7 +230,7 @@ def occluded_keypoints(uv: np.ndarray, depth: np.ndarray, depth_maps: np.ndarray
     gap = depth - depth_maps[batch, rows, cols]
     own = own_parts[np.arange(depth.shape[1])[None, :], np.maximum(part, 0)]
     hidden = np.where(own, gap > np.broadcast_to(self_threshold, own.shape[1:]), gap > threshold)
-    return (part >= 0) & hidden & inside_image(uv, size)
+    return (part >= 0) & hidden
 
 
 def person_boxes(uv: np.ndarray, image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -277,29 +278,27 @@ def random_background(rng: np.random.Generator, size: int) -> np.ndarray:
     direction = rng.standard_normal(2)
     direction /= np.linalg.norm(direction) + 1e-9
     ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
-    t = (direction[0] * ramp[None, :] + direction[1] * ramp[:, None]) + 0.5
-    a, b = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    image = a[None, None] + t[..., None] * (b - a)[None, None]
+    t = (direction[0] * ramp[None, :] + direction[1] * ramp[:, None]).astype(np.float32) + 0.5
+    a, b = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
     cells = int(rng.integers(2, 12))
     blobs = cv2.resize(rng.uniform(-1, 1, (cells, cells, 3)).astype(np.float32), (size, size),
                        interpolation=cv2.INTER_CUBIC)
-    image = image + rng.uniform(0, 70) * blobs
-    canvas = np.clip(image, 0, 255).astype(np.uint8)
+    image = a + t[..., None] * (b - a) + np.float32(rng.uniform(0, 70)) * blobs
     for _ in range(int(rng.integers(2, 14))):
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        colour = tuple(float(c) for c in rng.integers(0, 256, 3))
         thickness = -1 if rng.random() < 0.6 else int(rng.integers(1, 6))
         x0, y0 = (int(v) for v in rng.integers(-size // 4, size + size // 4, 2))
         kind = rng.random()
         if kind < 0.4:
             w, h = (int(v) for v in rng.integers(size // 20, size // 2, 2))
-            cv2.rectangle(canvas, (x0, y0), (x0 + w, y0 + h), colour, thickness)
+            cv2.rectangle(image, (x0, y0), (x0 + w, y0 + h), colour, thickness)
         elif kind < 0.8:
-            cv2.circle(canvas, (x0, y0), int(rng.integers(size // 40, size // 4)), colour, thickness)
+            cv2.circle(image, (x0, y0), int(rng.integers(size // 40, size // 4)), colour, thickness)
         else:
             x1, y1 = (int(v) for v in rng.integers(0, size, 2))
-            cv2.line(canvas, (x0, y0), (x1, y1), colour, max(thickness, 1))
-    grain = rng.standard_normal((size, size, 1)).astype(np.float32) * rng.uniform(0, 8)
-    return np.clip(canvas + grain, 0, 255).astype(np.uint8)
+            cv2.line(image, (x0, y0), (x1, y1), colour, max(thickness, 1))
+    image += rng.standard_normal((size, size, 1), dtype=np.float32) * np.float32(rng.uniform(0, 8))
+    return np.clip(image, 0, 255).astype(np.uint8)
 
 
 def clothing_albedo(rng: np.random.Generator) -> np.ndarray:
@@ -375,6 +374,9 @@ class SyntheticGenerator:
         self.body = BodyModel.from_config(cfg.body) if body is None else body
         self.size = cfg.synth.image_size
         self.renderer = MeshRenderer(self.size, self.size, self.body.faces)
+        # One renderer (one GL context) per process: MeshRenderer does not make its context current
+        # before drawing, so a second one in the same process would draw into the wrong context.
+        self.incidence = face_incidence(self.body.faces, self.body.num_vertices)
         self.part_of_vertex = self.body.smpl.lbs_weights.argmax(dim=1).numpy()
         sources = [(SMPL_JOINT_NAMES + EXTRA_KEYPOINT_NAMES)[i] for i in SPIN49_FROM_JOINTS_AND_EXTRAS]
         on_surface = np.array([name in _SURFACE_KEYPOINTS for name in sources])
@@ -382,7 +384,6 @@ class SyntheticGenerator:
                                        cfg.synth.self_occlusion_depth)
         self.own_parts = keypoint_parts(list(SMPL_PARENTS), self.part_of_vertex,
                                         self.body.keypoint_regressor.numpy())
-        self.incidence = face_incidence(self.body.faces, self.body.num_vertices)
 
     def close(self) -> None:
         """Release the GL context."""
@@ -444,13 +445,15 @@ class SyntheticGenerator:
         uv = project(keypoints, cam_t, focal, size)
         kp_depth = keypoints[..., 2] + cam_t[:, 2:3]
         images = np.empty((n, size, size, 3), np.uint8)
+        masks = np.empty((n, size, size), bool)
         depth_maps = np.empty((n, size, size), np.float32)
         part_maps = np.empty((n, size, size), np.int16)
         for i in range(n):
-            images[i], depth_maps[i], part_maps[i] = self._render_person(vertices[i], cam_t[i], focal[i], rng)
-        occluded = occluded_keypoints(uv, kp_depth, depth_maps, part_maps, self.own_parts, s.occlusion_depth,
-                                      self.self_occlusion)
+            images[i], masks[i], depth_maps[i], part_maps[i] = self._render_person(vertices[i], cam_t[i], focal[i], rng)
         in_image = inside_image(uv, size)
+        occluded = in_image & occluded_keypoints(
+            uv, kp_depth, depth_maps, part_maps, self.own_parts, s.occlusion_depth,
+            self.self_occlusion)
         center, scale = person_boxes(uv, size)
         part = np.concatenate([uv[:, NUM_OPENPOSE:], (in_image & ~occluded)[:, NUM_OPENPOSE:, None]], axis=-1)
         openpose = detector_keypoints(uv[:, :NUM_OPENPOSE], in_image[:, :NUM_OPENPOSE], occluded[:, :NUM_OPENPOSE],
@@ -461,29 +464,30 @@ class SyntheticGenerator:
             spec=spec, images=images, center=center, scale=scale, part=part.astype(np.float32),
             openpose=openpose, S=S.astype(np.float32), pose=pose.numpy().astype(np.float32),
             shape=betas10.numpy().astype(np.float32), cam_t=cam_t.astype(np.float32),
-            focal_length=focal.astype(np.float32), masks=part_maps >= 0,
+            focal_length=focal.astype(np.float32), masks=masks,
         )
 
     def _render_person(self, vertices: np.ndarray, cam_t: np.ndarray, focal: float,
-                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Composited RGB image, depth map and part map (-1: background) of one person over a fresh background."""
+                       rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Composited RGB image, body mask, depth map and part map (-1: background)."""
         albedo = clothing_albedo(rng)[self.part_of_vertex]
         light = np.array([rng.uniform(-0.7, 0.7), rng.uniform(-0.7, 0.3), -1.0])
         light /= np.linalg.norm(light)
         normals = vertex_normals(vertices.astype(np.float32), self.body.faces, self.incidence)
         ambient, diffuse = rng.uniform(*_AMBIENT), rng.uniform(*_DIFFUSE)
         shade = ambient + diffuse * np.abs(normals @ light)
-        colours = np.clip(albedo * shade[:, None], 0.0, 1.0)
+        # Never pure black, so the background's black marks exactly the pixels without the body.
+        colours = np.clip(albedo * shade[:, None], _MIN_BODY_VALUE, 1.0)
         body_rgb = self.renderer.part_colors(vertices, cam_t, focal, vertex_colors=colours)
+        mask = body_rgb.max(axis=-1) > 0
         z = vertices[:, 2] + cam_t[2]
         near, far = float(z.min()), float(z.max())
         coded = self.renderer.part_colors(
             vertices, cam_t, focal, vertex_colors=encode_depth_and_part(z, self.part_of_vertex, near, far))
         depth_map, part_map = decode_depth_and_part(coded, near, far)
         image = random_background(rng, self.size)
-        mask = part_map >= 0
         image[mask] = body_rgb[mask]
-        return image, depth_map, part_map
+        return image, mask, depth_map, part_map
 
 
 # -- writing, workers, caching --------------------------------------------------------------------
