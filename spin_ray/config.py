@@ -158,6 +158,13 @@ class TrainConfig(Section):
     num_threads: int = Field(1, ge=1, description="torch intra-op threads of the trainer")
     log_every: int = Field(100, gt=0, description="steps between logged scalars")
     checkpoint_every: int = Field(10000, gt=0, description="steps between checkpoints")
+    init_store_from_static_fits: bool = Field(
+        False, description="before training, fit each training dataset without stored fits from the mean pose (static fits)"
+    )
+    heldout: DatasetEntry | None = Field(
+        None, description="held-out set for the end-of-run evaluation and report; None: synth-test on synthetic data"
+    )
+    report_images: int = Field(8, ge=0, description="held-out images with mesh overlays in the end-of-run report")
     loss: LossConfig = Field(default_factory=LossConfig)
 
 

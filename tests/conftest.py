@@ -29,3 +29,70 @@ def fit_store(redis_server):
     yield store
     store.drop()
     store.close()
+
+
+# -- tiny rendered SPIN-format datasets for training and evaluation tests ----------------------------
+
+TINY_SPLITS = {"tiny-3d": (96, 11), "tiny-itw": (96, 12), "tiny-test": (32, 13)}  # name: (size, seed)
+
+
+def _render_tiny_split(body, renderer, size: int, seed: int, folder, name: str, with_3d: bool):
+    """People from the pose sampler rendered in part colours, filling a 224 px image that is their crop."""
+    import cv2
+    import numpy as np
+    import torch
+
+    from spin_ray.body.body_model import axis_angle_pose_to_rotmats
+    from spin_ray.config import CameraConfig
+    from spin_ray.data.spin_format import write_spin_npz
+    from spin_ray.fitting.problems import synthetic_problems
+
+    camera = CameraConfig()
+    problem = synthetic_problems(body, size, torch.Generator().manual_seed(seed), camera)
+    palette = np.random.default_rng(0).uniform(0.2, 1.0, (24, 3))
+    colours = palette[body.smpl.lbs_weights.argmax(dim=1).numpy()]
+    with torch.no_grad():
+        out = body(axis_angle_pose_to_rotmats(problem.pose), problem.betas)
+    names = []
+    (folder / name).mkdir(parents=True, exist_ok=True)
+    for i in range(size):
+        image = renderer.part_colors(out.vertices[i].numpy(), problem.camera_t[i].numpy(), camera.focal_length,
+                                     vertex_colors=colours)
+        names.append(f"{name}/{i:04d}.png")
+        cv2.imwrite(str(folder / names[-1]), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    kp = problem.keypoints_2d.numpy()
+    joints = (out.keypoints[:, 25:] + problem.camera_t[:, None]).numpy()
+    extra = dict(S=np.concatenate([joints, np.ones((size, 24, 1))], axis=-1), pose=problem.pose.numpy(),
+                 shape=problem.betas.numpy(), has_smpl=np.ones(size)) if with_3d else {}
+    return write_spin_npz(folder / f"{name}.npz", imgname=names, center=np.full((size, 2), 112.0),
+                          scale=np.full(size, 224 / 200), part=kp[:, 25:], openpose=kp[:, :25], **extra)
+
+
+@pytest.fixture(scope="session")
+def tiny_spin_data(tmp_path_factory):
+    """name -> .npz path of three tiny rendered datasets (image root: the npz's folder); 3d/test have truth."""
+    from spin_ray.body.body_model import BodyModel
+    from spin_ray.render.renderer import MeshRenderer
+
+    folder = tmp_path_factory.mktemp("tiny_spin")
+    body = BodyModel.embedded()
+    with MeshRenderer(224, 224, body.faces) as renderer:
+        return {name: _render_tiny_split(body, renderer, size, seed, folder, name, with_3d=name != "tiny-itw")
+                for name, (size, seed) in TINY_SPLITS.items()}
+
+
+# -- a local Ray for the session (started by the first test that asks; ~3.5 s) ------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray with a small object store, shared by every test that needs actors."""
+    import ray
+
+    if ray.is_initialized():  # someone else started it; leave its lifetime to them
+        yield ray
+        return
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,232 @@
+"""Where a training step's fit targets come from: one interface for every training mode.
+
+A `FitSupervisor` hands the step the fits to supervise with, already in the batch's augmented
+frame, and hears about the step's predictions afterwards. The step never knows how fits are made:
+- `NoFits` (`2d`): nothing; the loss's fit terms are off.
+- `StoreFits` (`static`): the best stored fit of each sample.
+- `SyncFits` (`sync`, SPIN as published): SMPLify from the step's own predictions, keep-best into
+  the store, then the best stored fit.
+The Ray pipeline's `async` mode is another supervisor whose `after_step` submits predictions to the
+fitter pool and whose `targets` returns a store read started by `prefetch(next_batch)`.
+
+Ground-truth SMPL (`has_smpl`) always replaces a stored fit with error 0, as in SPIN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
+from spin_ray.config import CameraConfig, FittingConfig
+from spin_ray.fitting.smplify import SmplifyParams, smplify
+from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
+from spin_ray.model.hmr import HMROutput
+from spin_ray.store.fit_store import FitStore
+from spin_ray.train.fit_frames import augmented_pose, canonical_fits, crop_pixels
+from spin_ray.train.losses import valid_fit_mask
+
+Batch = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FitTargets:
+    """Fits to supervise one batch with, in the batch's augmented frame."""
+
+    rotmat: torch.Tensor  # (B, 24, 3, 3)
+    betas: torch.Tensor  # (B, K)
+    error: torch.Tensor  # (B,) ranking error; inf where no fit, 0 for ground truth
+    has_smpl: torch.Tensor  # (B,) bool: the target is ground truth
+    valid: torch.Tensor  # (B,) bool: valid-fit rule (error below threshold, or ground truth)
+    counts: dict[str, float] = field(default_factory=dict)  # for logging: found, fitted, improved, ...
+
+
+@runtime_checkable
+class FitSupervisor(Protocol):
+    """Supplies fit targets to the training step and hears about its predictions."""
+
+    name: str
+
+    def prefetch(self, batch: Batch) -> None:
+        """Called with the next batch before the current step runs; may start reading its fits."""
+
+    def targets(self, batch: Batch, pred: HMROutput, step: int) -> FitTargets | None:
+        """Fit targets for batch (None: no fit supervision)."""
+
+    def after_step(self, batch: Batch, pred: HMROutput, step: int) -> None:
+        """Called after the optimiser step with the batch and its (pre-step) predictions."""
+
+    def close(self) -> None:
+        """Release connections and workers."""
+
+
+class NoFits:
+    """`2d` mode: no fit supervision, only reprojection and 3D losses."""
+
+    name = "2d"
+
+    def prefetch(self, batch: Batch) -> None:
+        """Nothing to prefetch."""
+
+    def targets(self, batch: Batch, pred: HMROutput, step: int) -> FitTargets | None:
+        """No targets."""
+        return None
+
+    def after_step(self, batch: Batch, pred: HMROutput, step: int) -> None:
+        """Nothing to do."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def batch_samples(batch: Batch) -> tuple[list[str], np.ndarray]:
+    """The batch's sample names: dataset per row and index per row (B,) int64."""
+    names = batch["dataset"]
+    datasets = [names] * len(batch["index"]) if isinstance(names, str) else [str(n) for n in names]
+    return datasets, torch.as_tensor(batch["index"]).cpu().numpy().astype(np.int64)
+
+
+def read_stored_fits(store: FitStore, batch: Batch, num_betas: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best stored fits of the batch's samples: canonical pose (B,72), betas (B,K), error (B,) inf if none.
+
+    One read per dataset in the batch (a mixed batch has a few).
+    """
+    datasets, indices = batch_samples(batch)
+    n = len(indices)
+    pose = np.zeros((n, 72), np.float32)
+    betas = np.zeros((n, num_betas), np.float32)
+    error = np.full(n, np.inf)
+    names = np.asarray(datasets)
+    for name in dict.fromkeys(datasets):
+        rows = np.flatnonzero(names == name)
+        stored = store.read(name, indices[rows])
+        found = rows[stored.found]
+        pose[found] = stored.pose[stored.found]
+        betas[found] = stored.betas[stored.found][:, :num_betas]
+        error[found] = stored.error[stored.found]
+    return torch.from_numpy(pose), torch.from_numpy(betas), torch.from_numpy(error).float()
+
+
+def targets_from_canonical(
+    batch: Batch, pose: torch.Tensor, betas: torch.Tensor, error: torch.Tensor, threshold: float,
+    counts: dict[str, float] | None = None,
+) -> FitTargets:
+    """Stored canonical fits seen through the batch's augmentation, ground truth taking precedence."""
+    device = batch["keypoints"].device
+    dtype = batch["keypoints"].dtype
+    pose, betas, error = pose.to(device, dtype), betas.to(device, dtype), error.to(device, dtype)
+    has_smpl = torch.as_tensor(batch["has_smpl"], device=device).bool()
+    seen = augmented_pose(pose, batch["aug"].to(device, dtype))
+    # The dataset already applied the augmentation to ground-truth pose.
+    seen = torch.where(has_smpl[:, None], batch["pose"].to(dtype), seen)
+    betas = torch.where(has_smpl[:, None], batch["betas"].to(dtype)[:, :betas.shape[1]], betas)
+    error = torch.where(has_smpl, torch.zeros_like(error), error)
+    valid = valid_fit_mask(error, has_smpl, threshold)
+    found = torch.isfinite(error) & ~has_smpl
+    stats = {
+        "found": float(found.sum()),
+        "valid": float(valid.sum()),
+        "stored_error": float(error[found].mean()) if bool(found.any()) else float("nan"),
+    }
+    stats.update(counts or {})
+    return FitTargets(axis_angle_pose_to_rotmats(seen), betas, error, has_smpl, valid, stats)
+
+
+class StoreFits:
+    """`static` mode: supervise with the best fit stored for each sample; never fits."""
+
+    name = "static"
+
+    def __init__(self, store: FitStore, fitting: FittingConfig, num_betas: int) -> None:
+        self.store = store
+        self.fitting = fitting
+        self.num_betas = num_betas
+
+    def prefetch(self, batch: Batch) -> None:
+        """Reads are cheap (one round trip per dataset): nothing to start early."""
+
+    def targets(self, batch: Batch, pred: HMROutput, step: int) -> FitTargets | None:
+        """The stored fits of the batch."""
+        pose, betas, error = read_stored_fits(self.store, batch, self.num_betas)
+        return targets_from_canonical(batch, pose, betas, error, self.fitting.valid_error_threshold)
+
+    def after_step(self, batch: Batch, pred: HMROutput, step: int) -> None:
+        """Static fits do not change."""
+
+    def close(self) -> None:
+        """Close the store connection."""
+        self.store.close()
+
+
+def smplify_from_predictions(
+    body: BodyModel, prior: torch.nn.Module, batch: Batch, pred: HMROutput,
+    fitting: FittingConfig, camera: CameraConfig,
+) -> SmplifyParams:
+    """SMPLify on the batch's augmented crop, started from the network's (detached) predictions."""
+    keypoints_px = crop_pixels(batch["keypoints"], camera)
+    rotmat = pred.rotmat.detach()
+    init = SmplifyParams.from_pose(
+        matrix_to_axis_angle(rotmat).reshape(rotmat.shape[0], -1),
+        pred.betas.detach(),
+        weak_perspective_to_translation(pred.camera.detach(), camera.focal_length, camera.crop_size),
+    )
+    return smplify(body, prior, keypoints_px, init, fitting, camera).params
+
+
+def write_fits(
+    store: FitStore, batch: Batch, pose: torch.Tensor, betas: torch.Tensor, error: torch.Tensor, step: int,
+    source: str,
+) -> np.ndarray:
+    """keep_best the batch's canonical fits (finite errors only), per dataset; mask (B,) of rows written."""
+    datasets, indices = batch_samples(batch)
+    names = np.asarray(datasets)
+    ok = torch.isfinite(error).cpu().numpy()
+    pose_np, betas_np, error_np = (t.detach().cpu().numpy() for t in (pose, betas, error))
+    written = np.zeros(len(indices), dtype=bool)
+    for name in dict.fromkeys(datasets):
+        rows = np.flatnonzero((names == name) & ok)
+        if rows.size:
+            written[rows] = store.keep_best(name, indices[rows], pose_np[rows], betas_np[rows], error_np[rows],
+                                            step, source)
+    return written
+
+
+class SyncFits:
+    """`sync` mode (SPIN as published): fit the step's own batch, keep the better fit, supervise with it."""
+
+    name = "sync"
+
+    def __init__(
+        self, store: FitStore, body: BodyModel, prior: torch.nn.Module, fitting: FittingConfig, camera: CameraConfig,
+    ) -> None:
+        self.store = store
+        self.body = body
+        self.prior = prior
+        self.fitting = fitting
+        self.camera = camera
+
+    def prefetch(self, batch: Batch) -> None:
+        """The fits depend on this step's predictions: nothing to start early."""
+
+    def targets(self, batch: Batch, pred: HMROutput, step: int) -> FitTargets | None:
+        """Fit the batch from the predictions, keep-best into the store, return the stored best."""
+        params = smplify_from_predictions(self.body, self.prior, batch, pred, self.fitting, self.camera)
+        fits = canonical_fits(self.body, params.pose, params.betas, batch["keypoints"], batch["aug"],
+                              self.camera, self.fitting.gmof_sigma)
+        written = write_fits(self.store, batch, fits.pose, fits.betas, fits.error, step, "loop")
+        # Read after the write: the store now holds the better of the new and the old fit, also
+        # when another writer improved a sample meanwhile.
+        pose, betas, error = read_stored_fits(self.store, batch, self.body.num_betas)
+        counts = {"fitted": float(torch.isfinite(fits.error).sum()), "improved": float(written.sum())}
+        return targets_from_canonical(batch, pose, betas, error, self.fitting.valid_error_threshold, counts)
+
+    def after_step(self, batch: Batch, pred: HMROutput, step: int) -> None:
+        """Fits were made before the step."""
+
+    def close(self) -> None:
+        """Close the store connection."""
+        self.store.close()
