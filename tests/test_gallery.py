@@ -372,6 +372,10 @@ def test_page_in_headless_chromium(browser, store, toy, body, tmp_path):
     assert "image missing or unreadable" in browser.evaluate("document.querySelector('[data-key=\"toy:3\"]').innerText")
 
     assert browser.evaluate(CARD_ERRORS) == sorted(ERRORS.tolist(), reverse=True)
+    browser.evaluate("document.querySelector('[data-key=\"toy:1\"] figure.zoomable').click()")
+    assert browser.evaluate("document.querySelector('#lightbox.open img').getBoundingClientRect().width") > 600
+    browser.evaluate("document.getElementById('lightbox').click()")
+    assert browser.evaluate("document.querySelector('#lightbox.open')") is None
     browser.evaluate("(s => { s.value = 'error-asc'; s.dispatchEvent(new Event('change')); })(document.getElementById('sort'))")
     assert browser.evaluate(CARD_ERRORS) == sorted(ERRORS.tolist())
 

@@ -56,6 +56,11 @@ body.no-kp figure svg { display:none; }
 .card .meta b { color:var(--ink); font-weight:600; }
 .card .img { font-family:ui-monospace, SFMono-Regular, Menlo, monospace; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
 .card .problems { margin:0 10px 8px; padding:6px 8px; background:#fef2f2; border:1px solid #fecaca; border-radius:6px; color:#991b1b; font-size:12px; }
+figure.zoomable { cursor:zoom-in; }
+#lightbox { position:fixed; inset:0; z-index:20; background:rgba(17,24,39,.85); display:none; align-items:center; justify-content:center; cursor:zoom-out; }
+#lightbox.open { display:flex; }
+#lightbox figure { flex:none; width:min(90vh, 90vw); }
+#lightbox .caption { position:absolute; bottom:16px; color:#f9fafb; font-size:14px; }
 .empty { grid-column:1/-1; text-align:center; color:var(--muted); padding:60px 0; font-size:16px; }
 """
 
@@ -101,9 +106,22 @@ _JS = r"""
     return svg;
   }
 
+  var lightbox = document.getElementById("lightbox");
+  lightbox.addEventListener("click", function () { lightbox.classList.remove("open"); lightbox.textContent = ""; });
+  document.addEventListener("keydown", function (e) { if (e.key === "Escape") lightbox.click(); });
+  function zoom(fig, card, caption) {
+    lightbox.textContent = "";
+    lightbox.appendChild(fig.cloneNode(true));
+    lightbox.appendChild(el("div", "caption", caption + " \u00b7 " + keyOf(card) + " \u00b7 error " + card.error.toFixed(1) + "  (click or Esc to close)"));
+    lightbox.classList.add("open");
+  }
+
   function view(card, src, caption, withKp, withFit, missing) {
     var fig = el("figure");
     if (src) {
+      fig.className = "zoomable";
+      fig.title = "click to enlarge";
+      fig.addEventListener("click", function () { zoom(fig, card, caption); });
       var img = el("img", "thumb");
       img.src = src; img.alt = caption + " " + keyOf(card); img.loading = "eager";
       fig.appendChild(img);
@@ -288,6 +306,7 @@ def render_page(data: GalleryData) -> str:
   <span>marked ids download as CSV for <code>spin-ray store filter --exclude FILE</code></span>
 </div>
 <main id="cards"></main>
+<div id="lightbox" role="dialog" aria-label="enlarged view"></div>
 <script type="application/json" id="gallery-data">{payload}</script>
 <script>{_JS}</script>
 </body>
