@@ -149,8 +149,13 @@ def test_worst_cards_show_crop_aligned_fit_and_keypoints(store, toy, body, tmp_p
 
 
 def test_best_and_ids_selection(store, toy, body, tmp_path):
+    build_gallery(store, Selection("worst", k=3), {"toy": toy["location"]}, tmp_path / "b", body)
+    (tmp_path / "b" / "images" / "notes.txt").write_text("mine")
     best = build_gallery(store, Selection("best", k=2), {"toy": toy["location"]}, tmp_path / "b", body)
     assert [c.index for c in best.cards] == [3, 0]
+    # Written into the same folder again: only this gallery's pictures remain, other files are left alone.
+    assert sorted(p.name for p in (tmp_path / "b" / "images").iterdir()) == [
+        "notes.txt", "toy_0_crop.jpg", "toy_0_fit.jpg", "toy_3_crop.jpg", "toy_3_fit.jpg"]
     ids = build_gallery(store, Selection("ids", ids=(("toy", 5), ("toy", 0))), {"toy": toy["location"]}, tmp_path / "i", body)
     assert [(c.dataset, c.index) for c in ids.cards] == [("toy", 5), ("toy", 0)]
 

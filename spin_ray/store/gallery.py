@@ -32,6 +32,7 @@ FIT_COLOR = (0.55, 0.75, 0.95)
 PREDICTION_COLOR = (0.95, 0.72, 0.45)
 MESH_OPACITY = 0.75  # the image stays visible through the mesh, so misalignment shows
 JPEG_QUALITY = 90
+_IMAGE_SUFFIXES = ("_crop.jpg", "_fit.jpg", "_pred.jpg")  # the only files a gallery writes under images/
 MAX_LISTED = 20  # ids listed by name in one notice before "and N more"
 
 
@@ -210,6 +211,10 @@ def build_gallery(
     out_dir = Path(out_dir)
     images_dir = out_dir / IMAGES_DIR
     images_dir.mkdir(parents=True, exist_ok=True)
+    # A gallery written again into the same folder must not keep the last one's pictures around.
+    for suffix in _IMAGE_SUFFIXES:
+        for stale in images_dir.glob(f"*{suffix}"):
+            stale.unlink()
     data = GalleryData(
         namespace=store.namespace,
         selection=selection.describe(),

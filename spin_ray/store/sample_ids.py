@@ -61,7 +61,9 @@ def read_ids(path: str | Path) -> list[SampleId]:
     """Sample ids from an ids file (see the module docstring for the format)."""
     path = Path(path)
     if not path.is_file():
-        raise FitStoreError(f"ids file {path} does not exist (write one with the gallery's download button or `spin-ray store filter`)")
+        raise FitStoreError(
+            f"ids file {path} does not exist (write one with the gallery's download button or `spin-ray store filter`)"
+        )
     try:
         text = path.read_text(encoding="utf-8-sig")  # a BOM from a spreadsheet export is not part of the header
     except UnicodeDecodeError as err:

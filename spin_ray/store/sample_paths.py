@@ -29,7 +29,9 @@ def parse_data_flag(text: str) -> DatasetLocation:
     """A location from `NAME=NPZ[:IMAGE_ROOT]` (IMAGE_ROOT defaults to the folder of NPZ)."""
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
-        raise FitStoreError(f"--data {text!r}: expected NAME=NPZ[:IMAGE_ROOT], e.g. --data coco=data/coco.npz:data/coco_images")
+        raise FitStoreError(
+            f"--data {text!r}: expected NAME=NPZ[:IMAGE_ROOT], e.g. --data coco=data/coco.npz:data/coco_images"
+        )
     check_name("dataset", name)
     # Split after '.npz' so a colon elsewhere in the npz path is not taken for the separator.
     cut = rest.lower().find(".npz:")
