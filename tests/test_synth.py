@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -216,3 +218,19 @@ def test_bad_sizes_and_unknown_splits_give_clear_errors(tmp_path, capsys):
         config_from_dict({"synth": {"sizes": {"coco": 3}}})
     assert cli_main(["synth", "--out", str(tmp_path), "--sizes", "synth-3d=-1"]) == 1
     assert "SPLIT=N" in capsys.readouterr().err
+
+
+def test_cli_generates_into_out_and_draws_a_preview(tmp_path, capsys):
+    import cv2
+
+    args = ["synth", "--out", str(tmp_path / "cache"), "--sizes", "synth-3d=2,synth-itw=0,synth-test=0", "--quiet"]
+    assert cli_main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("synth-3d: ") and lines[1].startswith("image root: ") and len(lines) == 2
+    npz = Path(lines[0].split(": ", 1)[1])
+    assert npz.is_file() and npz.parent == Path(lines[1].split(": ", 1)[1]) and (tmp_path / "cache") in npz.parents
+    assert len(load_spin_npz(npz, npz.parent)) == 2
+    preview = tmp_path / "preview.png"
+    assert cli_main(["synth", "--preview", str(preview)]) == 0
+    image = cv2.imread(str(preview))
+    assert image is not None and image.shape == (3 * 160, 4 * 160, 3) and image.std() > 10
