@@ -1,0 +1,98 @@
+"""Training checkpoints: written atomically, read without running code, refused for another config.
+
+A checkpoint holds the model, the optimiser, the step, the stream position of the data, the run
+config, the identity of what the weights mean (backbone, body model, ...) and every RNG state, so a
+resumed run continues bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from spin_ray.config import RunConfig, config_from_dict
+from spin_ray.errors import ConfigError, ModelError
+
+CHECKPOINT_FORMAT = 1
+
+
+def run_identity(cfg: RunConfig, body_identity: str) -> dict[str, Any]:
+    """What must match for a checkpoint to continue under cfg: a change here is a different run."""
+    return {
+        "backbone": cfg.network.backbone,
+        "ief_iterations": cfg.network.ief_iterations,
+        "mean_params_path": str(cfg.network.mean_params_path),
+        "body_model": body_identity,
+        "num_betas": cfg.body.num_betas,
+        "img_res": cfg.data.img_res,
+        "mode": cfg.train.mode,
+        "batch_size": cfg.train.batch_size,
+        "seed": cfg.seed,
+    }
+
+
+def rng_states() -> dict[str, Any]:
+    """torch, numpy and python RNG states in types that torch.load(weights_only=True) accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Inverse of rng_states."""
+    torch.set_rng_state(states["torch"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write payload to path via a temporary file and a rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by save_checkpoint (weights only: a checkpoint never runs code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or unsafe files
+        raise ModelError(f"{path}: not a readable spin-ray checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ModelError(f"{path}: checkpoint format {found!r}, this code reads format {CHECKPOINT_FORMAT}")
+    return payload
+
+
+def checkpoint_config(payload: dict[str, Any], path: str | Path) -> RunConfig:
+    """The run config saved in a checkpoint."""
+    try:
+        return config_from_dict(payload["config"], source=f"{path} (saved config)")
+    except (KeyError, ConfigError) as err:
+        raise ModelError(f"{path}: the saved run config is missing or invalid: {err}") from None
+
+
+def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
+    """Raise ModelError listing every identity field where a checkpoint differs from the current run."""
+    diffs = [f"{key}: checkpoint has {saved.get(key)!r}, config has {value!r}"
+             for key, value in current.items() if saved.get(key) != value]
+    if diffs:
+        raise ModelError(f"{path} was written by a different run config and cannot be resumed under this one ("
+                         + "; ".join(diffs) + "); use the checkpoint's own config or start a new run")

@@ -1,0 +1,198 @@
+"""`run_training`: a whole single-process run from a RunConfig (data, store, trainer, evaluation, report)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spin_ray.body.body_model import BodyModel
+from spin_ray.config import DatasetEntry, RunConfig
+from spin_ray.data.dataset import MixedDataset, SpinImageDataset, build_dataset
+from spin_ray.data.spin_format import load_spin_npz
+from spin_ray.errors import ConfigError
+from spin_ray.eval.evaluate import EvalResult, evaluate, evaluation_dataset, mean_params_predictor, model_predictor
+from spin_ray.model.hmr import HMR
+from spin_ray.store.fit_store import FitStore, resolve_url
+from spin_ray.store.server import EmbeddedRedis
+from spin_ray.train.sampling import make_train_loader
+from spin_ray.train.supervision import FitSupervisor, NoFits, StoreFits, SyncFits
+from spin_ray.train.trainer import Trainer
+
+log = logging.getLogger(__name__)
+StoreInit = Callable[[FitStore, BodyModel, list[SpinImageDataset]], None]
+
+
+@dataclass
+class RunSummary:
+    """What a run did: steps, losses, store counts, held-out errors and where its files are."""
+
+    mode: str
+    steps: int
+    first_loss: float
+    final_loss: float  # mean over the last tenth of the steps
+    nan_skipped: int
+    checkpoint: str
+    output_dir: str
+    report: str | None = None
+    evaluation: dict | None = None
+    baseline: dict | None = None
+    store: dict = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def training_data(cfg: RunConfig) -> tuple[MixedDataset, DatasetEntry | None]:
+    """The configured training mix and held-out entry; the synthetic splits when data.datasets is empty."""
+    if cfg.data.datasets:
+        return build_dataset(cfg.data, train=True), cfg.train.heldout
+    try:
+        from spin_ray.data.synth import ensure_synthetic_data
+    except ImportError:
+        raise ConfigError("data.datasets is empty and the synthetic data generator is not available: "
+                          "list SPIN-format datasets under data.datasets") from None
+    paths = ensure_synthetic_data(cfg)
+    train = [DatasetEntry(name=name, npz=paths[name], image_root=paths[name].parent)
+             for name in ("synth-3d", "synth-itw") if name in paths]
+    if not train:
+        raise ConfigError("synth.sizes gives no training split (synth-3d or synth-itw)")
+    data = cfg.data.model_copy(update={"datasets": train})
+    heldout = cfg.train.heldout
+    if heldout is None and "synth-test" in paths:
+        heldout = DatasetEntry(name="synth-test", npz=paths["synth-test"], image_root=paths["synth-test"].parent)
+    return build_dataset(data, train=True), heldout
+
+
+@contextlib.contextmanager
+def open_store(cfg: RunConfig, body: BodyModel, output_dir: Path) -> Iterator[FitStore]:
+    """The run's fit store: by URL when the config names one, else an embedded Redis under output_dir/redis."""
+    url = resolve_url(cfg.store)
+    with contextlib.ExitStack() as stack:
+        if url is None:
+            server = stack.enter_context(EmbeddedRedis(output_dir / "redis"))
+            url = server.url
+        store = FitStore.from_config(cfg.store, body.identity, url=url)
+        stack.callback(store.close)
+        yield store
+
+
+def static_fits_init(cfg: RunConfig) -> StoreInit:
+    """Store initialiser: static fits from the mean pose for every dataset with no stored fit yet."""
+    def init(store: FitStore, body: BodyModel, datasets: list[SpinImageDataset]) -> None:
+        from spin_ray.fitting.cli import mean_pose_axis_angle
+        from spin_ray.fitting.priors import load_pose_prior
+        from spin_ray.fitting.static_fits import canonical_crop_keypoints, fit_static
+
+        prior = load_pose_prior(cfg.fitting)
+        pose, betas = mean_pose_axis_angle(cfg)
+        for dataset in datasets:
+            spin = dataset.spin
+            if store.count(spin.name) > 0:
+                log.info("store already holds %d fits of %s: no static fits", store.count(spin.name), spin.name)
+                continue
+            keypoints = canonical_crop_keypoints(spin.keypoints49(), spin.center, spin.scale, cfg.camera.crop_size)
+            fits = fit_static(body, prior, torch.from_numpy(keypoints), pose, betas, cfg.fitting, cfg.camera)
+            ok = np.flatnonzero(~fits.failed & np.isfinite(fits.error))
+            store.keep_best(spin.name, ok, fits.pose[ok], fits.betas[ok, :10], fits.error[ok], 0, "static")
+            log.info("static fits of %s: %d stored", spin.name, ok.size)
+    return init
+
+
+def make_supervisor(cfg: RunConfig, store: FitStore | None, body: BodyModel) -> FitSupervisor:
+    """The fit supervisor of the configured mode."""
+    mode = cfg.train.mode
+    if mode == "2d":
+        return NoFits()
+    if mode == "async":
+        raise ConfigError("train.mode async needs the Ray pipeline: run `python -m spin_ray.launch CONFIG`; "
+                          "single-process training supports sync, static and 2d")
+    if store is None:
+        raise ConfigError(f"train.mode {mode} needs a fit store")
+    if mode == "static":
+        return StoreFits(store, cfg.fitting, body.num_betas)
+    from spin_ray.fitting.priors import load_pose_prior
+    return SyncFits(store, body, load_pose_prior(cfg.fitting), cfg.fitting, cfg.camera)
+
+
+def evaluate_heldout(trainer: Trainer, entry: DatasetEntry, batch_size: int) -> tuple[EvalResult, EvalResult]:
+    """The trained network and the mean-parameter baseline on the held-out set."""
+    dataset = evaluation_dataset(entry.npz, entry.image_root, trainer.cfg.data.img_res, name=entry.name)
+    model = evaluate(model_predictor(trainer.model), trainer.body, dataset, batch_size, name="model")
+    baseline = evaluate(mean_params_predictor(trainer.model), trainer.body, dataset, batch_size, name="mean-pose")
+    trainer.model.train()
+    return model, baseline
+
+
+def store_counts(store: FitStore | None, names: list[str]) -> dict:
+    """Records and improvements per dataset, for the summary."""
+    if store is None:
+        return {}
+    out = {}
+    for name in names:
+        progress = store.progress(name) if store.count(name) else []
+        out[name] = {"records": store.count(name), "loop_writes": int(sum(n for step, n, _ in progress if step > 0))}
+    return out
+
+
+def run_training(
+    cfg: RunConfig, resume: str | Path | None = None, init_store: StoreInit | None = None, progress: bool = True,
+    report: bool = True,
+) -> RunSummary:
+    """Train as the config says (modes sync, static, 2d), evaluate on the held-out set, write a report."""
+    if cfg.train.mode == "async":
+        make_supervisor(cfg, None, None)  # type: ignore[arg-type]  # raises the explanation
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.seed)
+    body = BodyModel.from_config(cfg.body)
+    train_set, heldout = training_data(cfg)
+    names = [d.spin.name for d in train_set.datasets]
+    needs_store = cfg.train.mode in ("sync", "static")
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(open_store(cfg, body, output_dir)) if needs_store else None
+        if store is not None:
+            initialiser = init_store or (static_fits_init(cfg) if cfg.train.init_store_from_static_fits else None)
+            if initialiser is not None:
+                initialiser(store, body, train_set.datasets)
+            if cfg.train.mode == "static" and not any(store.count(n) for n in names):
+                log.warning("static mode with an empty fit store: nothing supervises the pose until fits exist "
+                            "(set train.init_store_from_static_fits or import fits with `spin-ray store import`)")
+        supervisor = make_supervisor(cfg, store, body)
+        if resume is not None:
+            trainer = Trainer.resume(resume, cfg, supervisor, body, output_dir)
+        else:
+            trainer = Trainer(cfg, HMR.from_config(cfg.network, cfg.body.num_betas), body, supervisor, output_dir)
+        loader = make_train_loader(train_set, cfg.train.batch_size, cfg.seed, trainer.samples_consumed,
+                                   cfg.data.num_workers)
+        metrics = trainer.fit_loop(loader, max(0, cfg.train.steps - trainer.step), progress=progress)
+        history = trainer.history or metrics
+        tail = history[-max(1, len(history) // 10):]
+        summary = RunSummary(
+            mode=cfg.train.mode, steps=trainer.step,
+            first_loss=history[0].loss if history else float("nan"),
+            final_loss=float(np.mean([m.loss for m in tail])) if history else float("nan"),
+            nan_skipped=trainer.nan_skipped, checkpoint=str(trainer.checkpoint_path), output_dir=str(output_dir),
+            store=store_counts(store, names),
+        )
+        evaluated = None
+        if heldout is not None:
+            evaluated = evaluate_heldout(trainer, heldout, cfg.train.batch_size)
+            summary.evaluation, summary.baseline = evaluated[0].summary(), evaluated[1].summary()
+        if report:
+            from spin_ray.train.report import write_report
+            summary.report = str(write_report(trainer, output_dir / "report.png", heldout, evaluated))
+    (output_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    return summary

@@ -1,0 +1,156 @@
+"""The trainer on tiny rendered data: loss falls, exact resume, refused checkpoints, NaN samples, a whole run."""
+
+import json
+import uuid
+import warnings
+
+import pytest
+import torch
+
+from spin_ray.body.body_model import BodyModel
+from spin_ray.config import config_from_dict
+from spin_ray.data.dataset import SpinImageDataset
+from spin_ray.data.spin_format import load_spin_npz
+from spin_ray.errors import ConfigError, ModelError
+from spin_ray.fitting.priors import load_pose_prior
+from spin_ray.model.hmr import HMR
+from spin_ray.store.fit_store import FitStore
+from spin_ray.train.sampling import make_train_loader
+from spin_ray.train.supervision import NoFits, SyncFits
+from spin_ray.train.trainer import Trainer
+
+torch.set_num_threads(1)
+
+
+def tiny_config(data, tmp_path, **train):
+    """mobilenet_v3_small at 64 px, batch 8, short SMPLify: seconds per run."""
+    root = data["tiny-3d"].parent
+    return config_from_dict({
+        "name": "tiny", "output_dir": str(tmp_path / "out"),
+        "network": {"backbone": "mobilenet_v3_small", "dropout": 0.5},
+        "data": {"img_res": 64, "datasets": [
+            {"name": "tiny-3d", "npz": str(data["tiny-3d"]), "image_root": str(root)},
+            {"name": "tiny-itw", "npz": str(data["tiny-itw"]), "image_root": str(root)}]},
+        "fitting": {"iterations_camera": 5, "iterations_body": 5, "batch_size": 64},
+        "store": {"namespace": f"t-{uuid.uuid4().hex[:10]}"},
+        "train": {"mode": "2d", "steps": 10, "batch_size": 8, "lr": 1e-4, "log_every": 5, "checkpoint_every": 1000,
+                  "heldout": {"name": "tiny-test", "npz": str(data["tiny-test"]), "image_root": str(root)},
+                  "report_images": 4, **train},
+    })
+
+
+@pytest.fixture(scope="module")
+def body():
+    return BodyModel.embedded()
+
+
+def _dataset(cfg, name="tiny-3d", train=True):
+    entry = next(d for d in cfg.data.datasets if d.name == name)
+    return SpinImageDataset(load_spin_npz(entry.npz, entry.image_root, name=name), cfg.data, train=train)
+
+
+def _trainer(cfg, body, supervisor=None):
+    torch.manual_seed(cfg.seed)
+    return Trainer(cfg, HMR.from_config(cfg.network), body, supervisor)
+
+
+def test_loss_falls_on_a_small_set(tiny_spin_data, tmp_path, body):
+    cfg = tiny_config(tiny_spin_data, tmp_path, lr=3e-4)
+    cfg = cfg.model_copy(update={"network": cfg.network.model_copy(update={"dropout": 0.0})})
+    subset = torch.utils.data.Subset(_dataset(cfg, train=False), range(16))
+    trainer = _trainer(cfg, body)
+    metrics = trainer.fit_loop(make_train_loader(subset, 8, seed=0), 40, progress=False, tensorboard=False)
+    losses = torch.tensor([m.loss for m in metrics])
+    assert len(metrics) == 40 and torch.isfinite(losses).all()
+    assert losses[-8:].mean() < 0.5 * losses[:4].mean(), losses.tolist()
+
+
+def test_resume_continues_bit_for_bit_in_sync_mode(tiny_spin_data, tmp_path, body, redis_server):
+    cfg = tiny_config(tiny_spin_data, tmp_path, mode="sync")
+    data = torch.utils.data.ConcatDataset([_dataset(cfg), _dataset(cfg, "tiny-itw")])
+    prior = load_pose_prior(cfg.fitting)
+
+    def supervisor(namespace):
+        store = FitStore.open(redis_server.url, namespace, body_model_hash=body.identity)
+        return SyncFits(store, body, prior, cfg.fitting, cfg.camera)
+
+    steps = 6
+    straight = _trainer(cfg, body, supervisor(f"a-{uuid.uuid4().hex[:8]}"))
+    expected = straight.fit_loop(make_train_loader(data, 8, cfg.seed), steps, progress=False, tensorboard=False)
+
+    namespace = f"b-{uuid.uuid4().hex[:8]}"
+    first = _trainer(cfg, body, supervisor(namespace))
+    first.fit_loop(make_train_loader(data, 8, cfg.seed), steps // 2, progress=False, tensorboard=False)
+    torch.manual_seed(1234)  # whatever happens in between must not matter
+    resumed = Trainer.resume(first.checkpoint_path, cfg, supervisor(namespace), body)
+    assert resumed.step == steps // 2 and resumed.samples_consumed == 8 * (steps // 2)
+    rest = resumed.fit_loop(make_train_loader(data, 8, cfg.seed, start=resumed.samples_consumed), steps - steps // 2,
+                            progress=False, tensorboard=False)
+    assert [m.loss for m in resumed.history] == [m.loss for m in expected]
+    assert [m.improved for m in rest] == [m.improved for m in expected[steps // 2:]]
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    with pytest.raises(Exception, match="stream item 0 but the trainer has consumed"):
+        resumed.fit_loop(make_train_loader(data, 8, cfg.seed), 1, progress=False, tensorboard=False)
+
+
+def test_checkpoint_of_another_config_is_refused(tiny_spin_data, tmp_path, body):
+    cfg = tiny_config(tiny_spin_data, tmp_path)
+    path = _trainer(cfg, body).save()
+    other = cfg.model_copy(update={"network": cfg.network.model_copy(update={"backbone": "resnet18"})})
+    with pytest.raises(ModelError, match="backbone: checkpoint has 'mobilenet_v3_small', config has 'resnet18'"):
+        Trainer.resume(path, other, body=body)
+
+    other_body = BodyModel.embedded()
+    other_body.identity = "f" * 64
+    with pytest.raises(ModelError, match="body_model: checkpoint has"):
+        Trainer.resume(path, cfg, body=other_body)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="not a readable spin-ray checkpoint"):
+        Trainer.resume(tmp_path / "junk.pt", cfg, body=body)
+
+
+def test_sample_with_nan_keypoints_is_skipped_and_counted(tiny_spin_data, tmp_path, body):
+    cfg = tiny_config(tiny_spin_data, tmp_path)
+    batch = next(iter(make_train_loader(_dataset(cfg), 8, seed=0)))
+    batch["keypoints"][2, 30, 0] = float("nan")
+    batch["keypoints"][5] = float("nan")
+    trainer = _trainer(cfg, body, NoFits())
+    with pytest.warns(UserWarning, match="skipped 2 sample"):
+        metrics = trainer.train_step(batch)
+    assert metrics.nan_skipped == 2 and metrics.batch == 6 and trainer.nan_skipped == 2
+    assert torch.isfinite(torch.tensor(metrics.loss))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    batch["keypoints"][:] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert trainer.train_step(batch) is None
+    assert trainer.nan_skipped == 10 and trainer.step == 1
+
+
+def test_run_training_static_with_static_fits_init(tiny_spin_data, tmp_path):
+    from spin_ray.train.run import run_training
+
+    cfg = tiny_config(tiny_spin_data, tmp_path, mode="static", steps=4, checkpoint_every=2,
+                      init_store_from_static_fits=True)
+    summary = run_training(cfg, progress=False)
+    out = tmp_path / "out"
+    assert summary.steps == 4 and summary.mode == "static"
+    assert summary.store["tiny-itw"]["records"] > 80  # static fits of (nearly) every sample
+    assert summary.evaluation["samples"] == 32 and summary.baseline["name"] == "mean-pose"
+    assert (out / "report.png").stat().st_size > 10_000
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
+    assert (out / "redis").is_dir() and (out / "checkpoints" / "last.pt").is_file()
+    # Resuming the finished run with more steps continues from step 4.
+    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 6,
+                                                                        "init_store_from_static_fits": False})})
+    again = run_training(more, resume=out / "checkpoints" / "last.pt", progress=False, report=False)
+    assert again.steps == 6
+
+
+def test_async_mode_needs_the_ray_pipeline(tiny_spin_data, tmp_path):
+    from spin_ray.train.run import run_training
+
+    with pytest.raises(ConfigError, match="spin_ray.launch"):
+        run_training(tiny_config(tiny_spin_data, tmp_path, mode="async"), progress=False)
