@@ -12,17 +12,24 @@ import os
 import time
 
 import numpy as np
+import ray
 import torch
 
 from spin_ray.body.body_model import BodyModel
+from spin_ray.body.joints import NUM_KEYPOINTS
 from spin_ray.config import CameraConfig, FittingConfig, RunConfig
+from spin_ray.data.augment import IDENTITY_AUG
 from spin_ray.errors import PipelineError
 from spin_ray.fitting.priors import load_pose_prior
+from spin_ray.fitting.problems import typical_depth
 from spin_ray.fitting.smplify import SmplifyParams, smplify
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
 from spin_ray.train.fit_frames import CanonicalFits, canonical_fits, crop_pixels
+
+# Ray concurrency group of ping and pid: they answer while a fit runs (fits stay one at a time).
+HEALTH_GROUP = "health"
 
 
 def fit_request(
@@ -87,6 +94,17 @@ class FitterActor:
                 "give the fitters the run's config and open the store with body_model_hash=body.identity"
             )
         self.store = FitStore(store)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One tiny fit, so lazy imports (torch's Adam pulls in torch._dynamo: seconds) happen before readiness."""
+        fitting = self.fitting.model_copy(update={"iterations_camera": 1, "iterations_body": 1})
+        keypoints = np.zeros((1, NUM_KEYPOINTS, 3), np.float32)
+        keypoints[..., 2] = 1.0
+        camera_t = np.array([[0.0, 0.0, typical_depth(self.camera)]], np.float32)
+        warm = FitRequest.build(0, "warm-up", [0], np.zeros((1, 72)), np.zeros((1, self.body.num_betas)), camera_t,
+                                keypoints, IDENTITY_AUG.as_array()[None])
+        fit_request(self.body, self.prior, warm, fitting, self.camera, self.device)
 
     def fit(self, request: FitRequest) -> FitReport:
         """Fit one request, write every improvement to the store (source 'loop'), report what happened."""
@@ -120,10 +138,12 @@ class FitterActor:
             actor_id=self.actor_id,
         )
 
+    @ray.method(concurrency_group=HEALTH_GROUP)
     def ping(self) -> str:
         """This fitter's id, once it is ready to fit."""
         return self.actor_id
 
+    @ray.method(concurrency_group=HEALTH_GROUP)
     def pid(self) -> int:
         """The process id of this fitter (for fault tests and operators)."""
         return os.getpid()

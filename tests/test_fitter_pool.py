@@ -1,0 +1,216 @@
+"""FitterPool on a real local Ray and a real redis-server: bounds, busy policies, restarts, resize, staleness."""
+
+import os
+import signal
+import time
+import uuid
+
+import numpy as np
+import pytest
+import ray
+
+from pipeline_problems import fast_config, make_request, seed_store
+from spin_ray.body.body_model import BodyModel
+from spin_ray.errors import PipelineError
+from spin_ray.pipeline.pool import FitterPool
+from spin_ray.store.fit_store import FitStore
+from spin_ray.store.records import FitStoreAddress
+
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def body():
+    return BodyModel.embedded()
+
+
+@pytest.fixture
+def store(redis_server, body):
+    store = FitStore.open(redis_server.url, f"pool-{uuid.uuid4().hex[:10]}", body_model_hash=body.identity)
+    yield store
+    store.drop()
+    store.close()
+
+
+@pytest.fixture
+def make_pool(ray_local, store):
+    pools = []
+
+    def make(**pipeline) -> FitterPool:
+        pools.append(FitterPool(fast_config(**pipeline), store.address, name=f"test{len(pools)}"))
+        return pools[-1]
+
+    yield make
+    for pool in pools:
+        pool.shutdown()
+
+
+def accounted(m) -> int:
+    """Requests with an outcome or still in the pool; must equal m.submitted."""
+    return m.completed + m.failed + m.dropped + m.lost + m.abandoned + m.in_flight + m.pending
+
+
+def wait_until(predicate, pool, timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out; pool metrics: {pool.metrics()}"
+        pool.poll()
+        time.sleep(0.05)
+
+
+def test_requests_land_improved_fits_in_the_store(make_pool, store, body):
+    pool = make_pool(num_fitters=2)
+    camera = fast_config().camera
+    before = {seed: seed_store(store, body, camera, BATCH, seed, first_index=BATCH * seed) for seed in range(4)}
+    requests = [make_request(body, camera, BATCH, seed, step=10 + seed, first_index=BATCH * seed, augment=seed % 2 == 1)
+                for seed in range(4)]
+    assert all(pool.submit(r) for r in requests)
+    pool.set_step(62)  # the trainer moved on: requests of steps 10 and 11 are now more than 50 steps old
+    assert pool.drain(60)
+    reports = pool.poll()  # every report since the last poll, including those drain collected
+    assert sorted(r.request_id for r in reports) == sorted(r.request_id for r in requests)
+    m = pool.metrics()
+    assert m.completed == 4 and m.failed == m.dropped == m.lost == 0 and accounted(m) == m.submitted == 4
+    assert m.samples_fitted == 4 * BATCH == sum(r.fitted for r in reports) and m.written == sum(r.written for r in reports)
+    assert m.written > 0 and m.fits_per_s > 0 and np.isfinite(m.mean_error)
+    assert m.stale == 2 and m.current_step == 62 and m.num_fitters == 2 and m.in_flight == 0
+    for seed, request in enumerate(requests):
+        stored = store.read("synth", request.indices)
+        improved = stored.source == "loop"
+        assert (stored.error <= before[seed] + 1e-9).all()
+        assert improved.sum() >= BATCH // 2, f"request {seed}: the fit should beat a 0.6 rad noisy pose"
+        assert (stored.step[improved] == request.step).all() and (stored.error[improved] < before[seed][improved]).all()
+    again = make_request(body, camera, BATCH, 9)
+    pool.submit(again)
+    with pytest.raises(PipelineError, match="already queued or in flight"):
+        pool.submit(again)
+
+
+def test_drop_policy_bounds_in_flight_drops_the_oldest_and_never_blocks(make_pool, body):
+    pool = make_pool(num_fitters=2, max_in_flight_per_fitter=2, max_pending=3, artificial_delay_s=0.6)
+    camera = fast_config().camera
+    requests = [make_request(body, camera, BATCH, seed, step=seed) for seed in range(16)]
+    durations, samples = [], []
+    for request in requests:
+        start = time.perf_counter()
+        pool.submit(request)
+        durations.append(time.perf_counter() - start)
+        samples.append(pool.metrics())
+    assert max(durations) < 0.2, f"submit blocked under drop: {max(durations):.3f} s"
+    assert max(m.in_flight for m in samples) == 4  # the bound is reached, and never passed
+    assert all(max(m.in_flight_per_fitter.values()) <= 2 and m.pending <= 3 for m in samples)
+    assert samples[-1].dropped >= 16 - 4 - 3 - 2  # at most a couple can finish while 16 are submitted
+    assert pool.drain(60)
+    completed = {r.request_id for r in pool.poll()}
+    m = pool.metrics()
+    assert m.peak_in_flight == 4 and accounted(m) == m.submitted == 16 and m.completed == len(completed)
+    assert m.dropped == 16 - m.completed
+    # Drop means the oldest queued goes: the three newest requests are always fitted.
+    assert {r.request_id for r in requests[-3:]} <= completed
+
+
+def test_drop_with_no_queue_refuses_the_new_request(make_pool, body):
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, max_pending=0, artificial_delay_s=0.5)
+    camera = fast_config().camera
+    assert pool.submit(make_request(body, camera, BATCH, 0))
+    assert not pool.submit(make_request(body, camera, BATCH, 1))
+    assert pool.metrics().dropped == 1
+
+
+def test_block_policy_waits_for_a_free_fitter(make_pool, body):
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, busy_policy="block", artificial_delay_s=0.4)
+    camera = fast_config().camera
+    durations = []
+    for seed in range(3):
+        start = time.perf_counter()
+        assert pool.submit(make_request(body, camera, BATCH, seed))
+        durations.append(time.perf_counter() - start)
+        assert pool.metrics().in_flight <= 1
+    assert durations[0] < 0.2 and min(durations[1:]) > 0.3
+    pool.submit(make_request(body, camera, BATCH, 3))
+    final = pool.shutdown()  # without draining: what is in flight is abandoned, and counted
+    assert final.completed == 3 and final.dropped == 0 and final.peak_in_flight == 1
+    assert final.abandoned == 1 and final.num_fitters == 0 and accounted(final) == final.submitted == 4
+    with pytest.raises(PipelineError, match="was shut down"):
+        pool.submit(make_request(body, camera, BATCH, 4))
+
+
+def _pid(handle) -> int:
+    return ray.get(handle.pid.remote(), timeout=30)
+
+
+def test_a_killed_fitter_is_replaced_and_its_request_sent_again_once(make_pool, store, body):
+    pool = make_pool(num_fitters=2, max_in_flight_per_fitter=1, artificial_delay_s=1.0, max_restarts=3)
+    camera = fast_config().camera
+    before = np.concatenate([seed_store(store, body, camera, BATCH, s, first_index=BATCH * s) for s in range(3)])
+    requests = [make_request(body, camera, BATCH, s, first_index=BATCH * s) for s in range(3)]
+    for request in requests[:2]:
+        pool.submit(request)
+    victims = pool.fitter_handles()
+    assert pool.metrics().in_flight_per_fitter == {name: 1 for name in victims}
+    first, second = victims.values()
+    ray.kill(first, no_restart=True)  # ray.kill while its request runs
+    start = time.perf_counter()
+    pid = _pid(second)
+    assert time.perf_counter() - start < 0.9, "pid/ping must answer while a fit runs (health concurrency group)"
+    os.kill(pid, signal.SIGKILL)  # and a crash of the process itself
+    pool.submit(requests[2])
+    assert pool.drain(90)
+    m = pool.metrics()
+    assert m.restarts == 2 and m.num_fitters == 2 and set(pool.fitter_handles()).isdisjoint(victims)
+    assert m.resubmitted == 2 and m.lost == 0 and m.completed == 3 and accounted(m) == m.submitted == 3
+    after = store.read("synth", np.arange(3 * BATCH))
+    assert (after.error <= before + 1e-9).all() and (after.source == "loop").sum() > 0
+    for handle in pool.fitter_handles().values():  # the replacements work
+        assert ray.get(handle.ping.remote(), timeout=30)
+
+
+def test_a_request_is_never_sent_a_third_time_and_restarts_are_capped(make_pool, body):
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, artificial_delay_s=2.0, max_restarts=2)
+    camera = fast_config().camera
+    request = make_request(body, camera, BATCH, 0)
+    pool.submit(request)
+    os.kill(_pid(next(iter(pool.fitter_handles().values()))), signal.SIGKILL)
+    wait_until(lambda: pool.metrics().resubmitted == 1 and pool.metrics().in_flight == 1, pool)
+    # Kill the replacement while it holds the re-sent request: the request is lost, not sent again.
+    os.kill(_pid(next(iter(pool.fitter_handles().values()))), signal.SIGKILL)
+    wait_until(lambda: pool.metrics().lost == 1, pool)
+    m = pool.metrics()
+    assert m.resubmitted == 1 and m.restarts == 2 and m.in_flight == m.pending == 0 and m.completed == 0
+    assert accounted(m) == m.submitted == 1
+    # Slot restarts are used up: one more death leaves no fitter, and submit says why.
+    ray.kill(next(iter(pool.fitter_handles().values())), no_restart=True)
+    pool.submit(make_request(body, camera, BATCH, 1))
+    wait_until(lambda: pool.metrics().num_fitters == 0, pool)
+    assert "max_restarts" in pool.metrics().last_error
+    with pytest.raises(PipelineError, match="no fitter is left"):
+        pool.submit(make_request(body, camera, BATCH, 2))
+
+
+def test_resize_grows_and_shrinks_without_losing_work(make_pool, body):
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, artificial_delay_s=0.5)
+    camera = fast_config().camera
+    pool.resize(3)
+    pool.wait_ready(60)
+    assert pool.metrics().num_fitters == 3 and pool.max_in_flight() == 3
+    for seed in range(3):
+        pool.submit(make_request(body, camera, BATCH, seed))
+    m = pool.metrics()
+    assert m.in_flight == 3 and set(m.in_flight_per_fitter.values()) == {1}  # one each: least busy first
+    handles = pool.fitter_handles()
+    pool.resize(1)  # while all three are busy: the retired two finish their requests first
+    assert pool.metrics().num_fitters == 1 and pool.max_in_flight() == 1
+    assert pool.drain(30)
+    m = pool.metrics()
+    assert m.completed == 3 and m.lost == m.resubmitted == 0 and len(pool.fitter_handles()) == 1
+    retired = [h for name, h in handles.items() if name not in pool.fitter_handles()]
+    assert len(retired) == 2
+    for handle in retired:
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(handle.ping.remote(), timeout=30)
+
+
+def test_a_fitter_that_cannot_start_is_reported(ray_local, redis_server):
+    address = FitStoreAddress(url=redis_server.url, namespace="pool-bad", body_model_hash="0123456789abcdef")
+    with pytest.raises(PipelineError, match="failed to start.*different body models"):
+        FitterPool(fast_config(num_fitters=1), address, name="bad")
