@@ -16,7 +16,6 @@ import torch
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import DatasetEntry, RunConfig
 from spin_ray.data.dataset import MixedDataset, SpinImageDataset, build_dataset
-from spin_ray.data.spin_format import load_spin_npz
 from spin_ray.errors import ConfigError
 from spin_ray.eval.evaluate import EvalResult, evaluate, evaluation_dataset, mean_params_predictor, model_predictor
 from spin_ray.model.hmr import HMR
