@@ -58,6 +58,9 @@ class StoreConfig(Section):
     url_env: str | None = Field(None, description="name of an environment variable holding the URL")
     namespace: str = Field("default", min_length=1, description="fit-store namespace, one per run")
     connect_timeout_s: float = Field(30.0, gt=0, description="give up connecting after this many seconds")
+    outage_timeout_s: float = Field(
+        600.0, gt=0, description="a running job waits this long for a lost Redis to come back before failing"
+    )
 
 
 class PipelineConfig(Section):

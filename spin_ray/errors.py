@@ -21,6 +21,10 @@ class FitStoreError(SpinRayError):
     """The fit store rejected a read or write, or Redis could not be reached."""
 
 
+class FitStoreUnavailable(FitStoreError):
+    """Redis stopped answering (connection lost or timed out): waiting may help, the request was fine."""
+
+
 class DataError(SpinRayError):
     """A dataset file or image is missing or malformed."""
 

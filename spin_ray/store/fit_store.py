@@ -25,7 +25,7 @@ import numpy as np
 import redis
 from pydantic import ValidationError
 
-from spin_ray.errors import FitStoreError
+from spin_ray.errors import FitStoreError, FitStoreUnavailable
 from spin_ray.store import records as rec
 from spin_ray.store.records import (
     BETAS_SIZE,
@@ -300,7 +300,7 @@ class FitStore:
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError) as err:
-            raise FitStoreError(
+            raise FitStoreUnavailable(
                 f"lost Redis at {redact_url(self._url)} while {what}: {type(err).__name__}: "
                 f"{_first_line(err)} (is the server still running?)"
             ) from None

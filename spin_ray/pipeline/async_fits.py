@@ -1,0 +1,135 @@
+"""`async` mode: the step supervises with the best fits stored so far and hands its predictions to
+the fitter pool without waiting; the fits the pool finds serve the next visit of those samples.
+
+The store read for batch t+1 starts (on a reader thread) while step t runs, so a step waits on
+Redis only if the read is slower than a whole step. If Redis goes away, reads and the step wait for
+it to come back (up to store.outage_timeout_s) instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+import torch
+
+from spin_ray.config import CameraConfig, FittingConfig
+from spin_ray.errors import FitStoreUnavailable
+from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
+from spin_ray.model.hmr import HMROutput
+from spin_ray.pipeline.pool import FitterPool, PoolMetrics
+from spin_ray.pipeline.requests import FitRequest
+from spin_ray.store.fit_store import FitStore
+from spin_ray.train.supervision import Batch, FitTargets, batch_samples, read_stored_fits, targets_from_canonical
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def wait_for_store(action: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run action, retrying with backoff while the store is unreachable, for at most timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            return action()
+        except FitStoreUnavailable as err:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("fit store unreachable while %s; retrying in %.1f s (%s)", what, delay, err)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
+def fit_request_from_step(batch: Batch, pred: HMROutput, step: int, camera: CameraConfig) -> FitRequest:
+    """The pool's request for one step: detached predictions in the batch's augmented frame."""
+    datasets, indices = batch_samples(batch)
+    rotmat = pred.rotmat.detach().cpu()
+    pose = matrix_to_axis_angle(rotmat).reshape(rotmat.shape[0], -1)
+    camera_t = weak_perspective_to_translation(pred.camera.detach().cpu(), camera.focal_length, camera.crop_size)
+    return FitRequest.build(step, datasets, indices, pose, pred.betas.detach().cpu(), camera_t,
+                            batch["keypoints"].detach().cpu(), batch["aug"].detach().cpu())
+
+
+class AsyncFits:
+    """FitSupervisor of `async` mode: prefetched store reads in, predictions out to the fitter pool."""
+
+    name = "async"
+
+    def __init__(
+        self, store: FitStore, pool: FitterPool, fitting: FittingConfig, camera: CameraConfig, num_betas: int,
+        outage_timeout_s: float,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.fitting = fitting
+        self.camera = camera
+        self.num_betas = num_betas
+        self.outage_timeout_s = outage_timeout_s
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fit-store-reader")
+        self._prefetched: tuple[tuple, Future] | None = None
+        self.prefetch_hits = 0
+        self.prefetch_misses = 0
+        self.read_wait_s = 0.0
+
+    @staticmethod
+    def _key(batch: Batch) -> tuple:
+        datasets, indices = batch_samples(batch)
+        return tuple(datasets), indices.tobytes()
+
+    def _read(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return wait_for_store(lambda: read_stored_fits(self.store, batch, self.num_betas),
+                              self.outage_timeout_s, "reading fits")
+
+    def prefetch(self, batch: Batch) -> None:
+        """Start reading the next batch's fits while the current step runs."""
+        self._prefetched = (self._key(batch), self._reader.submit(self._read, batch))
+
+    def targets(self, batch: Batch, pred: HMROutput, step: int) -> FitTargets | None:
+        """The batch's stored fits: the prefetched read when it matches, else a read now."""
+        started = time.perf_counter()
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[0] == self._key(batch):
+            pose, betas, error = prefetched[1].result()
+            self.prefetch_hits += 1
+        else:
+            # A batch that lost rows (NaN keypoints) or was never announced: read it now.
+            pose, betas, error = self._read(batch)
+            self.prefetch_misses += 1
+        self.read_wait_s += time.perf_counter() - started
+        counts = self._pool_counts()
+        return targets_from_canonical(batch, pose, betas, error, self.fitting.valid_error_threshold, counts)
+
+    def after_step(self, batch: Batch, pred: HMROutput, step: int) -> None:
+        """Hand the step's predictions to the pool (never waits under busy_policy drop)."""
+        self.pool.submit(fit_request_from_step(batch, pred, step, self.camera))
+
+    def _pool_counts(self) -> dict[str, float]:
+        """Fits the pool finished since the last step, for the step's metrics."""
+        reports = self.pool.poll()
+        return {
+            "fitted": float(sum(r.fitted for r in reports)),
+            "improved": float(sum(r.written for r in reports)),
+        }
+
+    def metrics(self) -> PoolMetrics:
+        """The pool's metrics snapshot."""
+        return self.pool.metrics()
+
+    def close(self) -> None:
+        """Stop the reader; the pool and store belong to whoever made them."""
+        self._reader.shutdown(wait=True, cancel_futures=True)
+
+
+def summarise_reads(supervisor: AsyncFits) -> dict[str, float]:
+    """Prefetch hit rate and time the steps spent waiting on reads."""
+    total = supervisor.prefetch_hits + supervisor.prefetch_misses
+    return {
+        "prefetch_hit_rate": supervisor.prefetch_hits / total if total else float("nan"),
+        "read_wait_s": supervisor.read_wait_s,
+        "reads": float(total),
+        "mean_read_wait_ms": 1000.0 * supervisor.read_wait_s / total if total else float("nan"),
+    }
+
