@@ -23,7 +23,7 @@ from spin_ray.store.fit_store import FitStore, resolve_url
 from spin_ray.store.server import EmbeddedRedis
 from spin_ray.train.sampling import make_train_loader
 from spin_ray.train.supervision import FitSupervisor, NoFits, StoreFits, SyncFits
-from spin_ray.train.trainer import Trainer
+from spin_ray.train.trainer import StepMetrics, Trainer
 
 log = logging.getLogger(__name__)
 StoreInit = Callable[[FitStore, BodyModel, list[SpinImageDataset]], None]
@@ -145,12 +145,21 @@ def store_counts(store: FitStore | None, names: list[str]) -> dict:
     return out
 
 
+SupervisorFactory = Callable[[RunConfig, "FitStore | None", BodyModel], FitSupervisor]
+
+
 def run_training(
     cfg: RunConfig, resume: str | Path | None = None, init_store: StoreInit | None = None, progress: bool = True,
-    report: bool = True,
+    report: bool = True, supervisor_factory: SupervisorFactory | None = None,
+    on_step: Callable[[StepMetrics], None] | None = None,
 ) -> RunSummary:
-    """Train as the config says (modes sync, static, 2d), evaluate on the held-out set, write a report."""
-    if cfg.train.mode == "async":
+    """Train as the config says, evaluate on the held-out set, write a report.
+
+    Single-process training supports sync, static and 2d; the Ray pipeline runs async by passing
+    its own supervisor_factory. on_step hears every step's metrics (progress in another process).
+    """
+    factory = supervisor_factory or make_supervisor
+    if cfg.train.mode == "async" and supervisor_factory is None:
         make_supervisor(cfg, None, None)  # type: ignore[arg-type]  # raises the explanation
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -159,7 +168,7 @@ def run_training(
     body = BodyModel.from_config(cfg.body)
     train_set, heldout = training_data(cfg)
     names = [d.spin.name for d in train_set.datasets]
-    needs_store = cfg.train.mode in ("sync", "static")
+    needs_store = cfg.train.mode in ("sync", "static", "async")
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(open_store(cfg, body, output_dir)) if needs_store else None
         if store is not None:
@@ -169,14 +178,15 @@ def run_training(
             if cfg.train.mode == "static" and not any(store.count(n) for n in names):
                 log.warning("static mode with an empty fit store: nothing supervises the pose until fits exist "
                             "(set train.init_store_from_static_fits or import fits with `spin-ray store import`)")
-        supervisor = make_supervisor(cfg, store, body)
+        supervisor = factory(cfg, store, body)
         if resume is not None:
             trainer = Trainer.resume(resume, cfg, supervisor, body, output_dir)
         else:
             trainer = Trainer(cfg, HMR.from_config(cfg.network, cfg.body.num_betas), body, supervisor, output_dir)
         loader = make_train_loader(train_set, cfg.train.batch_size, cfg.seed, trainer.samples_consumed,
                                    cfg.data.num_workers)
-        metrics = trainer.fit_loop(loader, max(0, cfg.train.steps - trainer.step), progress=progress)
+        metrics = trainer.fit_loop(loader, max(0, cfg.train.steps - trainer.step), progress=progress,
+                                   on_step=on_step)
         history = trainer.history or metrics
         tail = history[-max(1, len(history) // 10):]
         summary = RunSummary(

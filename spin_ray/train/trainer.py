@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -225,8 +225,12 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
 
     def fit_loop(self, loader: Iterable[Mapping[str, Any]], steps: int, progress: bool = True,
-                 tensorboard: bool = True) -> list[StepMetrics]:
-        """Run `steps` steps from loader; checkpoint every train.checkpoint_every steps and at the end."""
+                 tensorboard: bool = True, on_step: Callable[[StepMetrics], None] | None = None,
+                 ) -> list[StepMetrics]:
+        """Run `steps` steps from loader; checkpoint every train.checkpoint_every steps and at the end.
+
+        on_step, if given, is called with each step's metrics (e.g. to report progress to a driver).
+        """
         start = stream_start(loader)  # type: ignore[arg-type]
         if start is not None and start != self.samples_consumed:
             raise DataError(f"the loader starts at stream item {start} but the trainer has consumed "
@@ -251,6 +255,8 @@ class Trainer:
                 bar.update(1)
                 if metrics is not None:
                     done.append(metrics)
+                    if on_step is not None:
+                        on_step(metrics)
                     fitted += metrics.fitted
                     fit_seconds += metrics.seconds
                     bar.set_postfix(loss=f"{metrics.loss:.3f}", kp2d=f"{metrics.keypoints_2d:.4f}",
