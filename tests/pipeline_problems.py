@@ -1,4 +1,4 @@
-"""Realistic fit requests for pipeline tests: synthetic people, network-like predictions, optional augmentation."""
+"""Pipeline test helpers: a fast config, requests from synthetic people, poor stored fits to improve on."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import torch
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import CameraConfig, RunConfig
-from spin_ray.data.augment import AugParams, augment_keypoints
-from spin_ray.fitting.problems import network_like_init, synthetic_problems, typical_depth
-from spin_ray.fitting.smplify import camera_from_keypoints
+from spin_ray.fitting.problems import synthetic_problems
 from spin_ray.pipeline.requests import FitRequest
+from spin_ray.pipeline.synthetic import synthetic_request
 from spin_ray.store.fit_store import FitStore
-from spin_ray.train.fit_frames import augmented_pose, crop_pixels, score_fits
+from spin_ray.train.fit_frames import score_fits
 
 
 def fast_config(**pipeline) -> RunConfig:
@@ -26,36 +25,12 @@ def fast_config(**pipeline) -> RunConfig:
     return cfg
 
 
-def normalise(keypoints_px: torch.Tensor, camera: CameraConfig) -> torch.Tensor:
-    """Crop-pixel keypoints to the normalised [-1, 1] crop coordinates a batch carries."""
-    xy = 2.0 * keypoints_px[..., :2] / camera.crop_size - 1.0
-    return torch.cat([xy, keypoints_px[..., 2:]], dim=-1)
-
-
 def make_request(
     body: BodyModel, camera: CameraConfig, batch: int, seed: int, step: int = 0, dataset: str | list[str] = "synth",
     first_index: int = 0, augment: bool = False,
 ) -> FitRequest:
-    """One request as a trainer would send it: network-like predictions of synthetic people, seen augmented."""
-    g = torch.Generator().manual_seed(seed)
-    problem = synthetic_problems(body, batch, g, camera)
-    init = network_like_init(problem, g)
-    keypoints = normalise(problem.keypoints_2d, camera)
-    if augment:
-        aug = torch.stack([
-            torch.from_numpy(AugParams(flip=bool(i % 2), rot=20.0 * ((i % 3) - 1), scale=1.1).as_array())
-            for i in range(batch)
-        ])
-        keypoints = augment_keypoints(keypoints, aug)
-        pose = augmented_pose(init.pose, aug)
-        # A network predicts its camera in the augmented crop: place the prediction there in closed form.
-        camera_t = camera_from_keypoints(body, pose, init.betas, crop_pixels(keypoints, camera), camera,
-                                         typical_depth(camera))
-    else:
-        aug = torch.from_numpy(np.tile(AugParams().as_array(), (batch, 1)))
-        pose, camera_t = init.pose, init.camera_t
-    return FitRequest.build(step, dataset, np.arange(first_index, first_index + batch), pose, init.betas, camera_t,
-                            keypoints, aug)
+    """One request as a trainer would send it (see synthetic_request); seed_store(seed) names the same samples."""
+    return synthetic_request(body, camera, batch, seed, step, dataset, first_index, augment)
 
 
 def seed_store(store: FitStore, body: BodyModel, camera: CameraConfig, batch: int, seed: int, dataset: str = "synth",
