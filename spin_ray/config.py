@@ -91,6 +91,8 @@ class PipelineConfig(Section):
     artificial_delay_s: float = Field(0.0, ge=0, description="seconds a fitter sleeps per request (tests only)")
     startup_timeout_s: float = Field(300.0, gt=0, description="wait this long for new fitters to answer a ping")
     metrics_window_s: float = Field(30.0, gt=0, description="seconds of recent results behind fits/s and mean error")
+    trainer_num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the trainer actor")
+    trainer_num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for the trainer actor (1 on a GPU node)")
     lookahead_steps: int = Field(0, ge=0, description="predict batches this many steps early for fresher fits (0: off)")
     ray_address: str | None = Field(None, description="Ray cluster to join (or RAY_ADDRESS); None starts a local Ray")
     ray_namespace: str = Field("spin-ray", min_length=1, description="Ray namespace of the run's actors")

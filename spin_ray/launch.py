@@ -1,0 +1,219 @@
+"""`python -m spin_ray.launch CONFIG.yaml`: a whole run on Ray, locally or on a cluster.
+
+Validates the config, starts or joins Ray (`RAY_ADDRESS` / pipeline.ray_address, or a local Ray),
+starts the embedded Redis unless the config names one, builds the synthetic data on first use,
+runs the trainer actor (which in `async` mode owns the fitter pool), shows progress, and prints
+what the run did. Exits non-zero with a one-line message on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from spin_ray.config import RunConfig, load_config
+from spin_ray.errors import ConfigError, PipelineError, SpinRayError
+
+log = logging.getLogger("spin_ray.launch")
+STATUS_PERIOD_S = 1.0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `launch` subcommand (the same as `python -m spin_ray.launch`)."""
+    parser = subparsers.add_parser("launch", help="run training on Ray (every mode; async uses the fitter pool)",
+                                   description=__doc__)
+    add_arguments(parser)
+    parser.set_defaults(func=run_from_args)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The launcher's options."""
+    parser.add_argument("config", type=Path, help="run config YAML (see configs/)")
+    parser.add_argument("--mode", choices=("sync", "async", "static", "2d"), default=None, help="override train.mode")
+    parser.add_argument("--steps", type=int, default=None, help="override train.steps")
+    parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def with_overrides(cfg: RunConfig, mode: str | None, steps: int | None) -> RunConfig:
+    """The config with command-line overrides applied (validated like the file)."""
+    train = cfg.train
+    if mode is not None:
+        train = train.model_copy(update={"mode": mode})
+    if steps is not None:
+        if steps < 0:
+            raise ConfigError(f"--steps must be >= 0, got {steps}")
+        train = train.model_copy(update={"steps": steps})
+    return cfg.model_copy(update={"train": train})
+
+
+@contextlib.contextmanager
+def ray_session(cfg: RunConfig) -> Iterator[None]:
+    """Join the configured Ray cluster, or start a local one; shut down what we started."""
+    import ray
+
+    address = cfg.pipeline.ray_address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        if address:
+            ray.init(address=address, namespace=cfg.pipeline.ray_namespace, log_to_driver=True)
+        else:
+            ray.init(namespace=cfg.pipeline.ray_namespace, include_dashboard=False,
+                     configure_logging=False)
+    except Exception as err:  # Ray raises ConnectionError, RuntimeError, ... with long texts
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        hint = (" (Ray 2.60 uses token auth: set RAY_AUTH_MODE=token with the cluster's token, "
+                "see deploy/README.md)" if address else "")
+        raise PipelineError(f"could not start or join {where}: {str(err).splitlines()[0]}{hint}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def store_url(cfg: RunConfig) -> Iterator[RunConfig]:
+    """The config with store.url set: the configured server, or an embedded one for the run's length."""
+    from spin_ray.store.fit_store import resolve_url
+    from spin_ray.store.server import EmbeddedRedis
+
+    url = resolve_url(cfg.store)
+    if url is not None:
+        yield cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})
+        return
+    with EmbeddedRedis(Path(cfg.output_dir) / "redis") as server:
+        log.info("embedded redis-server on %s (data in %s)", server.url, server.data_dir)
+        yield cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": server.url})})
+
+
+def _describe(status: dict[str, Any]) -> dict[str, str]:
+    """Progress-bar fields from a trainer status."""
+    fields: dict[str, str] = {}
+    latest = status.get("latest")
+    if latest:
+        fields["loss"] = f"{latest['loss']:.3f}"
+        fields["valid"] = f"{latest['valid_fraction']:.2f}"
+        if latest["stored_error"] == latest["stored_error"]:  # not NaN
+            fields["store_err"] = f"{latest['stored_error']:.1f}"
+    pool = status.get("pool")
+    if pool:
+        fields["fits/s"] = f"{pool['fits_per_s']:.0f}"
+        fields["in_flight"] = str(pool["in_flight"])
+        fields["dropped"] = str(pool["dropped"])
+    return fields
+
+
+def run_on_ray(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run the trainer actor to the end and return its summary (inside a Ray session and with a store URL)."""
+    import ray
+
+    from spin_ray.pipeline.trainer_actor import TrainerActor
+
+    actor_class = ray.remote(TrainerActor).options(
+        num_cpus=cfg.pipeline.trainer_num_cpus, num_gpus=cfg.pipeline.trainer_num_gpus, max_concurrency=2,
+        max_restarts=0,
+    )
+    trainer = actor_class.remote(cfg)
+    done_ref = trainer.run.remote(str(resume) if resume else None)
+    bar = tqdm(total=cfg.train.steps, desc=f"train {cfg.train.mode}", unit="step", disable=not progress)
+    shown = 0
+    try:
+        while True:
+            ready, _ = ray.wait([done_ref], timeout=STATUS_PERIOD_S)
+            with contextlib.suppress(Exception):  # a slow status must never stop the run
+                status = ray.get(trainer.status.remote(), timeout=10)
+                steps = status["steps_done"]
+                bar.update(max(0, steps - shown))
+                shown = max(shown, steps)
+                bar.set_postfix(_describe(status), refresh=False)
+            if ready:
+                break
+        return ray.get(done_ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.as_instanceof_cause()
+        if isinstance(cause, SpinRayError):
+            raise type(cause)(str(cause).splitlines()[-1]) from None
+        raise PipelineError(f"the trainer failed: {str(err).strip().splitlines()[-1]}") from None
+    except ray.exceptions.ActorDiedError as err:
+        raise PipelineError(f"the trainer actor died ({str(err).splitlines()[0]}); resume from the last "
+                            f"checkpoint with --resume {Path(cfg.output_dir) / 'checkpoints' / 'last.pt'}") from None
+    finally:
+        bar.close()
+
+
+def prepare_data(cfg: RunConfig, progress: bool) -> None:
+    """Build the synthetic datasets in the driver on first use (cached; the trainer then finds them)."""
+    if cfg.data.datasets:
+        return
+    from spin_ray.data.synth import ensure_synthetic_data
+
+    ensure_synthetic_data(cfg, progress=progress)
+
+
+def launch(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """A whole run: data, Redis, Ray, the trainer actor; the summary (also written to output_dir)."""
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    prepare_data(cfg, progress)
+    started = time.monotonic()
+    with store_url(cfg) as run_cfg, ray_session(run_cfg):
+        summary = run_on_ray(run_cfg, resume, progress)
+    summary["wall_s"] = time.monotonic() - started
+    (output_dir / "launch_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """What the run did, for people."""
+    print(f"{summary['mode']}: {summary['steps']} steps in {summary['wall_s']:.0f} s, "
+          f"loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
+    for label, result in (("model", summary.get("evaluation")), ("mean pose", summary.get("baseline"))):
+        if result:
+            print(f"  {label:<9} on {result['dataset']}: MPJPE {result['mpjpe_mm']:.1f} mm, "
+                  f"PA-MPJPE {result['pa_mpjpe_mm']:.1f} mm, PVE {result['pve_mm']:.1f} mm")
+    for name, counts in summary.get("store", {}).items():
+        print(f"  store {name}: {counts['records']} fits, {counts['loop_writes']} improvements from the loop")
+    pool = summary.get("pipeline", {}).get("pool")
+    if pool:
+        print(f"  fitter pool: {pool['samples_fitted']} samples fitted, {pool['written']} improved the store, "
+              f"{pool['dropped']} requests dropped, {pool['restarts']} restarts, peak in flight {pool['peak_in_flight']}")
+    print(f"  checkpoint {summary['checkpoint']}" + (f", report {summary['report']}" if summary.get("report") else ""))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Entry point shared by `python -m spin_ray.launch` and `spin-ray launch`."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = with_overrides(load_config(args.config), args.mode, args.steps)
+    print_summary(launch(cfg, args.resume, progress=not args.no_progress))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m spin_ray.launch CONFIG.yaml [options]`."""
+    parser = argparse.ArgumentParser(prog="python -m spin_ray.launch", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except SpinRayError as err:
+        print(f"spin_ray.launch: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("spin_ray.launch: interrupted; resume with --resume OUTPUT_DIR/checkpoints/last.pt", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The trainer actor: the training run in a Ray process of its own (GPU on a cluster), and its status.
+
+`run` trains with the shared training step; in `async` mode its fit supervisor owns a fitter pool
+made from inside the actor. `status` answers while `run` works (the actor has two threads), so the
+driver can show progress without the trainer ever waiting for it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from spin_ray.body.body_model import BodyModel
+from spin_ray.config import RunConfig
+from spin_ray.pipeline.async_fits import AsyncFits, summarise_reads
+from spin_ray.pipeline.pool import FitterPool
+from spin_ray.store.fit_store import FitStore
+from spin_ray.train.run import make_supervisor, run_training
+from spin_ray.train.supervision import FitSupervisor
+from spin_ray.train.trainer import StepMetrics
+
+# Seconds the pool gets to finish in-flight fits once training ends (their results still count).
+DRAIN_TIMEOUT_S = 60.0
+
+
+class TrainerActor:
+    """One training run; wrap with ray.remote(max_concurrency=2) so status() answers during run()."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self._lock = threading.Lock()
+        self._latest: StepMetrics | None = None
+        self._steps_done = 0
+        self._async: AsyncFits | None = None
+        self._pool: FitterPool | None = None
+
+    def _supervisor(self, cfg: RunConfig, store: FitStore | None, body: BodyModel) -> FitSupervisor:
+        """The mode's supervisor; async builds the fitter pool on the run's store."""
+        if cfg.train.mode != "async":
+            return make_supervisor(cfg, store, body)
+        assert store is not None
+        pool = FitterPool(cfg, store.address)
+        self._pool = pool
+        self._async = AsyncFits(store, pool, cfg.fitting, cfg.camera, body.num_betas, cfg.store.outage_timeout_s)
+        return self._async
+
+    def _on_step(self, metrics: StepMetrics) -> None:
+        with self._lock:
+            self._latest = metrics
+            self._steps_done += 1
+
+    def run(self, resume: str | None = None) -> dict[str, Any]:
+        """Train to cfg.train.steps, evaluate, write the report; the run summary plus pipeline metrics."""
+        torch.set_num_threads(self.cfg.train.num_threads)
+        try:
+            summary = asdict(run_training(self.cfg, resume=resume, progress=False,
+                                          supervisor_factory=self._supervisor, on_step=self._on_step))
+        finally:
+            pipeline = self._shutdown_pool()
+        summary["pipeline"] = pipeline
+        return summary
+
+    def _shutdown_pool(self) -> dict[str, Any]:
+        """Let in-flight fits land, then stop the fitters; their final metrics."""
+        out: dict[str, Any] = {}
+        if self._async is not None:
+            out["reads"] = summarise_reads(self._async)
+            self._async.close()
+        if self._pool is not None:
+            self._pool.drain(DRAIN_TIMEOUT_S)
+            out["pool"] = self._pool.shutdown().model_dump()
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """Steps done, the latest step's metrics and the pool's, for the driver's progress bar."""
+        with self._lock:
+            latest = asdict(self._latest) if self._latest is not None else None
+            steps = self._steps_done
+        pool = None
+        if self._pool is not None:
+            try:
+                pool = self._pool.metrics().model_dump()
+            except Exception:  # the pool may be closing; progress display must never fail the run
+                pool = None
+        return {"steps_done": steps, "latest": latest, "pool": pool}
