@@ -127,6 +127,8 @@ def test_block_policy_waits_for_a_free_fitter(make_pool, body):
         durations.append(time.perf_counter() - start)
         assert pool.metrics().in_flight <= 1
     assert durations[0] < 0.2 and min(durations[1:]) > 0.3
+    assert pool.drain(30)
+    assert len(pool.poll()) == 3  # reports collected while submit waited are kept for poll
     pool.submit(make_request(body, camera, BATCH, 3))
     final = pool.shutdown()  # without draining: what is in flight is abandoned, and counted
     assert final.completed == 3 and final.dropped == 0 and final.peak_in_flight == 1

@@ -271,7 +271,7 @@ class FitterPool:
                 "give each request its own id (FitRequest.build draws one)"
             )
         self.set_step(request.step)
-        self.poll()
+        self._collect(timeout_s=0.0)  # not poll(): its reports stay for the caller's next poll
         self._require_fitters()
         self._counts.submitted += 1
         self._live_ids.add(request.request_id)
