@@ -123,6 +123,10 @@ def _create_egl_context():
         import moderngl
     except ImportError as err:  # pragma: no cover - moderngl is a hard dependency
         raise RenderError(f"moderngl is not installed ({err}); run `make setup`") from None
+    # Loading torchvision's compiled ops after Mesa's llvmpipe driver is in the process crashes it
+    # (segmentation fault, measured with torch 2.14.1 / torchvision 0.29.1 on Mesa 22): load them first.
+    import torchvision  # noqa: F401
+
     try:
         return moderngl.create_context(standalone=True, backend="egl", require=330)
     except Exception as err:  # moderngl/glcontext raise plain Exception for every EGL failure
