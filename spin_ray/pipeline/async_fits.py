@@ -13,6 +13,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, TypeVar
 
+import numpy as np
 import torch
 
 from spin_ray.config import CameraConfig, FittingConfig
@@ -22,7 +23,13 @@ from spin_ray.model.hmr import HMROutput
 from spin_ray.pipeline.pool import FitterPool, PoolMetrics
 from spin_ray.pipeline.requests import FitRequest
 from spin_ray.store.fit_store import FitStore
-from spin_ray.train.supervision import Batch, FitTargets, batch_samples, read_stored_fits, targets_from_canonical
+from spin_ray.train.supervision import (
+    Batch,
+    FitTargets,
+    batch_samples,
+    read_stored_fits_with_steps,
+    targets_from_canonical,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,14 +80,15 @@ class AsyncFits:
         self.prefetch_hits = 0
         self.prefetch_misses = 0
         self.read_wait_s = 0.0
+        self.loop_fits_used = 0
 
     @staticmethod
     def _key(batch: Batch) -> tuple:
         datasets, indices = batch_samples(batch)
         return tuple(datasets), indices.tobytes()
 
-    def _read(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return wait_for_store(lambda: read_stored_fits(self.store, batch, self.num_betas),
+    def _read(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        return wait_for_store(lambda: read_stored_fits_with_steps(self.store, batch, self.num_betas),
                               self.outage_timeout_s, "reading fits")
 
     def prefetch(self, batch: Batch) -> None:
@@ -92,13 +100,15 @@ class AsyncFits:
         started = time.perf_counter()
         prefetched, self._prefetched = self._prefetched, None
         if prefetched is not None and prefetched[0] == self._key(batch):
-            pose, betas, error = prefetched[1].result()
+            pose, betas, error, written_at = prefetched[1].result()
             self.prefetch_hits += 1
         else:
             # A batch that lost rows (NaN keypoints) or was never announced: read it now.
-            pose, betas, error = self._read(batch)
+            pose, betas, error, written_at = self._read(batch)
             self.prefetch_misses += 1
         self.read_wait_s += time.perf_counter() - started
+        # Fits written by the loop (step > 0; static fits are step 0) that now supervise a revisit.
+        self.loop_fits_used += int((written_at > 0).sum())
         counts = self._pool_counts()
         return targets_from_canonical(batch, pose, betas, error, self.fitting.valid_error_threshold, counts)
 
@@ -130,6 +140,7 @@ def summarise_reads(supervisor: AsyncFits) -> dict[str, float]:
         "prefetch_hit_rate": supervisor.prefetch_hits / total if total else float("nan"),
         "read_wait_s": supervisor.read_wait_s,
         "reads": float(total),
+        "loop_fits_used": float(supervisor.loop_fits_used),
         "mean_read_wait_ms": 1000.0 * supervisor.read_wait_s / total if total else float("nan"),
     }
 

@@ -91,7 +91,15 @@ def batch_samples(batch: Batch) -> tuple[list[str], np.ndarray]:
 
 
 def read_stored_fits(store: FitStore, batch: Batch, num_betas: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Best stored fits of the batch's samples: canonical pose (B,72), betas (B,K), error (B,) inf if none.
+    """Best stored fits of the batch's samples: canonical pose (B,72), betas (B,K), error (B,) inf if none."""
+    pose, betas, error, _ = read_stored_fits_with_steps(store, batch, num_betas)
+    return pose, betas, error
+
+
+def read_stored_fits_with_steps(
+    store: FitStore, batch: Batch, num_betas: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+    """`read_stored_fits` plus the trainer step (B,) that wrote each fit (0: static, -1: none).
 
     One read per dataset in the batch (a mixed batch has a few).
     """
@@ -100,6 +108,7 @@ def read_stored_fits(store: FitStore, batch: Batch, num_betas: int) -> tuple[tor
     pose = np.zeros((n, 72), np.float32)
     betas = np.zeros((n, num_betas), np.float32)
     error = np.full(n, np.inf)
+    step = np.full(n, -1, np.int64)
     names = np.asarray(datasets)
     for name in dict.fromkeys(datasets):
         rows = np.flatnonzero(names == name)
@@ -108,7 +117,8 @@ def read_stored_fits(store: FitStore, batch: Batch, num_betas: int) -> tuple[tor
         pose[found] = stored.pose[stored.found]
         betas[found] = stored.betas[stored.found][:, :num_betas]
         error[found] = stored.error[stored.found]
-    return torch.from_numpy(pose), torch.from_numpy(betas), torch.from_numpy(error).float()
+        step[found] = stored.step[stored.found]
+    return torch.from_numpy(pose), torch.from_numpy(betas), torch.from_numpy(error).float(), step
 
 
 def targets_from_canonical(
