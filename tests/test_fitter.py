@@ -70,6 +70,7 @@ def test_actor_writes_improvements_only_with_source_loop_and_step(body, store):
     report = fitter.fit(FitRequest(**{**request.__dict__, "pose": pose}))
     after = store.read("synth", np.arange(8))
     assert report.fitted == 7 and report.failed == 1 and report.step == 12 and report.actor_id == "test-0"
+    assert 0 < report.cpu_s and 0 < report.elapsed_s
     assert 0 < report.written <= 7
     written = after.source == "loop"
     assert written.sum() == report.written and not written[5]

@@ -108,7 +108,7 @@ class FitterActor:
 
     def fit(self, request: FitRequest) -> FitReport:
         """Fit one request, write every improvement to the store (source 'loop'), report what happened."""
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if self.delay_s > 0:
             time.sleep(self.delay_s)
         fits = fit_request(self.body, self.prior, request, self.fitting, self.camera, self.device)
@@ -136,6 +136,7 @@ class FitterActor:
             mean_error=float(error[finite].mean()) if fitted else float("nan"),
             elapsed_s=time.perf_counter() - start,
             actor_id=self.actor_id,
+            cpu_s=time.process_time() - cpu_start,
         )
 
     @ray.method(concurrency_group=HEALTH_GROUP)

@@ -177,3 +177,4 @@ class FitReport:
     mean_error: float  # mean canonical ranking error of the fitted samples; NaN if none
     elapsed_s: float  # wall time in the fitter, including any artificial delay
     actor_id: str
+    cpu_s: float = float("nan")  # CPU time of the fitter process for this request: low vs elapsed_s = no free core

@@ -1,0 +1,224 @@
+"""Pipeline throughput: the fitter pool's fits/s with 1 and 2 actors, side by side in one run.
+
+Usage: python benchmarks/bench_pipeline.py [--requests-per-fitter 6] [--repeats 1] [--write-results benchmarks/RESULTS.md]
+
+Each measurement starts a pool (busy_policy block, fitters warmed up and one request each already
+fitted), then times `requests_per_fitter x fitters` batch-64 requests from submit to drain: the
+full path a trainer's request takes (Ray transfer, SMPLify 50 + 50 iterations, canonical
+re-scoring, keep_best writes to an embedded redis-server). Every request names fresh samples, so
+each fit is written. Pool sizes alternate (1, 2, 1, 2, ...) so load from other work hits both alike.
+
+One function per measurement: the lead adds trainer steps/s per mode beside `measure_fitter_pool`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import torch
+
+from bench_store import cpu_busy_fraction, machine
+from spin_ray.body.body_model import BodyModel
+from spin_ray.config import RunConfig
+from spin_ray.pipeline.pool import FitterPool
+from spin_ray.pipeline.synthetic import synthetic_request
+from spin_ray.store.fit_store import FitStore
+from spin_ray.store.records import FitStoreAddress
+from spin_ray.store.server import EmbeddedRedis
+
+POOL_SECTION = "## Fitter pool (benchmarks/bench_pipeline.py)"
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class PoolResult:
+    """One timed run of a fitter pool."""
+
+    fitters: int
+    requests: int
+    samples: int
+    seconds: float
+    cpu_s: float  # CPU seconds the fitter processes spent on the timed requests
+    mean_error: float
+    busy_other: float  # share of the machine's CPU time not spent by the fitters during the run
+
+    @property
+    def fits_per_s(self) -> float:
+        """Samples fitted per second of wall time."""
+        return self.samples / self.seconds
+
+    @property
+    def fits_per_cpu_s(self) -> float:
+        """Samples fitted per CPU second of a fitter: what one fitter does with a core of its own."""
+        return self.samples / self.cpu_s
+
+
+def start_ray() -> None:
+    """A local Ray sized to this machine, small object store (requests are ~60 kB)."""
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=256 * 2**20,
+             log_to_driver=False, configure_logging=False)
+
+
+def pool_config(fitters: int) -> RunConfig:
+    """Paper SMPLify settings (50 + 50 iterations); one CPU and one torch thread per fitter; block on a full pool."""
+    cfg = RunConfig()
+    cfg.pipeline.num_fitters = fitters
+    cfg.pipeline.fitter_num_cpus = 1.0
+    cfg.pipeline.fitter_threads = 1
+    cfg.pipeline.busy_policy = "block"
+    cfg.pipeline.max_in_flight_per_fitter = 2
+    return cfg
+
+
+def measure_fitter_pool(
+    body: BodyModel, address: FitStoreAddress, fitters: int, requests_per_fitter: int, first_index: int,
+) -> PoolResult:
+    """Fits/s of a pool of `fitters` actors over requests_per_fitter x fitters batch-64 requests."""
+    cfg = pool_config(fitters)
+    pool = FitterPool(cfg, address, name=f"bench{fitters}")
+    try:
+        # One request per fitter first, untimed: the first fit of a process is slower (allocator, caches).
+        for i in range(fitters):
+            pool.submit(synthetic_request(body, cfg.camera, BATCH, seed=i, dataset="warm", first_index=first_index
+                                          + BATCH * i))
+        if not pool.drain(600):
+            raise RuntimeError(f"warm-up did not finish: {pool.metrics()}")
+        pool.poll()
+        count = requests_per_fitter * fitters
+        requests = [synthetic_request(body, cfg.camera, BATCH, seed=100 + i, dataset="bench",
+                                      first_index=first_index + BATCH * i) for i in range(count)]
+        start, cpu_start = time.perf_counter(), _machine_cpu_s()
+        for request in requests:
+            pool.submit(request)
+        if not pool.drain(1800):
+            raise RuntimeError(f"requests did not finish: {pool.metrics()}")
+        seconds, machine_cpu = time.perf_counter() - start, _machine_cpu_s() - cpu_start
+        reports = pool.poll()
+        metrics = pool.metrics()
+        if metrics.failed or metrics.lost or len(reports) != count:
+            raise RuntimeError(f"pool lost work during the benchmark ({len(reports)} reports for {count}): {metrics}")
+        samples = sum(r.fitted for r in reports)
+        mean_error = sum(r.mean_error * r.fitted for r in reports) / max(samples, 1)
+        cpu_s = sum(r.cpu_s for r in reports)
+        busy_other = max(0.0, machine_cpu - cpu_s) / (seconds * (os.cpu_count() or 1))
+        return PoolResult(fitters, count, samples, seconds, cpu_s, mean_error, busy_other)
+    finally:
+        pool.shutdown()
+
+
+def _machine_cpu_s() -> float:
+    """CPU seconds spent by every process on the machine so far (all cores, from /proc/stat)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def pool_section(results: list[PoolResult], header: str, busy_before: float, command: str) -> str:
+    """The RESULTS.md section for the fitter pool: one row per pool size (median run) and the scaling ratio."""
+    by_size: dict[int, list[PoolResult]] = {}
+    for result in results:
+        by_size.setdefault(result.fitters, []).append(result)
+    median = {n: statistics.median(r.fits_per_s for r in runs) for n, runs in sorted(by_size.items())}
+    per_cpu = {n: statistics.median(r.fits_per_cpu_s for r in runs) for n, runs in sorted(by_size.items())}
+    lines = [
+        POOL_SECTION,
+        "",
+        f"Machine: {header}; torch {torch.__version__}.",
+        f"Command: `{command}`",
+        f"Batch {BATCH}, SMPLify 50 + 50 iterations (paper settings, open body model, joints-only loss), "
+        "one torch thread and one Ray CPU per fitter, busy_policy block, 2 requests in flight per fitter; "
+        "timed from the first submit to drain, after one untimed request per fitter; every fit written to "
+        "an embedded redis-server.",
+        "",
+        "| fitters | runs | requests | fits/s (median) | fits/s per fitter | fits per fitter CPU-second "
+        "| CPU used by other processes | mean ranking error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for n, runs in sorted(by_size.items()):
+        error = statistics.mean(r.mean_error for r in runs)
+        other = statistics.mean(r.busy_other for r in runs)
+        lines.append(f"| {n} | {len(runs)} | {runs[0].requests} | {median[n]:.1f} | {median[n] / n:.1f} "
+                     f"| {per_cpu[n]:.1f} | {100 * other:.0f} % | {error:.1f} |")
+    lines.append("")
+    if 1 in median and 2 in median:
+        cores = os.cpu_count() or 1
+        lines.append(
+            f"Scaling 1 -> 2 fitters, wall clock: {median[2] / median[1]:.2f}x, i.e. "
+            f"{median[2] / (2 * median[1]):.2f} of linear (target >= 0.8 where cores allow; this machine has "
+            f"{cores} cores, shared with the driver, Ray's raylet/GCS, redis-server and any other work). "
+            f"Per CPU-second a fitter of the 2-pool fits {per_cpu[2] / per_cpu[1]:.2f} x as much as a lone one, "
+            "which is the scaling to expect when each fitter has a core of its own (what the pool and a second "
+            "fitter cost per fit, without the wait for a core)."
+        )
+        lines.append("")
+    if busy_before > 0.15:
+        lines.append(f"Other work kept the CPU {100 * busy_before:.0f} % busy in the second before this run: "
+                     "wall-clock fits/s are lower bounds, and the 2-fitter row suffers most (it needs both cores).")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str, text: str) -> None:
+    """Replace (or append) one `## ` section of RESULTS.md, leaving the others alone."""
+    current = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    block = text.rstrip() + "\n\n"
+    if pattern.search(current):
+        updated = pattern.sub(lambda _: block, current, count=1)
+    else:
+        updated = current.rstrip() + "\n\n" + block
+    path.write_text(updated.rstrip() + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the measurements, print the Markdown section, optionally write it into RESULTS.md."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests-per-fitter", type=int, default=6, help="timed batch-64 requests per fitter")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each pool size, interleaved")
+    parser.add_argument("--fitters", type=int, nargs="+", default=[1, 2], help="pool sizes to measure")
+    parser.add_argument("--write-results", type=Path, default=None, help="update this RESULTS.md section")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    busy_before = cpu_busy_fraction()
+    header = machine() + f", CPU {100 * busy_before:.0f} % busy in the second before the run"
+    body = BodyModel.embedded()
+    start_ray()
+    results: list[PoolResult] = []
+    try:
+        with tempfile.TemporaryDirectory() as data_dir, EmbeddedRedis(data_dir) as server:
+            store = FitStore.open(server.url, "bench-pipeline", body_model_hash=body.identity)
+            first_index = 0
+            for _ in range(args.repeats):
+                for fitters in args.fitters:
+                    result = measure_fitter_pool(body, store.address, fitters, args.requests_per_fitter, first_index)
+                    first_index += BATCH * (args.requests_per_fitter + 1) * fitters
+                    results.append(result)
+                    print(f"{fitters} fitter(s): {result.fits_per_s:.1f} fits/s "
+                          f"({result.samples} fits in {result.seconds:.1f} s)", flush=True)
+            store.drop()
+            store.close()
+    finally:
+        ray.shutdown()
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    text = pool_section(results, header, busy_before, command)
+    print(text)
+    if args.write_results:
+        write_section(args.write_results, POOL_SECTION, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
