@@ -1,4 +1,4 @@
-"""`spin-ray train`: a single-process training run (modes sync, static, 2d) from a run config."""
+"""`spin-ray train`: a training run from a run config (sync, static, 2d in one process; async on Ray)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from spin_ray.errors import ConfigError
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` subcommand."""
     parser = subparsers.add_parser(
-        "train", help="train the regressor in one process (modes sync, static, 2d)",
+        "train", help="train the regressor (sync, static, 2d in one process; async on Ray like spin_ray.launch)",
         description="Train as the config says: data, fit store (embedded Redis unless store.url is set), "
                     "checkpoints and TensorBoard scalars under output_dir, then a held-out evaluation and a "
-                    "PNG report. Mode async runs on the Ray pipeline instead: python -m spin_ray.launch CONFIG.",
+                    "PNG report. Mode async runs on the Ray pipeline, exactly as python -m spin_ray.launch CONFIG.",
     )
     parser.add_argument("config", type=Path, help="run config YAML (see configs/)")
-    parser.add_argument("--mode", choices=("sync", "static", "2d"), default=None, help="override train.mode")
+    parser.add_argument("--mode", choices=("sync", "async", "static", "2d"), default=None, help="override train.mode")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps")
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue from this checkpoint (e.g. OUTPUT_DIR/checkpoints/last.pt)")
@@ -43,10 +43,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.init_static_fits:
         train = train.model_copy(update={"init_store_from_static_fits": True})
     cfg = cfg.model_copy(update={"train": train})
-    if cfg.train.mode == "async":
-        raise ConfigError(f"{args.config}: train.mode is async, which needs the Ray fitter pool: run "
-                          f"`python -m spin_ray.launch {args.config}`, or pass --mode sync|static|2d")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if cfg.train.mode == "async":
+        # async needs the fitter pool: the same run on Ray, as `python -m spin_ray.launch CONFIG`.
+        from spin_ray.launch import launch, print_summary
+
+        print_summary(launch(cfg, args.resume, progress=not args.no_progress))
+        return 0
     summary = run_training(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"{summary.mode}: {summary.steps} steps, loss {summary.first_loss:.3f} -> {summary.final_loss:.3f}, "
           f"{summary.nan_skipped} NaN samples skipped")
