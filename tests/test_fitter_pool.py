@@ -74,6 +74,7 @@ def test_requests_land_improved_fits_in_the_store(make_pool, store, body):
     assert m.samples_fitted == 4 * BATCH == sum(r.fitted for r in reports) and m.written == sum(r.written for r in reports)
     assert m.written > 0 and m.fits_per_s > 0 and np.isfinite(m.mean_error)
     assert m.stale == 2 and m.current_step == 62 and m.num_fitters == 2 and m.in_flight == 0
+    assert pool.exports_ray_metrics  # gauges and counters were created and every publish so far succeeded
     for seed, request in enumerate(requests):
         stored = store.read("synth", request.indices)
         improved = stored.source == "loop"
@@ -109,12 +110,22 @@ def test_drop_policy_bounds_in_flight_drops_the_oldest_and_never_blocks(make_poo
     assert {r.request_id for r in requests[-3:]} <= completed
 
 
-def test_drop_with_no_queue_refuses_the_new_request(make_pool, body):
+def test_drop_with_no_queue_refuses_the_new_request_and_failed_fits_are_counted(make_pool, store, body):
     pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, max_pending=0, artificial_delay_s=0.5)
     camera = fast_config().camera
     assert pool.submit(make_request(body, camera, BATCH, 0))
     assert not pool.submit(make_request(body, camera, BATCH, 1))
     assert pool.metrics().dropped == 1
+    assert pool.drain(30)
+    # A fit that raises (here: the namespace was re-created for another body model) is counted failed,
+    # its reason kept, and the fitter stays in service.
+    store.drop()
+    FitStore.open(store.address.url.get_secret_value(), store.namespace, body_model_hash="0123456789abcdef").close()
+    pool.submit(make_request(body, camera, BATCH, 2))
+    assert pool.drain(30)
+    m = pool.metrics()
+    assert m.failed == 1 and m.completed == 1 and m.restarts == 0 and m.num_fitters == 1
+    assert "changed under this writer" in m.last_error and accounted(m) == m.submitted == 3
 
 
 def test_block_policy_waits_for_a_free_fitter(make_pool, body):

@@ -472,8 +472,13 @@ class FitterPool:
             last_error=self._last_error,
         )
 
+    @property
+    def exports_ray_metrics(self) -> bool:
+        """True when the pool's metrics also go to ray.util.metrics (Prometheus, Ray dashboard)."""
+        return bool(self._ray_metrics.gauges or self._ray_metrics.counters)
+
     def _publish(self) -> None:
-        if self._ray_metrics.gauges or self._ray_metrics.counters:
+        if self.exports_ray_metrics:
             self._ray_metrics.publish(self.metrics())
 
     def shutdown(self, drain_timeout_s: float = 0.0) -> PoolMetrics:
