@@ -34,6 +34,12 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
+def normalise_crop(crop: np.ndarray) -> torch.Tensor:
+    """An RGB crop (H,W,3) in [0,255] as the network's input (3,H,W) float32, ImageNet-normalised."""
+    img = (np.asarray(crop, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32))
+
+
 class SpinImageDataset(Dataset):
     """Items of one SPIN-format dataset: normalised crop, 49 keypoints, SMPL and 3D targets, aug record."""
 
@@ -99,13 +105,12 @@ class SpinImageDataset(Dataset):
             raise _BadSample("center outside image", f"center ({cx:.1f}, {cy:.1f}) is outside the {w}x{h} image")
         res = self.cfg.img_res
         crop, keypoints = augment_crop(image, self._keypoints[index], s.center[index], float(s.scale[index]), params, res)
-        img = (crop / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
         aug = torch.from_numpy(params.as_array())[None]
         has_smpl, has_3d = bool(s.has_smpl[index]), bool(s.has_3d[index])
         pose = torch.from_numpy(s.pose[index])[None]
         joints = torch.from_numpy(s.S[index])[None]
         return {
-            "img": torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)),
+            "img": normalise_crop(crop),
             "keypoints": torch.from_numpy(keypoints.astype(np.float32)),
             # Unavailable targets stay zero (and flagged) rather than becoming augmented "data".
             "pose": augment_pose(pose, aug)[0] if has_smpl else torch.zeros(72),
