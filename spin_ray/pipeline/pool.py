@@ -176,7 +176,11 @@ class FitterPool:
         self._ray_metrics = _RayMetrics(name)
         self.resize(self._pipeline.num_fitters)
         if wait_ready:
-            self.wait_ready(self._pipeline.startup_timeout_s)
+            try:
+                self.wait_ready(self._pipeline.startup_timeout_s)
+            except PipelineError:
+                self.shutdown()  # no fitter outlives a pool that failed to start
+                raise
 
     # -- actors -------------------------------------------------------------------------------------
 
@@ -273,15 +277,15 @@ class FitterPool:
         self.set_step(request.step)
         self._collect(timeout_s=0.0)  # not poll(): its reports stay for the caller's next poll
         self._require_fitters()
+        if self._pipeline.busy_policy == "block":
+            self._wait_for_room()  # may raise: the request then was never taken, so it is not counted
         self._counts.submitted += 1
         self._live_ids.add(request.request_id)
-        if self._pipeline.busy_policy == "block":
-            self._wait_for_room()
-            self._pending.append(request)
-            self._dispatch()
-            return True
         self._pending.append(request)
         self._dispatch()
+        if self._pipeline.busy_policy == "block":
+            self._publish()
+            return True
         limit = self._max_pending()
         accepted = True
         while len(self._pending) > limit:
