@@ -17,6 +17,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "spin_ray.data.cli",
     "spin_ray.train.cli",
     "spin_ray.eval.cli",
+    "spin_ray.demo.cli",
+    "spin_ray.pipeline.cli",
     "spin_ray.launch",
 )
 

@@ -93,9 +93,22 @@ class PipelineConfig(Section):
     metrics_window_s: float = Field(30.0, gt=0, description="seconds of recent results behind fits/s and mean error")
     trainer_num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the trainer actor")
     trainer_num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for the trainer actor (1 on a GPU node)")
-    lookahead_steps: int = Field(0, ge=0, description="predict batches this many steps early for fresher fits (0: off)")
+    lookahead_steps: int = Field(
+        0, ge=0, description="async: fit each batch from predictions made this many steps before it trains (0: off)"
+    )
+    fitter_schedule: dict[int, int] = Field(
+        default_factory=dict, description="async: resize the pool during a run, {trainer step: number of fitters}"
+    )
     ray_address: str | None = Field(None, description="Ray cluster to join (or RAY_ADDRESS); None starts a local Ray")
     ray_namespace: str = Field("spin-ray", min_length=1, description="Ray namespace of the run's actors")
+
+    @field_validator("fitter_schedule")
+    @classmethod
+    def _schedule_ok(cls, value: dict[int, int]) -> dict[int, int]:
+        bad = {step: n for step, n in value.items() if step < 1 or n < 1}
+        if bad:
+            raise ValueError(f"steps and fitter counts must be >= 1, got {bad}")
+        return value
 
     @field_validator("fitter_num_gpus")
     @classmethod

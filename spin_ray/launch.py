@@ -119,11 +119,12 @@ def run_on_ray(cfg: RunConfig, resume: Path | None = None, progress: bool = True
     """Run the trainer actor to the end and return its summary (inside a Ray session and with a store URL)."""
     import ray
 
-    from spin_ray.pipeline.trainer_actor import TrainerActor
+    from spin_ray.pipeline.trainer_actor import TrainerActor, trainer_actor_name
 
+    # Named, so `spin-ray pool resize` can reach the run while it trains.
     actor_class = ray.remote(TrainerActor).options(
         num_cpus=cfg.pipeline.trainer_num_cpus, num_gpus=cfg.pipeline.trainer_num_gpus, max_concurrency=2,
-        max_restarts=0,
+        max_restarts=0, name=trainer_actor_name(cfg.name), namespace=cfg.pipeline.ray_namespace,
     )
     trainer = actor_class.remote(cfg)
     done_ref = trainer.run.remote(str(resume) if resume else None)

@@ -130,3 +130,25 @@ def test_redis_killed_mid_run_the_run_waits_and_finishes(tmp_path, tiny_spin_dat
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_lookahead_gives_fresh_fits_and_the_schedule_resizes_the_pool(tmp_path, tiny_spin_data, redis_server,
+                                                                       ray_local):
+    cfg = tiny_config(tmp_path, tiny_spin_data, redis_server.url,
+                      train={"steps": 14, "report_images": 0, "init_store_from_static_fits": False},
+                      pipeline={"lookahead_steps": 3, "fitter_schedule": {4: 2}})
+    summary = launch(cfg, progress=False)
+    reads = summary["pipeline"]["reads"]
+    # Each batch was fitted from predictions made 3 steps before it trained, so the fits that
+    # supervise it are at most a few steps old (without lookahead they come from the previous epoch).
+    assert reads["loop_fits_used"] > 0
+    assert reads["mean_loop_fit_age_steps"] <= 6
+    assert summary["pipeline"]["fitters_at_end"] == 2
+
+
+def test_pool_resize_cli_reaches_the_cluster_and_names_a_missing_run(ray_local):
+    """From another process, like an operator's shell on the head node."""
+    done = subprocess.run([sys.executable, "-m", "spin_ray.cli", "pool", "resize", "2", "--run", "no-such-run"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": "auto"})
+    assert done.returncode == 1
+    assert "no running trainer named 'trainer:no-such-run'" in done.stderr, done.stderr[-2000:]

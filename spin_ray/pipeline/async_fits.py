@@ -67,10 +67,15 @@ class AsyncFits:
 
     def __init__(
         self, store: FitStore, pool: FitterPool, fitting: FittingConfig, camera: CameraConfig, num_betas: int,
-        outage_timeout_s: float,
+        outage_timeout_s: float, lookahead_steps: int = 0,
     ) -> None:
         self.store = store
         self.pool = pool
+        # > 0: each batch is fitted from predictions made lookahead_steps steps before it trains,
+        # instead of from its own step's predictions (which serve only its next visit).
+        self.lookahead_steps = lookahead_steps
+        self._step = 0
+        self._resize_to: int | None = None
         self.fitting = fitting
         self.camera = camera
         self.num_betas = num_betas
@@ -81,6 +86,7 @@ class AsyncFits:
         self.prefetch_misses = 0
         self.read_wait_s = 0.0
         self.loop_fits_used = 0
+        self.loop_fit_age_sum = 0.0
 
     @staticmethod
     def _key(batch: Batch) -> tuple:
@@ -107,14 +113,31 @@ class AsyncFits:
             pose, betas, error, written_at = self._read(batch)
             self.prefetch_misses += 1
         self.read_wait_s += time.perf_counter() - started
-        # Fits written by the loop (step > 0; static fits are step 0) that now supervise a revisit.
-        self.loop_fits_used += int((written_at > 0).sum())
+        # Fits written by the loop (step > 0; static fits are step 0) that now supervise this batch,
+        # and how many steps old the predictions behind them are.
+        loop = written_at > 0
+        self.loop_fits_used += int(loop.sum())
+        self.loop_fit_age_sum += float((step - written_at[loop]).sum())
+        self._step = step
         counts = self._pool_counts()
         return targets_from_canonical(batch, pose, betas, error, self.fitting.valid_error_threshold, counts)
 
     def after_step(self, batch: Batch, pred: HMROutput, step: int) -> None:
-        """Hand the step's predictions to the pool (never waits under busy_policy drop)."""
-        self.pool.submit(fit_request_from_step(batch, pred, step, self.camera))
+        """Hand the step's predictions to the pool (never waits under busy_policy drop); apply a resize."""
+        if self._resize_to is not None:
+            target, self._resize_to = self._resize_to, None
+            self.pool.resize(target)
+        if not self.lookahead_steps:
+            self.pool.submit(fit_request_from_step(batch, pred, step, self.camera))
+
+    def lookahead(self, batch: Batch, predict: Callable[[Batch], HMROutput]) -> None:
+        """Fit a batch that trains lookahead_steps from now, from the current weights' predictions."""
+        pred = predict(batch)
+        self.pool.submit(fit_request_from_step(batch, pred, self._step, self.camera))
+
+    def request_resize(self, num_fitters: int) -> None:
+        """Ask for a new pool size; applied by the training thread after the current step."""
+        self._resize_to = int(num_fitters)
 
     def _pool_counts(self) -> dict[str, float]:
         """Fits the pool finished since the last step, for the step's metrics."""
@@ -141,6 +164,8 @@ def summarise_reads(supervisor: AsyncFits) -> dict[str, float]:
         "read_wait_s": supervisor.read_wait_s,
         "reads": float(total),
         "loop_fits_used": float(supervisor.loop_fits_used),
+        "mean_loop_fit_age_steps": (supervisor.loop_fit_age_sum / supervisor.loop_fits_used
+                                    if supervisor.loop_fits_used else float("nan")),
         "mean_read_wait_ms": 1000.0 * supervisor.read_wait_s / total if total else float("nan"),
     }
 

@@ -8,6 +8,7 @@ driver can show progress without the trainer ever waiting for it.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -26,6 +27,43 @@ from spin_ray.train.trainer import StepMetrics
 DRAIN_TIMEOUT_S = 60.0
 
 
+def trainer_actor_name(run: str) -> str:
+    """The Ray name of a run's trainer actor (in namespace pipeline.ray_namespace), from its config name."""
+    return f"trainer:{run}"
+
+
+class TrainerGauges:
+    """The trainer's side of the run's metrics in Ray (dashboard / Prometheus): steps/s, store error, fits used."""
+
+    def __init__(self, run: str) -> None:
+        self._tags = {"run": run}
+        self._started: float | None = None
+        try:
+            from ray.util import metrics
+
+            self._steps = metrics.Gauge("spin_ray_trainer_steps_per_s", "trainer optimiser steps per second",
+                                        tag_keys=("run",))
+            self._error = metrics.Gauge("spin_ray_store_mean_error", "mean ranking error of the batch's stored fits",
+                                        tag_keys=("run",))
+            self._valid = metrics.Gauge("spin_ray_valid_fit_fraction", "share of the batch supervised by a valid fit",
+                                        tag_keys=("run",))
+        except Exception:  # outside a Ray worker (unit tests): no metrics, nothing else changes
+            self._steps = self._error = self._valid = None
+
+    def record(self, metrics: StepMetrics) -> None:
+        """Publish one step's numbers."""
+        if self._steps is None:
+            return
+        now = time.monotonic()
+        if self._started is None:
+            self._started, self._first_step = now, metrics.step
+        elif now > self._started:
+            self._steps.set((metrics.step - self._first_step) / (now - self._started), tags=self._tags)
+        if metrics.stored_error == metrics.stored_error:
+            self._error.set(metrics.stored_error, tags=self._tags)
+        self._valid.set(metrics.valid_fraction, tags=self._tags)
+
+
 class TrainerActor:
     """One training run; wrap with ray.remote(max_concurrency=2) so status() answers during run()."""
 
@@ -36,6 +74,7 @@ class TrainerActor:
         self._steps_done = 0
         self._async: AsyncFits | None = None
         self._pool: FitterPool | None = None
+        self._gauges = TrainerGauges(cfg.name)
 
     def _supervisor(self, cfg: RunConfig, store: FitStore | None, body: BodyModel) -> FitSupervisor:
         """The mode's supervisor; async builds the fitter pool on the run's store."""
@@ -44,13 +83,27 @@ class TrainerActor:
         assert store is not None
         pool = FitterPool(cfg, store.address)
         self._pool = pool
-        self._async = AsyncFits(store, pool, cfg.fitting, cfg.camera, body.num_betas, cfg.store.outage_timeout_s)
+        self._async = AsyncFits(store, pool, cfg.fitting, cfg.camera, body.num_betas, cfg.store.outage_timeout_s,
+                                cfg.pipeline.lookahead_steps)
         return self._async
 
     def _on_step(self, metrics: StepMetrics) -> None:
         with self._lock:
             self._latest = metrics
             self._steps_done += 1
+        schedule = self.cfg.pipeline.fitter_schedule
+        if self._async is not None and metrics.step in schedule:
+            self._async.request_resize(schedule[metrics.step])
+        self._gauges.record(metrics)
+
+    def resize_fitters(self, num_fitters: int) -> int:
+        """Change the pool size during a run (from `spin-ray pool resize`); applied after the current step."""
+        if num_fitters < 1:
+            raise ValueError(f"a pool needs at least one fitter, got {num_fitters}")
+        if self._async is None:
+            raise RuntimeError(f"this run (mode {self.cfg.train.mode}) has no fitter pool to resize")
+        self._async.request_resize(num_fitters)
+        return num_fitters
 
     def run(self, resume: str | None = None) -> dict[str, Any]:
         """Train to cfg.train.steps, evaluate, write the report; the run summary plus pipeline metrics."""
@@ -71,6 +124,7 @@ class TrainerActor:
             self._async.close()
         if self._pool is not None:
             self._pool.drain(DRAIN_TIMEOUT_S)
+            out["fitters_at_end"] = self._pool.metrics().num_fitters
             out["pool"] = self._pool.shutdown().model_dump()
         return out
 

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig, config_from_dict
 from spin_ray.errors import ConfigError, ModelError
+from spin_ray.model.hmr import HMR
 
 CHECKPOINT_FORMAT = 1
 
@@ -96,3 +98,25 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | P
     if diffs:
         raise ModelError(f"{path} was written by a different run config and cannot be resumed under this one ("
                          + "; ".join(diffs) + "); use the checkpoint's own config or start a new run")
+
+
+def load_regressor(path: str | Path) -> tuple[HMR, RunConfig, BodyModel]:
+    """A checkpoint's network in eval mode, with its saved run config and the body model it was trained with."""
+    payload = load_checkpoint(path)
+    cfg = checkpoint_config(payload, path)
+    if "model" not in payload:
+        raise ModelError(f"{path}: the checkpoint has no 'model' weights (keys: {sorted(payload)})")
+    body = BodyModel.from_config(cfg.body)
+    saved_body = payload.get("identity", {}).get("body_model")
+    if saved_body is not None and saved_body != body.identity:
+        raise ModelError(f"{path} was trained with body model {saved_body}, its config's body section now gives "
+                         f"{body.identity} ({body.source}): restore the model file the checkpoint was trained with")
+    # The weights and the mean-parameter buffers come from the checkpoint, so the files they were
+    # first built from (ImageNet weights, SPIN's mean parameters) need not exist on this machine.
+    network = cfg.network.model_copy(update={"pretrained_path": None, "mean_params_path": None})
+    model = HMR.from_config(network, cfg.body.num_betas)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise ModelError(f"{path}: the saved weights do not fit the network of its own config: {err}") from None
+    return model.eval(), cfg, body

@@ -54,6 +54,9 @@ class FitSupervisor(Protocol):
     def prefetch(self, batch: Batch) -> None:
         """Called with the next batch before the current step runs; may start reading its fits."""
 
+    # Optional (read with getattr by the trainer): lookahead_steps > 0 makes the trainer call
+    # lookahead(batch, predict) with the batch k steps ahead, so fits can be ready when it trains.
+
     def targets(self, batch: Batch, pred: HMROutput, step: int) -> FitTargets | None:
         """Fit targets for batch (None: no fit supervision)."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -179,6 +180,11 @@ class Trainer:
     def _to_device(self, batch: Batch) -> dict[str, Any]:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
+    def predict(self, batch: Batch) -> HMROutput:
+        """A no-grad forward of the current weights on a batch (lookahead), leaving the model in train mode."""
+        with torch.no_grad():
+            return self.model(batch["img"].to(self.device))
+
     def train_step(self, batch: Batch) -> StepMetrics | None:
         """Forward, fit targets, SPIN loss, backward, optimiser step; None if no usable sample was left."""
         started = time.perf_counter()
@@ -241,17 +247,27 @@ class Trainer:
         bar = tqdm(total=steps, desc=f"train {self.supervisor.name}", unit="step", disable=not progress)
         iterator = iter(loader)
         batch = next(iterator, None) if steps > 0 else None
+        # Batches after the current one: one for the store-read prefetch, or lookahead_steps of them
+        # when the supervisor wants predictions for batch t+k made at step t.
+        lookahead = max(0, int(getattr(self.supervisor, "lookahead_steps", 0)))
+        window: deque[Mapping[str, Any]] = deque()
         fitted, fit_seconds = 0.0, 0.0
         try:
             for i in range(steps):
                 if batch is None:
                     raise DataError(f"the loader ran out of batches after {i} of {steps} steps")
                 self.samples_consumed += len(batch["index"])
-                upcoming = next(iterator, None) if i + 1 < steps else None
-                if upcoming is not None:
-                    self.supervisor.prefetch(upcoming)
+                while len(window) < max(1, lookahead) and i + 1 + len(window) < steps:
+                    upcoming = next(iterator, None)
+                    if upcoming is None:
+                        break
+                    window.append(upcoming)
+                    if lookahead:
+                        self.supervisor.lookahead(upcoming, self.predict)
+                if window:
+                    self.supervisor.prefetch(window[0])
                 metrics = self.train_step(batch)
-                batch = upcoming
+                batch = window.popleft() if window else None
                 bar.update(1)
                 if metrics is not None:
                     done.append(metrics)

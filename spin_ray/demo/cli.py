@@ -1,0 +1,48 @@
+"""`spin-ray demo`: regress (and optionally refine) the body of one person in a photo and write pictures and a mesh."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `demo` subcommand."""
+    parser = subparsers.add_parser(
+        "demo", help="mesh of one person in an image, from its OpenPose keypoints (overlay PNGs, side view, .obj)",
+        description="Crop the person's box (from --bbox or SPIN's rule on the confident OpenPose keypoints), "
+                    "regress SMPL with the checkpoint's network (the open model's mean parameters without one), "
+                    "optionally refine with SMPLify on the keypoints, and write the mesh over the crop and the "
+                    "image, a side view on white and the mesh as .obj in the camera frame.",
+    )
+    parser.add_argument("image", type=Path, help="the photo (any format OpenCV reads)")
+    parser.add_argument("--keypoints", type=Path, required=True,
+                        help="OpenPose --write_json output for the image (BODY_25 pose_keypoints_2d)")
+    parser.add_argument("--bbox", type=float, nargs=4, metavar=("X", "Y", "W", "H"), default=None,
+                        help="person box in pixels: top-left corner, width, height (default: from the keypoints)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint written by `spin-ray train`")
+    parser.add_argument("--refine", action="store_true", help="refine the estimate with SMPLify on the keypoints")
+    parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
+    parser.add_argument("--person", type=int, default=None,
+                        help="index into the JSON's people (default: the highest total confidence)")
+    parser.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from spin_ray.demo.run import DemoRequest, run_demo
+
+    result = run_demo(DemoRequest(
+        image=args.image, keypoints=args.keypoints, out=args.out, bbox=tuple(args.bbox) if args.bbox else None,
+        checkpoint=args.checkpoint, refine=args.refine, person=args.person,
+    ))
+    for note in result.notes:
+        print(f"note: {note}")
+    cx, cy = result.center
+    print(f"person {result.person}: box center ({cx:.1f}, {cy:.1f}), side {200 * result.scale:.1f} px, "
+          f"network input {result.img_res} px")
+    if result.smplify_error is not None:
+        print(f"SMPLify: ranking error {result.initial_error:.2f} -> {result.smplify_error:.2f}, "
+              f"mean keypoint distance {result.pixel_error:.2f} px in the fitting crop")
+    for path in result.written:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,82 @@
+"""The demo's model side: regress a person's crop, optionally refine with SMPLify, and pose the mesh.
+
+Frames: the network sees an `img_res` crop of the box; its camera [s, tx, ty] and SMPLify both live
+in the fitting crop camera (`CameraConfig`: focal length f over a `crop_size` crop of the same box).
+The same box seen in the full image is the same camera with focal f * box / crop_size and the
+principal point at the box center, so one camera-frame mesh serves every view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
+from spin_ray.body.joints import NUM_KEYPOINTS, NUM_OPENPOSE, NUM_SMPL_JOINTS
+from spin_ray.config import CameraConfig, FittingConfig
+from spin_ray.data.augment import SCALE_UNIT_PX, crop_image, crop_matrix, transform_points
+from spin_ray.data.dataset import normalise_crop
+from spin_ray.eval.evaluate import Predictor
+from spin_ray.fitting.priors import load_pose_prior
+from spin_ray.fitting.smplify import SmplifyParams, SmplifyResult, smplify
+from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
+
+
+@dataclass(frozen=True)
+class BodyEstimate:
+    """One person's SMPL parameters and camera translation in the fitting crop camera."""
+
+    pose: torch.Tensor  # (1, 72) axis-angle
+    betas: torch.Tensor  # (1, num_betas)
+    camera_t: torch.Tensor  # (1, 3)
+
+
+def network_input(image: np.ndarray, center: np.ndarray, scale: float, img_res: int) -> torch.Tensor:
+    """The box of an RGB image cropped to img_res and normalised as in training: (1, 3, img_res, img_res)."""
+    crop = crop_image(image, crop_matrix(center, scale, img_res), img_res)
+    return normalise_crop(crop.astype(np.float32))[None]
+
+
+@torch.no_grad()
+def regress(predict: Predictor, images: torch.Tensor, camera: CameraConfig) -> BodyEstimate:
+    """The predictor's parameters for one crop, its weak-perspective camera as a crop-camera translation."""
+    out = predict(images)
+    pose = matrix_to_axis_angle(out.rotmat).reshape(-1, 3 * NUM_SMPL_JOINTS)
+    camera_t = weak_perspective_to_translation(out.camera, camera.focal_length, camera.crop_size)
+    return BodyEstimate(pose.float(), out.betas.float(), camera_t.float())
+
+
+def fitting_keypoints(openpose: np.ndarray, center: np.ndarray, scale: float, camera: CameraConfig) -> torch.Tensor:
+    """SPIN's 49 keypoints (1, 49, 3) in fitting-crop pixels: BODY_25 first, the 24 dataset joints at confidence 0."""
+    keypoints = np.zeros((NUM_KEYPOINTS, 3), dtype=np.float64)
+    keypoints[:NUM_OPENPOSE, :2] = transform_points(openpose[:, :2], crop_matrix(center, scale, camera.crop_size))
+    keypoints[:NUM_OPENPOSE, 2] = np.clip(openpose[:, 2], 0.0, None)
+    return torch.from_numpy(keypoints).float()[None]
+
+
+def refine(
+    body: BodyModel, estimate: BodyEstimate, keypoints: torch.Tensor, fitting: FittingConfig, camera: CameraConfig,
+) -> SmplifyResult:
+    """SMPLify from the estimate on crop-pixel keypoints (1, 49, 3), with the run's fitting settings."""
+    init = SmplifyParams.from_pose(estimate.pose, estimate.betas, estimate.camera_t)
+    return smplify(body, load_pose_prior(fitting), keypoints, init, fitting, camera)
+
+
+def from_smplify(result: SmplifyResult) -> BodyEstimate:
+    """The fitted parameters of a SMPLify result as an estimate."""
+    params = result.params
+    return BodyEstimate(params.pose.detach(), params.betas.detach(), params.camera_t.detach())
+
+
+@torch.no_grad()
+def camera_frame_vertices(body: BodyModel, estimate: BodyEstimate) -> np.ndarray:
+    """The posed mesh (V, 3) in the camera frame (translation added), float32."""
+    vertices = body(axis_angle_pose_to_rotmats(estimate.pose), estimate.betas).vertices[0]
+    return (vertices + estimate.camera_t[0]).numpy().astype(np.float32)
+
+
+def image_focal_length(scale: float, camera: CameraConfig) -> float:
+    """Focal length in image pixels of the crop camera of a box of `scale` (box side = 200 * scale px)."""
+    return camera.focal_length * SCALE_UNIT_PX * scale / camera.crop_size

@@ -1,0 +1,142 @@
+"""The demo end to end: read and check every input, regress, refine, draw, then write all files at once."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spin_ray.body.body_model import BodyModel
+from spin_ray.config import RunConfig
+from spin_ray.demo.inputs import box_from_keypoints, box_from_xywh, read_image, read_openpose, select_person
+from spin_ray.demo.predict import (
+    camera_frame_vertices,
+    fitting_keypoints,
+    from_smplify,
+    image_focal_length,
+    network_input,
+    refine,
+    regress,
+)
+from spin_ray.demo.views import encode_png, obj_text, render_views
+from spin_ray.errors import InputError
+from spin_ray.eval.evaluate import mean_params_predictor, model_predictor
+from spin_ray.model.hmr import HMR
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    """What `spin-ray demo` was asked to do."""
+
+    image: Path
+    keypoints: Path
+    out: Path
+    bbox: tuple[float, float, float, float] | None = None
+    checkpoint: Path | None = None
+    refine: bool = False
+    person: int | None = None
+
+
+@dataclass
+class DemoResult:
+    """What the demo did and wrote."""
+
+    written: list[Path]
+    person: int
+    center: np.ndarray  # (2,) box center in image pixels
+    scale: float  # box side / 200
+    img_res: int  # network input resolution (from the checkpoint's config)
+    checkpoint: Path | None
+    vertices: np.ndarray  # (V, 3) camera frame
+    image_mask: np.ndarray  # (H, W) bool: where the mesh covers the image
+    smplify_error: float | None = None  # ranking error after SMPLify (None without --refine)
+    initial_error: float | None = None  # ranking error of the regressor's estimate
+    pixel_error: float | None = None  # mean keypoint distance after SMPLify, fitting-crop pixels
+    notes: list[str] = field(default_factory=list)
+
+
+def load_model(checkpoint: Path | None) -> tuple[HMR, RunConfig, BodyModel]:
+    """The checkpoint's regressor, config and body model; the open model's defaults without one."""
+    if checkpoint is not None:
+        from spin_ray.train.checkpoint import load_regressor
+
+        return load_regressor(checkpoint)
+    cfg = RunConfig()
+    return HMR.from_config(cfg.network, cfg.body.num_betas).eval(), cfg, BodyModel.from_config(cfg.body)
+
+
+def output_paths(request: DemoRequest) -> dict[str, Path]:
+    """Where each output goes: named after the image, in the output folder."""
+    stem = request.image.stem
+    return {kind: request.out / f"{stem}{suffix}" for kind, suffix in (
+        ("crop", "_overlay_crop.png"), ("image", "_overlay.png"), ("side", "_side.png"), ("mesh", ".obj"))}
+
+
+def write_all(files: dict[Path, bytes]) -> list[Path]:
+    """Write every file via a temporary name and a rename; on any failure remove what this call wrote."""
+    written: list[Path] = []
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            try:
+                tmp.write_bytes(data)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            written.append(path)
+    except OSError as err:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise InputError(f"could not write {err.filename or 'the outputs'} ({err.strerror}); "
+                         "choose a writable --out folder") from None
+    return written
+
+
+def run_demo(request: DemoRequest) -> DemoResult:
+    """Crop, regress, optionally refine, render and write; nothing is written unless every step succeeded."""
+    image = read_image(request.image)
+    people = read_openpose(request.keypoints)
+    person = select_person(people, request.person, request.keypoints)
+    openpose = people[person]
+    if request.bbox is not None:
+        center, scale = box_from_xywh(request.bbox)
+    else:
+        center, scale = box_from_keypoints(openpose, request.keypoints)
+
+    model, cfg, body = load_model(request.checkpoint)
+    notes = []
+    if request.checkpoint is None:
+        notes.append("no --checkpoint: the mesh starts from the open model's mean pose and shape, not from "
+                     "the image" + ("" if request.refine else " (add --refine to fit it to the keypoints)"))
+    predictor = model_predictor(model) if request.checkpoint is not None else mean_params_predictor(model)
+    camera = cfg.camera
+    estimate = regress(predictor, network_input(image, center, scale, cfg.data.img_res), camera)
+    initial_error = smplify_error = pixel_error = None
+    if request.refine:
+        fit = refine(body, estimate, fitting_keypoints(openpose, center, scale, camera), cfg.fitting, camera)
+        initial_error = float(fit.initial_error[0])
+        if bool(fit.failed[0]):
+            notes.append("SMPLify failed (a non-finite loss); showing the regressor's estimate instead")
+        else:
+            estimate = from_smplify(fit)
+            smplify_error, pixel_error = float(fit.error[0]), float(fit.pixel_error[0])
+
+    vertices = camera_frame_vertices(body, estimate)
+    views = render_views(image, vertices, body.faces, center, scale, camera.crop_size, camera.focal_length,
+                         image_focal_length(scale, camera))
+    paths = output_paths(request)
+    source = f"checkpoint {request.checkpoint}" if request.checkpoint else "open model mean parameters"
+    comment = (f"spin-ray demo of {request.image.name}, person {person}, {source}"
+               f"{', refined with SMPLify' if smplify_error is not None else ''}\n"
+               "camera frame: x right, y down, z forward (depth), metres; faces 1-based")
+    written = write_all({
+        paths["crop"]: encode_png(views.crop_overlay, "crop overlay"),
+        paths["image"]: encode_png(views.image_overlay, "image overlay"),
+        paths["side"]: encode_png(views.side_view, "side view"),
+        paths["mesh"]: obj_text(vertices, body.faces, comment).encode(),
+    })
+    return DemoResult(written, person, center, scale, cfg.data.img_res, request.checkpoint, vertices,
+                      views.image_mask, smplify_error, initial_error, pixel_error, notes)

@@ -1,0 +1,82 @@
+"""The demo's pictures and mesh file: overlays on the crop and the full image, a side view, Wavefront .obj.
+
+Renderers are created here, in the process that draws, one at a time: a MeshRenderer does not make
+its GL context current before drawing, so two alive in one process would share the wrong context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from spin_ray.data.augment import crop_image, crop_matrix
+from spin_ray.errors import RenderError
+from spin_ray.render.renderer import MeshRenderer, overlay
+
+MESH_COLOR = (0.65, 0.74, 0.86)
+MESH_OPACITY = 0.8  # the photo shows through a little, so misalignment is visible
+SIDE_VIEW_DEGREES = 90.0
+WHITE = 255
+
+
+@dataclass(frozen=True)
+class DemoViews:
+    """RGB uint8 pictures of one mesh, and where it covers the full image."""
+
+    crop_overlay: np.ndarray  # (S, S, 3) the box at the fitting crop's resolution, mesh blended in
+    image_overlay: np.ndarray  # (H, W, 3)
+    side_view: np.ndarray  # (S, S, 3) on white
+    image_mask: np.ndarray  # (H, W) bool
+
+
+def rotate_about_vertical(vertices: np.ndarray, degrees: float) -> np.ndarray:
+    """Vertices (V,3) turned by `degrees` about the camera's vertical (y) axis through their centroid."""
+    angle = np.deg2rad(degrees)
+    c, s = np.cos(angle), np.sin(angle)
+    rotation = np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    centre = vertices.mean(axis=0)
+    return ((vertices - centre) @ rotation.T + centre).astype(np.float32)
+
+
+def render_views(
+    image: np.ndarray, vertices: np.ndarray, faces: np.ndarray, center: np.ndarray, scale: float,
+    crop_size: int, crop_focal: float, image_focal: float,
+) -> DemoViews:
+    """Draw camera-frame vertices over the box crop and the whole image, and from the side on white."""
+    height, width = image.shape[:2]
+    crop = crop_image(image, crop_matrix(center, scale, crop_size), crop_size)
+    no_translation = (0.0, 0.0, 0.0)
+    crop_centre = (crop_size / 2.0, crop_size / 2.0)
+    with MeshRenderer(crop_size, crop_size, faces) as renderer:
+        crop_rgba = renderer.shaded(vertices, no_translation, crop_focal, crop_centre, MESH_COLOR)
+        side_rgba = renderer.shaded(rotate_about_vertical(vertices, SIDE_VIEW_DEGREES), no_translation, crop_focal,
+                                    crop_centre, MESH_COLOR)
+    with MeshRenderer(width, height, faces) as renderer:
+        image_rgba = renderer.shaded(vertices, no_translation, image_focal, tuple(center), MESH_COLOR)
+    white = np.full((crop_size, crop_size, 3), WHITE, np.uint8)
+    return DemoViews(
+        crop_overlay=overlay(crop, crop_rgba, MESH_OPACITY),
+        image_overlay=overlay(image, image_rgba, MESH_OPACITY),
+        side_view=overlay(white, side_rgba),
+        image_mask=image_rgba[..., 3] > 0,
+    )
+
+
+def encode_png(rgb: np.ndarray, what: str) -> bytes:
+    """PNG bytes of an RGB uint8 picture."""
+    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise RenderError(f"OpenCV could not encode the {what} as PNG (image of shape {rgb.shape})")
+    return data.tobytes()
+
+
+def obj_text(vertices: np.ndarray, faces: np.ndarray, comment: str = "") -> str:
+    """A Wavefront .obj of a triangle mesh: `v x y z` lines, then `f a b c` with 1-based indices."""
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3:
+        raise RenderError(f"obj_text needs vertices (V,3) and faces (F,3), got {vertices.shape} and {faces.shape}")
+    header = "".join(f"# {line}\n" for line in comment.splitlines())
+    v = "\n".join(f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices.tolist())
+    f = "\n".join(f"f {a} {b} {c}" for a, b, c in (faces.astype(np.int64) + 1).tolist())
+    return f"{header}{v}\n{f}\n"
