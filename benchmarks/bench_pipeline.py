@@ -116,6 +116,67 @@ def measure_fitter_pool(
         pool.shutdown()
 
 
+TRAINER_SECTION = "## Trainer steps/s per mode (benchmarks/bench_pipeline.py)"
+MODES: tuple[tuple[str, str, int], ...] = (  # (label, train.mode, pipeline.lookahead_steps)
+    ("static", "static", 0), ("async", "async", 0), ("async + lookahead 2", "async", 2), ("sync", "sync", 0),
+)
+
+
+def trainer_config(base: Path, url: str, mode: str, lookahead: int, steps: int, out: Path) -> RunConfig:
+    """configs/local.yaml (resnet18 @ 96, batch 32, one trainer thread, one fitter) in one mode, small data."""
+    from spin_ray.config import load_config
+
+    cfg = load_config(base)
+    return cfg.model_copy(update={
+        "output_dir": out,
+        "store": cfg.store.model_copy(update={"url": url, "namespace": f"bench-{mode}-{lookahead}"}),
+        "synth": cfg.synth.model_copy(update={"sizes": {"synth-3d": 256, "synth-itw": 256, "synth-test": 64}}),
+        "train": cfg.train.model_copy(update={"mode": mode, "steps": steps, "report_images": 0}),
+        "pipeline": cfg.pipeline.model_copy(update={"lookahead_steps": lookahead}),
+    })
+
+
+def measure_trainer_modes(base: Path, url: str, steps: int, workdir: Path) -> list[dict]:
+    """Trainer steps/s of each mode on one config (same trainer threads), plus what the fitters did."""
+    from spin_ray.launch import launch, prepare_data
+
+    rows = []
+    for label, mode, lookahead in MODES:
+        cfg = trainer_config(base, url, mode, lookahead, steps, workdir / label.replace(" ", "_"))
+        prepare_data(cfg, progress=False)
+        summary = launch(cfg, progress=False)
+        pool = summary.get("pipeline", {}).get("pool") or {}
+        reads = summary.get("pipeline", {}).get("reads") or {}
+        rows.append({
+            "mode": label, "steps": summary["steps_run"], "steps_per_s": summary["steps_run"] / summary["train_seconds"],
+            "fits": pool.get("samples_fitted", 0), "dropped": pool.get("dropped", 0),
+            "fit_age": reads.get("mean_loop_fit_age_steps", float("nan")),
+            "loop_writes": sum(d["loop_writes"] for d in summary["store"].values()),
+        })
+        print(f"{label}: {rows[-1]['steps_per_s']:.3f} steps/s", flush=True)
+    return rows
+
+
+def trainer_section(rows: list[dict], header: str, command: str) -> str:
+    """The RESULTS.md section for trainer steps/s per mode and the async/static ratio."""
+    by_mode = {r["mode"]: r for r in rows}
+    lines = [header, f"Command: `{command}`",
+             "configs/local.yaml (resnet18 @ 96 px, batch 32, one trainer thread; async: one fitter actor on the "
+             "other core), synthetic data 256 + 256; steps/s over the training loop only.", "",
+             "| mode | steps | steps/s | fits by the pool | requests dropped | mean age of loop fits used (steps) "
+             "| loop improvements in the store |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['mode']} | {r['steps']} | {r['steps_per_s']:.3f} | {r['fits']} | {r['dropped']} | "
+                     f"{r['fit_age']:.1f} | {r['loop_writes']} |")
+    if "static" in by_mode:
+        static = by_mode["static"]["steps_per_s"]
+        ratios = [f"{label} / static = {by_mode[label]['steps_per_s'] / static:.2f}"
+                  for label in by_mode if label != "static"]
+        lines += ["", "; ".join(ratios) + " (target: async >= 0.9 x static)"]
+    return "\n".join(lines)
+
+
 def _machine_cpu_s() -> float:
     """CPU seconds spent by every process on the machine so far (all cores, from /proc/stat)."""
     try:
@@ -190,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each pool size, interleaved")
     parser.add_argument("--fitters", type=int, nargs="+", default=[1, 2], help="pool sizes to measure")
     parser.add_argument("--write-results", type=Path, default=None, help="update this RESULTS.md section")
+    parser.add_argument("--trainer-steps", type=int, default=40, help="steps per mode (0: skip the trainer part)")
+    parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "local.yaml",
+                        help="base config of the trainer part")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     busy_before = cpu_busy_fraction()
@@ -210,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"({result.samples} fits in {result.seconds:.1f} s)", flush=True)
             store.drop()
             store.close()
+            trainer_rows = []
+            if args.trainer_steps > 0:
+                trainer_rows = measure_trainer_modes(args.config, server.url, args.trainer_steps,
+                                                     Path(data_dir) / "runs")
     finally:
         ray.shutdown()
     command = shlex.join([Path(sys.executable).name, *sys.argv])
@@ -217,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.write_results:
         write_section(args.write_results, POOL_SECTION, text)
+    if trainer_rows:
+        trainer_text = trainer_section(trainer_rows, header, command)
+        print(trainer_text)
+        if args.write_results:
+            write_section(args.write_results, TRAINER_SECTION, trainer_text)
     return 0
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +45,8 @@ class RunSummary:
     evaluation: dict | None = None
     baseline: dict | None = None
     store: dict = field(default_factory=dict)
+    train_seconds: float = float("nan")  # wall time of the training loop of this invocation
+    steps_run: int = 0  # steps this invocation ran (fewer than `steps` after a resume)
 
 
 def seed_everything(seed: int) -> None:
@@ -185,8 +188,10 @@ def run_training(
             trainer = Trainer(cfg, HMR.from_config(cfg.network, cfg.body.num_betas), body, supervisor, output_dir)
         loader = make_train_loader(train_set, cfg.train.batch_size, cfg.seed, trainer.samples_consumed,
                                    cfg.data.num_workers)
+        loop_started = time.monotonic()
         metrics = trainer.fit_loop(loader, max(0, cfg.train.steps - trainer.step), progress=progress,
                                    on_step=on_step)
+        train_seconds = time.monotonic() - loop_started
         history = trainer.history or metrics
         tail = history[-max(1, len(history) // 10):]
         summary = RunSummary(
@@ -194,7 +199,7 @@ def run_training(
             first_loss=history[0].loss if history else float("nan"),
             final_loss=float(np.mean([m.loss for m in tail])) if history else float("nan"),
             nan_skipped=trainer.nan_skipped, checkpoint=str(trainer.checkpoint_path), output_dir=str(output_dir),
-            store=store_counts(store, names),
+            store=store_counts(store, names), train_seconds=train_seconds, steps_run=len(metrics),
         )
         evaluated = None
         if heldout is not None:
