@@ -1,0 +1,249 @@
+"""spin-ray demo on a rendered synthetic person with its projected BODY_25 keypoints as OpenPose JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
+from spin_ray.cli import main
+from spin_ray.config import CameraConfig, RunConfig
+from spin_ray.demo.inputs import box_from_keypoints, select_person
+from spin_ray.demo.predict import fitting_keypoints
+from spin_ray.demo.views import rotate_about_vertical
+from spin_ray.fitting.problems import synthetic_problems
+from spin_ray.geometry import perspective_projection
+from spin_ray.model.hmr import HMR
+from spin_ray.render.renderer import MeshRenderer
+from spin_ray.train.checkpoint import save_checkpoint
+
+WIDTH, HEIGHT = 320, 280
+FOCAL = 4000.0  # the person is smaller in the photo than in the 224 px crop
+PRINCIPAL = (170.0, 135.0)
+BACKGROUND = 90
+OUTPUT_SUFFIXES = ("_overlay_crop.png", "_overlay.png", "_side.png", ".obj")
+
+
+@pytest.fixture(scope="module")
+def body():
+    return BodyModel.embedded()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory, body):
+    """A photo of one person in part colours, its silhouette, and OpenPose JSON with a weaker second person."""
+    folder = tmp_path_factory.mktemp("demo_scene")
+    problem = synthetic_problems(body, 1, torch.Generator().manual_seed(3), CameraConfig())
+    with torch.no_grad():
+        out = body(axis_angle_pose_to_rotmats(problem.pose), problem.betas)
+        keypoints = perspective_projection(out.keypoints, problem.camera_t, FOCAL,
+                                           camera_center=torch.tensor(PRINCIPAL)[None])[0, :25].numpy()
+    colours = np.random.default_rng(0).uniform(0.2, 1.0, (24, 3))[body.smpl.lbs_weights.argmax(1).numpy()]
+    vertices, translation = out.vertices[0].numpy(), problem.camera_t[0].numpy()
+    with MeshRenderer(WIDTH, HEIGHT, body.faces) as renderer:
+        image = renderer.part_colors(vertices, translation, FOCAL, PRINCIPAL, vertex_colors=colours)
+        silhouette = renderer.silhouette(vertices, translation, FOCAL, PRINCIPAL)
+    image[~silhouette] = BACKGROUND
+    cv2.imwrite(str(folder / "person.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    person = np.concatenate([keypoints, np.full((25, 1), 0.9)], axis=1)
+    person[17] = 0.0  # an undetected ear, written as OpenPose does
+    ghost = np.concatenate([np.random.default_rng(1).uniform(0, 100, (25, 2)), np.full((25, 1), 0.1)], axis=1)
+    write_openpose(folder / "person.json", [ghost, person])
+    return {"folder": folder, "image": folder / "person.png", "json": folder / "person.json", "rgb": image,
+            "silhouette": silhouette, "keypoints": person}
+
+
+def write_openpose(path: Path, people: list[np.ndarray]) -> Path:
+    """OpenPose's --write_json layout for the given (25,3) keypoint arrays."""
+    path.write_text(json.dumps({"version": 1.3, "people": [
+        {"person_id": [-1], "pose_keypoints_2d": p.reshape(-1).tolist(), "face_keypoints_2d": []} for p in people]}))
+    return path
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main(["demo", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def outputs(out: Path, stem: str = "person") -> list[Path]:
+    return [out / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+
+
+def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    lines = path.read_text().splitlines()
+    vertices = np.array([[float(x) for x in line.split()[1:]] for line in lines if line.startswith("v ")])
+    faces = np.array([[int(x) for x in line.split()[1:]] for line in lines if line.startswith("f ")])
+    return vertices, faces
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_refined_mesh_covers_the_person(scene, body, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--refine", "--out", out)
+    assert code == 0
+    assert "person 1:" in stdout  # the confident person, not the ghost listed first
+    before, after = map(float, re.search(r"ranking error ([\d.]+) -> ([\d.]+)", stdout).groups())
+    assert after < before / 3
+    for path in outputs(out):
+        assert f"wrote {path}" in stdout and path.is_file()
+
+    overlay = read_rgb(out / "person_overlay.png")
+    assert overlay.shape == scene["rgb"].shape
+    covered = (overlay != scene["rgb"]).any(axis=2)  # overlay() leaves pixels off the mesh bit-exact
+    assert iou(covered, scene["silhouette"]) > 0.5
+
+    crop = read_rgb(out / "person_overlay_crop.png")
+    assert crop.shape == (224, 224, 3)
+    side = read_rgb(out / "person_side.png")
+    side_mask = (side != 255).any(axis=2)
+    assert side.shape == (224, 224, 3) and side[0, 0].tolist() == [255, 255, 255] and side_mask.sum() > 500
+
+    vertices, faces = read_obj(out / "person.obj")
+    assert vertices.shape == (body.num_vertices, 3) and faces.shape == body.faces.shape
+    np.testing.assert_array_equal(faces - 1, body.faces)  # 1-based
+    # Seen from the side (same crop camera), the arms-out person is narrower than from the front.
+    front_width = np.ptp(5000.0 * vertices[:, 0] / vertices[:, 2])
+    assert np.ptp(np.flatnonzero(side_mask.any(axis=0))) < 0.8 * front_width
+    # Camera frame: projecting the .obj with the photo's camera (the crop camera scaled to the box) hits the person.
+    box_side = float(re.search(r"side ([\d.]+) px", stdout).group(1))
+    centre = np.array([float(v) for v in re.search(r"center \(([\d.]+), ([\d.]+)\)", stdout).groups()])
+    uv = 5000.0 * box_side / 224 * vertices[:, :2] / vertices[:, 2:] + centre
+    rows, cols = np.clip(np.rint(uv[:, 1]).astype(int), 0, HEIGHT - 1), np.clip(np.rint(uv[:, 0]).astype(int), 0, WIDTH - 1)
+    assert scene["silhouette"][rows, cols].mean() > 0.7
+
+
+def test_without_checkpoint_or_refine_uses_the_mean_and_says_so(scene, tmp_path, capsys):
+    code, stdout, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--out", tmp_path)
+    assert code == 0
+    assert "no --checkpoint" in stdout and "SMPLify" not in stdout
+    assert all(path.is_file() for path in outputs(tmp_path))
+
+
+def test_checkpoint_weights_and_config_are_used(scene, tmp_path, capsys):
+    cfg = RunConfig.model_validate({"data": {"img_res": 64}})
+    model = HMR.from_config(cfg.network, cfg.body.num_betas)
+    state = model.state_dict()
+    state["init_camera"] = torch.tensor([0.45, 0.0, 0.0])  # half the mean scale: twice as far away
+    checkpoint = save_checkpoint(tmp_path / "model.pt", {"model": state, "config": cfg.model_dump(mode="json")})
+    x, y, w, h = 100.0, 20.0, 140.0, 230.0
+
+    code, stdout, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--checkpoint", checkpoint,
+                          "--bbox", x, y, w, h, "--out", tmp_path / "net")
+    assert code == 0, stdout
+    assert "network input 64 px" in stdout and "no --checkpoint" not in stdout
+    assert f"box center ({x + w / 2:.1f}, {y + h / 2:.1f}), side {max(w, h):.1f} px" in stdout
+    code, _, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--bbox", x, y, w, h,
+                     "--out", tmp_path / "mean")
+    assert code == 0
+    depth_net = read_obj(tmp_path / "net" / "person.obj")[0][:, 2].mean()
+    depth_mean = read_obj(tmp_path / "mean" / "person.obj")[0][:, 2].mean()
+    assert depth_net / depth_mean == pytest.approx(2.0, rel=0.1)
+
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["identity"] = {"body_model": "another-body-model"}
+    torch.save(payload, tmp_path / "other_body.pt")
+    code, _, err = run(capsys, scene["image"], "--keypoints", scene["json"], "--checkpoint",
+                       tmp_path / "other_body.pt", "--out", tmp_path / "refused")
+    assert code == 1 and "trained with body model another-body-model" in err
+    assert not (tmp_path / "refused").exists()
+
+
+def _bad_json(folder: Path, name: str, text: str) -> Path:
+    (folder / name).write_text(text)
+    return folder / name
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing image", "does not exist"),
+    ("unreadable image", "could not be decoded"),
+    ("missing json", "does not exist"),
+    ("not json", "is not JSON"),
+    ("no people list", "no 'people' list"),
+    ("no people", "found no people"),
+    ("wrong keypoint count", "54 values in pose_keypoints_2d (18 keypoints: OpenPose's COCO model?)"),
+    ("all confidences zero", "every keypoint of person 0 has confidence 0"),
+    ("person out of range", "--person 5: "),
+    ("bad bbox", "width and height must be positive"),
+    ("missing checkpoint", "does not exist"),
+])
+def test_bad_input_is_one_line_exit_1_and_writes_nothing(scene, tmp_path, capsys, case, expected):
+    image, keypoints, extra = scene["image"], scene["json"], []
+    if case == "missing image":
+        image = tmp_path / "nope.png"
+    elif case == "unreadable image":
+        image = tmp_path / "broken.png"
+        image.write_bytes(b"\x89PNG but not really")
+    elif case == "missing json":
+        keypoints = tmp_path / "nope.json"
+    elif case == "not json":
+        keypoints = _bad_json(tmp_path, "k.json", "{people: oops")
+    elif case == "no people list":
+        keypoints = _bad_json(tmp_path, "k.json", '{"version": 1.3}')
+    elif case == "no people":
+        keypoints = _bad_json(tmp_path, "k.json", '{"version": 1.3, "people": []}')
+    elif case == "wrong keypoint count":
+        keypoints = _bad_json(tmp_path, "k.json", json.dumps({"people": [{"pose_keypoints_2d": [1.0] * 54}]}))
+    elif case == "all confidences zero":
+        zero = scene["keypoints"].copy()
+        zero[:, 2] = 0
+        keypoints = write_openpose(tmp_path / "k.json", [zero])
+    elif case == "person out of range":
+        extra = ["--person", "5"]
+    elif case == "bad bbox":
+        extra = ["--bbox", "10", "10", "0", "50"]
+    elif case == "missing checkpoint":
+        extra = ["--checkpoint", tmp_path / "nope.pt"]
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, image, "--keypoints", keypoints, "--out", out, *extra)
+    assert code == 1
+    assert err.startswith("spin-ray demo: ") and err.count("\n") == 1, err
+    assert expected in err
+    assert not out.exists() and "wrote" not in stdout
+
+
+def test_box_follows_spins_rule_on_confident_keypoints():
+    keypoints = np.zeros((25, 3))
+    keypoints[:4] = [[10, 20, 0.9], [50, 20, 0.5], [30, 120, 0.3], [500, 500, 0.1]]  # the last is not confident
+    center, scale = box_from_keypoints(keypoints, "k.json")
+    np.testing.assert_allclose(center, [30, 70])
+    assert scale == pytest.approx(1.2 * 100 / 200)
+    people = [np.column_stack([np.zeros((25, 2)), np.full(25, c)]) for c in (0.2, 0.6, 0.4)]
+    assert select_person(people, None, "k.json") == 1 and select_person(people, 2, "k.json") == 2
+
+
+def test_fitting_keypoints_are_in_the_224_crop_with_dataset_joints_off():
+    openpose = np.zeros((25, 3))
+    openpose[0] = [300, 200, 0.8]  # the box center
+    openpose[1] = [350, 150, 0.5]  # half a box right and up
+    kp = fitting_keypoints(openpose, np.array([300.0, 200.0]), 0.5, CameraConfig())
+    assert kp.shape == (1, 49, 3)
+    np.testing.assert_allclose(kp[0, 0].numpy(), [112, 112, 0.8], atol=1e-4)
+    np.testing.assert_allclose(kp[0, 1].numpy(), [224, 0, 0.5], atol=1e-4)
+    assert (kp[0, 25:, 2] == 0).all()
+
+
+def test_side_view_turns_a_quarter_about_the_vertical_through_the_centre():
+    points = np.random.default_rng(0).normal(size=(50, 3)) + [0.0, 0.0, 10.0]
+    turned = rotate_about_vertical(points, 90.0)
+    np.testing.assert_allclose(turned.mean(0), points.mean(0), atol=1e-5)
+    np.testing.assert_allclose(turned[:, 1], points[:, 1], atol=1e-5)  # heights unchanged
+    centred, turned_centred = points - points.mean(0), turned - points.mean(0)
+    np.testing.assert_allclose(turned_centred[:, 0], centred[:, 2], atol=1e-5)  # depth becomes width
+    four = points
+    for _ in range(4):
+        four = rotate_about_vertical(four, 90.0)
+    np.testing.assert_allclose(four, points, atol=1e-4)
