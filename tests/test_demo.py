@@ -122,7 +122,8 @@ def test_refined_mesh_covers_the_person(scene, body, tmp_path, capsys):
     box_side = float(re.search(r"side ([\d.]+) px", stdout).group(1))
     centre = np.array([float(v) for v in re.search(r"center \(([\d.]+), ([\d.]+)\)", stdout).groups()])
     uv = 5000.0 * box_side / 224 * vertices[:, :2] / vertices[:, 2:] + centre
-    rows, cols = np.clip(np.rint(uv[:, 1]).astype(int), 0, HEIGHT - 1), np.clip(np.rint(uv[:, 0]).astype(int), 0, WIDTH - 1)
+    rows = np.clip(np.rint(uv[:, 1]).astype(int), 0, HEIGHT - 1)
+    cols = np.clip(np.rint(uv[:, 0]).astype(int), 0, WIDTH - 1)
     assert scene["silhouette"][rows, cols].mean() > 0.7
 
 
