@@ -7,10 +7,8 @@ benchmarks/RESULTS.md under its own section.  Run: .venv/bin/python benchmarks/b
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,23 +17,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
-from spin_ray.body.model_file import embedded_model_path
-from spin_ray.body.random_model import random_model_arrays
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import RESULTS, machine_line, write_section  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats  # noqa: E402
+from spin_ray.body.model_file import embedded_model_path  # noqa: E402
+from spin_ray.body.random_model import random_model_arrays  # noqa: E402
+
 SECTION = "## Body model (benchmarks/bench_body.py)"
 COMMAND = ".venv/bin/python benchmarks/bench_body.py"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform's guess elsewhere)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def median_ms(step: Callable[[], None], repeats: int, warmup: int = 3) -> float:
@@ -73,18 +63,6 @@ def time_paths(model: BodyModel, batch: int, repeats: int, seed: int = 0) -> dic
     with torch.no_grad():
         out["max_diff_m"] = float((paths["full"](rotmats, betas) - paths["joints_only"](rotmats, betas)).abs().max())
     return out
-
-
-def write_section(body: str, path: Path = RESULTS) -> None:
-    """Put this benchmark's section into RESULTS.md, replacing its previous version only."""
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    own_section = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if own_section.search(text):
-        text = own_section.sub(lambda _: block + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text)
 
 
 def benchmark_models(tmp: Path) -> list[tuple[str, BodyModel]]:
@@ -135,8 +113,7 @@ def main() -> None:
     if not embedded_model_path().is_file():
         rows.append("| open model (embedded) | pending: asset not built when this ran | | | | | | | | |")
     body = "\n".join([
-        f"Machine: {os.cpu_count()} CPUs (nproc), {cpu_model()}; torch {torch.__version__}, 1 thread; "
-        f"1-min load average at the end {os.getloadavg()[0]:.2f} (other work shares the machine).",
+        machine_line(f"torch {torch.__version__}, 1 thread", " (other work shares the machine)"),
         f"Command: `{COMMAND}`",
         f"Batch {args.batch}, 49 SPIN keypoints, loss = weighted sum, median of {args.repeats} runs. "
         "Full = smplx forward over all vertices; joints-only = FK of shaped rest joints + skinning of the "
@@ -149,7 +126,7 @@ def main() -> None:
         *rows,
     ])
     if not args.no_write:
-        write_section(body)
+        write_section(SECTION, body)
         print(f"recorded in {RESULTS}")
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -16,36 +14,15 @@ from pathlib import Path
 
 import torch
 
-from spin_ray.config import DataConfig, RunConfig
-from spin_ray.data.dataset import SpinImageDataset, make_loader
-from spin_ray.data.spin_format import load_spin_npz
-from spin_ray.data.synth import generate, with_overrides
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import cpu_model, write_section  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from spin_ray.config import DataConfig, RunConfig  # noqa: E402
+from spin_ray.data.dataset import SpinImageDataset, make_loader  # noqa: E402
+from spin_ray.data.spin_format import load_spin_npz  # noqa: E402
+from spin_ray.data.synth import generate, with_overrides  # noqa: E402
+
 SECTION = "## Data (benchmarks/bench_data.py)"
-
-
-def cpu_model() -> str:
-    """CPU model name from /proc/cpuinfo, or the platform's guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def write_section(body: str, path: Path = RESULTS) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving the others alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text)
 
 
 def generation_seconds(cfg: RunConfig, images: int, workers: int, folder: Path) -> float:
@@ -122,7 +99,7 @@ synth-3d split, `make_loader` batches of 32, {args.batches} batches after the fi
 """
     print(body)
     if not args.no_write:
-        write_section(body)
+        write_section(SECTION, body)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import statistics
 import sys
@@ -27,14 +26,16 @@ from pathlib import Path
 import ray
 import torch
 
-from bench_store import cpu_busy_fraction, machine
-from spin_ray.body.body_model import BodyModel
-from spin_ray.config import RunConfig
-from spin_ray.pipeline.pool import FitterPool
-from spin_ray.pipeline.synthetic import synthetic_request
-from spin_ray.store.fit_store import FitStore
-from spin_ray.store.records import FitStoreAddress
-from spin_ray.store.server import EmbeddedRedis
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import cpu_busy_fraction, machine_cpu_s, machine_summary, write_section  # noqa: E402
+
+from spin_ray.body.body_model import BodyModel  # noqa: E402
+from spin_ray.config import RunConfig  # noqa: E402
+from spin_ray.pipeline.pool import FitterPool  # noqa: E402
+from spin_ray.pipeline.synthetic import synthetic_request  # noqa: E402
+from spin_ray.store.fit_store import FitStore  # noqa: E402
+from spin_ray.store.records import FitStoreAddress  # noqa: E402
+from spin_ray.store.server import EmbeddedRedis  # noqa: E402
 
 POOL_SECTION = "## Fitter pool (benchmarks/bench_pipeline.py)"
 BATCH = 64
@@ -97,12 +98,12 @@ def measure_fitter_pool(
         count = requests_per_fitter * fitters
         requests = [synthetic_request(body, cfg.camera, BATCH, seed=100 + i, dataset="bench",
                                       first_index=first_index + BATCH * i) for i in range(count)]
-        start, cpu_start = time.perf_counter(), _machine_cpu_s()
+        start, cpu_start = time.perf_counter(), machine_cpu_s()
         for request in requests:
             pool.submit(request)
         if not pool.drain(1800):
             raise RuntimeError(f"requests did not finish: {pool.metrics()}")
-        seconds, machine_cpu = time.perf_counter() - start, _machine_cpu_s() - cpu_start
+        seconds, machine_cpu = time.perf_counter() - start, machine_cpu_s() - cpu_start
         reports = pool.poll()
         metrics = pool.metrics()
         if metrics.failed or metrics.lost or len(reports) != count:
@@ -177,26 +178,15 @@ def trainer_section(rows: list[dict], header: str, command: str) -> str:
     return "\n".join(lines)
 
 
-def _machine_cpu_s() -> float:
-    """CPU seconds spent by every process on the machine so far (all cores, from /proc/stat)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def pool_section(results: list[PoolResult], header: str, busy_before: float, command: str) -> str:
-    """The RESULTS.md section for the fitter pool: one row per pool size (median run) and the scaling ratio."""
+    """The RESULTS.md section body (below POOL_SECTION) for the fitter pool: one row per pool size (median run)
+    and the scaling ratio."""
     by_size: dict[int, list[PoolResult]] = {}
     for result in results:
         by_size.setdefault(result.fitters, []).append(result)
     median = {n: statistics.median(r.fits_per_s for r in runs) for n, runs in sorted(by_size.items())}
     per_cpu = {n: statistics.median(r.fits_per_cpu_s for r in runs) for n, runs in sorted(by_size.items())}
     lines = [
-        POOL_SECTION,
-        "",
         f"Machine: {header}; torch {torch.__version__}.",
         f"Command: `{command}`",
         f"Batch {BATCH}, SMPLify 50 + 50 iterations (paper settings, open body model, joints-only loss), "
@@ -232,18 +222,6 @@ def pool_section(results: list[PoolResult], header: str, busy_before: float, com
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str, text: str) -> None:
-    """Replace (or append) one `## ` section of RESULTS.md, leaving the others alone."""
-    current = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = text.rstrip() + "\n\n"
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: block, current, count=1)
-    else:
-        updated = current.rstrip() + "\n\n" + block
-    path.write_text(updated.rstrip() + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the measurements, print the Markdown section, optionally write it into RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -257,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     busy_before = cpu_busy_fraction()
-    header = machine() + f", CPU {100 * busy_before:.0f} % busy in the second before the run"
+    header = machine_summary(busy_before)
     body = BodyModel.embedded()
     start_ray()
     results: list[PoolResult] = []
@@ -282,14 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     text = pool_section(results, header, busy_before, command)
-    print(text)
+    print(f"{POOL_SECTION}\n\n{text}")
     if args.write_results:
-        write_section(args.write_results, POOL_SECTION, text)
+        write_section(POOL_SECTION, text, args.write_results)
     if trainer_rows:
         trainer_text = trainer_section(trainer_rows, header, command)
         print(trainer_text)
         if args.write_results:
-            write_section(args.write_results, TRAINER_SECTION, trainer_text)
+            write_section(TRAINER_SECTION, trainer_text, args.write_results)
     return 0
 
 

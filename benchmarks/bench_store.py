@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
-import re
 import shlex
 import sys
 import tempfile
@@ -21,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from spin_ray.store.fit_store import FitStore
-from spin_ray.store.server import EmbeddedRedis
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import cpu_busy_fraction, machine_summary, write_section  # noqa: E402
+
+from spin_ray.store.fit_store import FitStore  # noqa: E402
+from spin_ray.store.server import EmbeddedRedis  # noqa: E402
 
 BODY_HASH = "0123456789abcdef"
 SECTION = "## Fit store (benchmarks/bench_store.py)"
@@ -79,37 +80,6 @@ def _run(pool, kind: str, store: FitStore, clients: int, batch: int, seconds: fl
     return pool.map(_worker, [(kind, store, c, batch, seconds, start_at) for c in range(clients)])
 
 
-def cpu_busy_fraction(seconds: float = 1.0) -> float:
-    """Share of all cores' time spent not idle over `seconds`, from /proc/stat (0 where unavailable)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-        return sum(fields), idle
-
-    try:
-        total0, idle0 = sample()
-        time.sleep(seconds)
-        total1, idle1 = sample()
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
-
-
-def machine() -> str:
-    """nproc, CPU model and load, for the results table."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} cores, {model}, load average before the run {load}"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print a Markdown table, optionally write it into RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -118,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-results", type=Path, default=None, help="update this RESULTS.md section")
     args = parser.parse_args(argv)
     busy_before = cpu_busy_fraction()
-    header = machine() + f", CPU {100 * busy_before:.0f} % busy in the second before the run"
+    header = machine_summary(busy_before)
     rows = []
     with tempfile.TemporaryDirectory() as data_dir, EmbeddedRedis(data_dir) as server:
         version = server_version(server)
@@ -138,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         store.drop()
         store.close()
     table = [
-        SECTION,
-        "",
         f"Machine: {header}; redis-server {version} embedded on 127.0.0.1 (AOF everysec); one Python client per process.",
         f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}` ({args.seconds:g} s per measurement).",
         "",
@@ -162,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             "",
         ]
     text = "\n".join(table)
-    print(text)
+    print(f"{SECTION}\n\n{text}")
     if args.write_results:
-        write_section(args.write_results, text)
+        write_section(SECTION, text, args.write_results)
     return 0
 
 
@@ -177,18 +145,6 @@ def server_version(server: EmbeddedRedis) -> str:
         return str(client.info("server")["redis_version"])
     finally:
         client.close()
-
-
-def write_section(path: Path, text: str, notes: str = "") -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, leaving other sections alone."""
-    current = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = text.rstrip() + "\n" + (notes.rstrip() + "\n" if notes else "") + "\n"
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: block, current, count=1)
-    else:
-        updated = current.rstrip() + "\n\n" + block
-    path.write_text(updated)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,12 @@
-"""Shared by the benchmarks: the machine line, and writing one section of RESULTS.md in place."""
+"""Shared by the benchmarks: the machine line, CPU load, and writing one section of RESULTS.md in place."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
+import time
 from pathlib import Path
-
-import torch
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# Benchmark results\n"
@@ -23,11 +22,51 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def machine_line() -> str:
-    """One line naming the machine, torch and the load (other work on 2 cores skews timings)."""
+def machine_line(setup: str | None = None, note: str = "") -> str:
+    """One line naming the machine, `setup` (default: the torch version) and the load (other work on 2 cores
+    skews timings); `note` follows the load average."""
+    if setup is None:
+        import torch  # here, not at the top: the renderer benchmark does not use torch
+
+        setup = f"torch {torch.__version__}"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"Machine: {os.cpu_count()} CPUs (nproc), {cpu_model()}; torch {torch.__version__}; "
-            f"1-min load average at the end {load:.2f}.")
+    return (f"Machine: {os.cpu_count()} CPUs (nproc), {cpu_model()}; {setup}; "
+            f"1-min load average at the end {load:.2f}{note}.")
+
+
+def machine_summary(busy_before: float) -> str:
+    """nproc, CPU model, load averages and `busy_before` (from cpu_busy_fraction): the fit-store and
+    pipeline tables' machine text."""
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{os.cpu_count()} cores, {cpu_model()}, load average before the run {load}, "
+            f"CPU {100 * busy_before:.0f} % busy in the second before the run")
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """(all, idle) clock ticks of every core so far, from the first line of /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields), idle
+
+
+def cpu_busy_fraction(seconds: float = 1.0) -> float:
+    """Share of all cores' time spent not idle over `seconds`, from /proc/stat (0 where unavailable)."""
+    try:
+        total0, idle0 = _cpu_jiffies()
+        time.sleep(seconds)
+        total1, idle1 = _cpu_jiffies()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+
+
+def machine_cpu_s() -> float:
+    """CPU seconds spent by every process on the machine so far (all cores, from /proc/stat; nan where unavailable)."""
+    try:
+        total, idle = _cpu_jiffies()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def write_section(heading: str, body: str, path: Path = RESULTS) -> None:
