@@ -1,0 +1,174 @@
+"""A fitter stand-in whose compute is a cost model: it sleeps for the GPU time SMPLify would take, then writes.
+
+`StandinFitter` answers the same calls as `FitterActor` (`fit`, `ping`, `pid`) and writes one
+keep-best record per sample, so a pool of them loads Ray, the request stream and the Redis fit
+store exactly as real fitters would, without a GPU or a body model. Its "fit" of a sample is the
+trainer's prediction, ranked by an error that falls with the trainer step, so a revisit at a later
+step always improves the stored record: every sample fitted is a store write (the store's worst case).
+
+This module must not import torch (directly or through `spin_ray.pipeline.requests`): a stand-in
+process then costs ~60 MB instead of ~300 MB, which is what lets 64 of them run on one small machine.
+Requests reach it in a wire form (`request_to_wire`/`request_from_wire`, registered as Ray's
+serializer for `FitRequest` by `StandinPool`); a process that has imported the real request module
+(a real fitter) still gets a real `FitRequest` from the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import ray
+
+from spin_ray.config import PipelineConfig, RunConfig
+from spin_ray.errors import PipelineError
+from spin_ray.store.fit_store import FitStore
+from spin_ray.store.records import FitStoreAddress
+
+# Must equal spin_ray.pipeline.fitter.HEALTH_GROUP (a test checks): the pool declares that group.
+HEALTH_GROUP = "health"
+REQUESTS_MODULE = "spin_ray.pipeline.requests"
+# Error of a stand-in fit made at trainer step s: ERROR_START / (1 + s), strictly falling with s.
+ERROR_START = 100.0
+REQUEST_FIELDS = ("request_id", "step", "datasets", "dataset_code", "indices", "pose", "betas", "camera_t",
+                  "keypoints", "aug")
+
+
+def standin_seconds_per_request(pipeline: PipelineConfig, batch_size: int, fit_batch_size: int) -> float:
+    """Wall seconds a stand-in takes for a request: GPU time of the batch over the fitter's GPU share."""
+    # Processes sharing a GPU without MPS are time-sliced: a 0.25-GPU fitter gets a quarter of its time.
+    share = min(pipeline.fitter_num_gpus, 1.0) if pipeline.fitter_num_gpus > 0 else 1.0
+    return pipeline.standin_gpu_s_per_batch * (batch_size / fit_batch_size) / share
+
+
+def standin_error(step: int) -> float:
+    """The ranking error a stand-in gives the fits it makes at trainer step `step`."""
+    return ERROR_START / (1.0 + step)
+
+
+@dataclass(frozen=True, eq=False)
+class WireRequest:
+    """A FitRequest's fields as a stand-in receives them, without the torch-importing request module."""
+
+    request_id: int
+    step: int
+    datasets: tuple[str, ...]
+    dataset_code: np.ndarray
+    indices: np.ndarray
+    pose: np.ndarray
+    betas: np.ndarray
+    camera_t: np.ndarray
+    keypoints: np.ndarray
+    aug: np.ndarray
+
+    @property
+    def batch_size(self) -> int:
+        """Number of samples."""
+        return int(self.indices.shape[0])
+
+    def groups(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(dataset name, row positions of its samples) for each dataset in the request."""
+        for code, name in enumerate(self.datasets):
+            rows = np.flatnonzero(self.dataset_code == code)
+            if rows.size:
+                yield name, rows
+
+
+def request_to_wire(request: Any) -> dict[str, Any]:
+    """The fields of a FitRequest as a dict of plain values and numpy arrays (Ray ships arrays zero-copy)."""
+    return {name: getattr(request, name) for name in REQUEST_FIELDS}
+
+
+def request_from_wire(wire: dict[str, Any]) -> Any:
+    """A real FitRequest where its module is already imported (a real fitter), else a WireRequest."""
+    module = sys.modules.get(REQUESTS_MODULE)
+    if module is not None:
+        return module.FitRequest(**wire)
+    return WireRequest(**wire)
+
+
+@dataclass(frozen=True)
+class StandinReport:
+    """A FitReport's fields; it unpickles as a real FitReport wherever the request module is imported."""
+
+    request_id: int
+    step: int
+    batch_size: int
+    fitted: int
+    written: int
+    failed: int
+    mean_error: float
+    elapsed_s: float
+    actor_id: str
+    cpu_s: float = float("nan")
+
+    def __reduce__(self) -> tuple:
+        return report_from_wire, (asdict(self),)
+
+
+def report_from_wire(wire: dict[str, Any]) -> Any:
+    """A real FitReport where its module is already imported (the pool's process), else a StandinReport."""
+    module = sys.modules.get(REQUESTS_MODULE)
+    if module is not None:
+        known = {f.name for f in fields(module.FitReport)}
+        return module.FitReport(**{k: v for k, v in wire.items() if k in known})
+    return StandinReport(**wire)
+
+
+class StandinFitter:
+    """One stand-in fitter process: sleeps for the cost model's time per request, then keep-best writes."""
+
+    def __init__(self, config: RunConfig, store: FitStoreAddress, actor_id: str) -> None:
+        if store.body_model_hash is None:
+            raise PipelineError(
+                f"stand-in fitter {actor_id}: the fit-store address for namespace {store.namespace!r} has no "
+                "body-model hash, so it is read-only; pass FitStoreAddress(..., body_model_hash=...)"
+            )
+        self.actor_id = actor_id
+        self.pipeline = config.pipeline
+        self.fit_batch_size = config.fitting.batch_size
+        self.store = FitStore(store)
+
+    def fit(self, request: WireRequest) -> StandinReport:
+        """Wait the cost model's time, write the prediction of every sample as its fit, report."""
+        start, cpu_start = time.perf_counter(), time.process_time()
+        delay = standin_seconds_per_request(self.pipeline, request.batch_size, self.fit_batch_size)
+        time.sleep(delay + self.pipeline.artificial_delay_s)
+        error = np.full(request.batch_size, standin_error(request.step))
+        written = 0
+        for dataset, rows in request.groups():
+            mask = self.store.keep_best(dataset, request.indices[rows], request.pose[rows], request.betas[rows],
+                                        error[rows], request.step, source="loop")
+            written += int(mask.sum())
+        return StandinReport(
+            request_id=request.request_id,
+            step=request.step,
+            batch_size=request.batch_size,
+            fitted=request.batch_size,
+            written=written,
+            failed=0,
+            mean_error=float(error.mean()),
+            elapsed_s=time.perf_counter() - start,
+            actor_id=self.actor_id,
+            cpu_s=time.process_time() - cpu_start,
+        )
+
+    @ray.method(concurrency_group=HEALTH_GROUP)
+    def ping(self) -> str:
+        """This fitter's id, once it is ready."""
+        return self.actor_id
+
+    @ray.method(concurrency_group=HEALTH_GROUP)
+    def pid(self) -> int:
+        """The process id of this fitter."""
+        return os.getpid()
+
+    @ray.method(concurrency_group=HEALTH_GROUP)
+    def node_id(self) -> str:
+        """The Ray node this fitter runs on (for node-failure tests)."""
+        return ray.get_runtime_context().get_node_id()
