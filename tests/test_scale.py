@@ -1,0 +1,134 @@
+"""Scale: the cost-model stand-in fitter, the fake autoscaling cluster scenario and the cost-model load run.
+
+The Ray runs happen in child processes: each needs a Ray of its own (a fake cluster, or a local Ray
+with declared GPUs), and this pytest process may already hold the session's local Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+
+import numpy as np
+import pytest
+
+from spin_ray.config import RunConfig
+from spin_ray.pipeline.requests import FitReport, FitRequest
+from spin_ray.pipeline.standin import (
+    HEALTH_GROUP,
+    StandinReport,
+    WireRequest,
+    request_from_wire,
+    request_to_wire,
+    standin_error,
+    standin_seconds_per_request,
+)
+from spin_ray.scale.fake_cluster import FakeClusterSpec, NodeType, autoscaler_config
+
+# Generous: other engineers' jobs share the 2 cores, and each fake node starts a raylet and agents.
+CHILD_TIMEOUT_S = 900
+
+
+def _request(batch: int = 8, step: int = 3) -> FitRequest:
+    rng = np.random.default_rng(0)
+    return FitRequest.build(step, ["a", "b"] * (batch // 2), np.arange(batch), rng.normal(size=(batch, 72)),
+                            rng.normal(size=(batch, 10)), np.ones((batch, 3)), np.zeros((batch, 49, 3)),
+                            np.zeros((batch, 6)))
+
+
+def test_health_group_matches_the_pools():
+    from spin_ray.pipeline.fitter import HEALTH_GROUP as POOL_GROUP
+
+    assert HEALTH_GROUP == POOL_GROUP
+
+
+def test_cost_model_scales_with_gpu_share_and_batch():
+    pipeline = RunConfig().pipeline.model_copy(update={"standin_gpu_s_per_batch": 0.25, "fitter_num_gpus": 0.25})
+    assert standin_seconds_per_request(pipeline, 64, 64) == pytest.approx(1.0)  # a quarter GPU, time-sliced
+    assert standin_seconds_per_request(pipeline, 32, 64) == pytest.approx(0.5)
+    whole = pipeline.model_copy(update={"fitter_num_gpus": 2.0})
+    assert standin_seconds_per_request(whole, 64, 64) == pytest.approx(0.25)
+    cpu = pipeline.model_copy(update={"fitter_num_gpus": 0.0})
+    assert standin_seconds_per_request(cpu, 64, 64) == pytest.approx(0.25)
+    assert standin_error(10) < standin_error(9) < standin_error(0)
+
+
+def test_wire_form_gives_a_real_request_where_its_module_is_loaded():
+    request = _request()
+    again = request_from_wire(request_to_wire(request))  # this process has imported the request module
+    assert isinstance(again, FitRequest)
+    assert again.request_id == request.request_id and again.datasets == request.datasets
+    np.testing.assert_array_equal(again.pose, request.pose)
+    assert [(n, r.tolist()) for n, r in again.groups()] == [(n, r.tolist()) for n, r in request.groups()]
+
+
+def test_standin_report_unpickles_as_a_fit_report_here():
+    import pickle
+
+    report = StandinReport(1, 2, 8, 8, 5, 0, 1.5, 0.1, "x", 0.01)
+    again = pickle.loads(pickle.dumps(report))
+    assert isinstance(again, FitReport)
+    assert (again.request_id, again.written, again.actor_id, again.cpu_s) == (1, 5, "x", 0.01)
+
+
+def test_standin_process_never_imports_torch():
+    """A stand-in process must stay small: unpickling a request or report there must not pull in torch."""
+    code = (
+        "import pickle, sys\n"
+        "from spin_ray.pipeline.standin import StandinFitter, request_from_wire, report_from_wire\n"
+        "wire = pickle.loads(sys.stdin.buffer.read())\n"
+        "req = request_from_wire(wire)\n"
+        "print(type(req).__name__, req.batch_size, [n for n, _ in req.groups()], 'torch' in sys.modules)\n"
+    )
+    import pickle
+
+    out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(request_to_wire(_request())),
+                         capture_output=True, timeout=120, check=True).stdout.decode().split()
+    assert out == [WireRequest.__name__, "8", "['a',", "'b']", "False"]
+
+
+def test_autoscaler_config_declares_node_types_and_a_private_gcs():
+    spec = FakeClusterSpec({"gpu_node": NodeType({"CPU": 1, "GPU": 2}, max_workers=3)}, idle_timeout_s=6.0)
+    config = autoscaler_config(spec, "127.0.0.1:45678")
+    assert config["provider"]["gcs_address"] == "127.0.0.1:45678"
+    assert config["available_node_types"]["gpu_node"]["resources"]["GPU"] == 2
+    assert config["available_node_types"]["gpu_node"]["max_workers"] == 3
+    assert config["max_workers"] == 3
+    assert config["idle_timeout_minutes"] == pytest.approx(0.1)
+
+
+def _run_child(module: str, args: list[str], out_path) -> dict:
+    proc = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out_path)], capture_output=True,
+                          text=True, timeout=CHILD_TIMEOUT_S)
+    assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(out_path.read_text())
+
+
+def test_autoscaler_adds_and_removes_gpu_nodes_and_no_fit_is_lost_when_a_node_dies(redis_server, tmp_path):
+    """Real autoscaler, fake GPU nodes: 2 -> 6 half-GPU fitters, one node killed under load, back to 1."""
+    root = tempfile.mkdtemp(prefix="srfc-", dir="/tmp")  # short: Ray's socket paths live under it
+    try:
+        result = _run_child("spin_ray.scale.autoscale_run",
+                            ["--redis-url", redis_server.url, "--namespace", f"as-{uuid.uuid4().hex[:8]}",
+                             "--root", root], tmp_path / "autoscale.json")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    counts = [n for _, n in result["node_counts"]]
+    # Nodes rise with the pool: 2 fitters fit on one 2-GPU node, 6 need two.
+    assert result["nodes_at_start"] == 0
+    assert result["nodes_small"] == 1
+    assert result["nodes_large"] == 2
+    # A node was killed under load; its fitters' requests were re-submitted and completed.
+    assert result["fitters_on_killed_node"] >= 1 and result["processes_killed"] >= 2
+    assert result["resubmitted"] >= 1 and result["restarts"] >= 1
+    assert result["lost"] == 0 and result["failed"] == 0 and result["dropped"] == 0
+    assert result["completed"] == result["submitted"]
+    # No fit is lost: every sample of every request is in the store.
+    assert result["samples_in_store"] == result["samples"] > 0
+    # Nodes fall once the pool shrinks: idle GPU nodes are removed.
+    assert max(counts) >= 2
+    assert result["nodes_after_shrink"] <= 1 < result["nodes_peak"]
