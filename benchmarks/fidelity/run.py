@@ -1,0 +1,529 @@
+"""The fidelity study (issue 9): SPIN's ablation on the synthetic benchmark, every mode from one seed.
+
+Usage: python benchmarks/fidelity/run.py --size smoke|full [--out DIR] [--write-results]
+       python benchmarks/fidelity/run.py --size full --report-only [--write-results]   (re-render OUT/results.json)
+
+One config derived from configs/local.yaml (resnet18, batch 32, the synthetic splits synth-3d with
+3D truth, synth-itw with 2D keypoints only, synth-test held out). Modes `2d`, `static`, `sync`,
+`async` and `async+lookahead` train from the same seed, each in its own store namespace and output
+folder, on one local Ray and one embedded Redis:
+(a) the same number of steps;
+(b) the same wall-clock budget, the training time of `static` in (a): each mode gets
+    steps = budget x its steps/s measured in (a) (no wall-clock stop); a mode whose step count is
+    within 5 % of its count in (a) reuses its (a) run instead of training again.
+Every store-backed mode starts from the same static fits of the mean pose (computed once by the code
+of `spin-ray fit`, copied into each namespace). While a run trains, a driver thread samples the
+store's mean ranking error and share of valid fits on synth-itw (where fits supervise: synth-3d has
+ground-truth SMPL) with the trainer's step: the paper's Figure 4 curves.
+Writes OUT/results.json, OUT/section.md and OUT/*.png; --write-results also writes the section of
+benchmarks/RESULTS.md and copies the PNGs to benchmarks/fidelity/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+from results import RESULTS, machine_line, write_section  # noqa: E402
+
+from spin_ray.config import RunConfig, config_from_dict, load_config  # noqa: E402
+
+SECTION = "## Fidelity study (benchmarks/fidelity/run.py)"
+BASE_CONFIG = REPO / "configs" / "local.yaml"
+ITW = "synth-itw"  # the 2D-only split: the only one whose fits supervise (synth-3d has ground truth)
+LOOKAHEAD_STEPS = 2
+MODES: dict[str, tuple[str, int]] = {  # label: (train.mode, pipeline.lookahead_steps)
+    "2d": ("2d", 0), "static": ("static", 0), "sync": ("sync", 0), "async": ("async", 0),
+    "async+lookahead": ("async", LOOKAHEAD_STEPS),
+}
+IN_LOOP = ("sync", "async", "async+lookahead")
+REUSE_TOLERANCE = 0.05  # (b) reuses the (a) run when its step count is this close
+PLOTS = ("pa_mpjpe.png", "store_fits.png")
+
+
+@dataclass(frozen=True)
+class StudySize:
+    """Everything that differs between the smoke and the full study."""
+
+    synth: dict[str, int]  # samples per synthetic split
+    steps: int  # steps per mode in (a)
+    img_res: int
+    batch_size: int
+    iterations: int  # SMPLify Adam iterations per stage
+    sample_every_s: float  # store sampling period during training
+    shared_cache: bool  # synthetic data in the repo's .cache (reused across runs) rather than under OUT
+
+
+SIZES: dict[str, StudySize] = {
+    "smoke": StudySize({"synth-3d": 64, "synth-itw": 64, "synth-test": 32}, steps=6, img_res=64, batch_size=32,
+                       iterations=20, sample_every_s=1.0, shared_cache=False),
+    "full": StudySize({"synth-3d": 500, "synth-itw": 500, "synth-test": 200}, steps=250, img_res=96,
+                      batch_size=32, iterations=50, sample_every_s=10.0, shared_cache=True),
+}
+
+
+def log(text: str) -> None:
+    """One progress line."""
+    print(f"[fidelity {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# -- configs ----------------------------------------------------------------------------------------
+
+def study_config(size: StudySize, out: Path, url: str) -> RunConfig:
+    """configs/local.yaml at the study's size, on the study's Redis; the static-fit namespace."""
+    data = load_config(BASE_CONFIG).model_dump(mode="json")
+    data["name"] = "fidelity"
+    data["output_dir"] = str(out / "static-fits")
+    data["cache_dir"] = str(REPO / ".cache") if size.shared_cache else str(out / "cache")
+    data["store"].update(url=url, namespace="fidelity-static-fits")
+    data["synth"]["sizes"] = dict(size.synth)
+    data["data"]["img_res"] = size.img_res
+    data["fitting"].update(iterations_camera=size.iterations, iterations_body=size.iterations)
+    data["train"].update(steps=size.steps, batch_size=size.batch_size, report_images=0,
+                         init_store_from_static_fits=True)
+    return config_from_dict(data, "the fidelity study's config")
+
+
+def mode_config(study: RunConfig, part: str, label: str, steps: int, out: Path) -> RunConfig:
+    """The study config in one mode: its own namespace, output folder and trainer actor name."""
+    mode, lookahead = MODES[label]
+    slug = f"{part}-{label.replace('+', '-')}"
+    return study.model_copy(update={
+        "name": f"fidelity-{slug}",
+        "output_dir": out / "runs" / slug,
+        "store": study.store.model_copy(update={"namespace": f"fidelity-{slug}"}),
+        "train": study.train.model_copy(update={"mode": mode, "steps": steps}),
+        "pipeline": study.pipeline.model_copy(update={"lookahead_steps": lookahead}),
+    })
+
+
+# -- the fit store ----------------------------------------------------------------------------------
+
+def empty_store(cfg: RunConfig, body_hash: str):
+    """The config's namespace, emptied (left from an earlier run of the study into the same OUT)."""
+    from spin_ray.store.fit_store import FitStore
+
+    with FitStore.from_config(cfg.store, body_hash) as store:
+        store.drop()
+    return FitStore.from_config(cfg.store, body_hash)  # reopened: a dropped namespace refuses its old writers
+
+
+def static_fits_file(study: RunConfig, body_hash: str, out: Path) -> Path:
+    """Static fits of the mean pose for the training splits (run_training's initialiser), exported once."""
+    from spin_ray.body.body_model import BodyModel
+    from spin_ray.train.run import static_fits_init, training_data
+
+    train_set, _ = training_data(study)
+    with empty_store(study, body_hash) as store:
+        static_fits_init(study)(store, BodyModel.from_config(study.body), train_set.datasets)
+        return store.export_parquet(out / "static_fits.parquet")
+
+
+def seed_store(cfg: RunConfig, body_hash: str, fits: Path) -> None:
+    """A fresh namespace holding the study's static fits."""
+    with empty_store(cfg, body_hash) as store:
+        store.import_parquet(fits)
+
+
+def store_snapshot(store, samples: int, threshold: float) -> tuple[float, float]:
+    """Mean ranking error of synth-itw's stored fits, and the share of its samples with a valid fit."""
+    _, errors = store.all_errors(ITW)
+    if errors.size == 0:
+        return math.nan, 0.0
+    return float(errors.mean()), float((errors < threshold).sum()) / samples
+
+
+class StoreSampler(threading.Thread):
+    """Samples (trainer step, store mean error, valid share) every `every_s` while a run trains."""
+
+    def __init__(self, cfg: RunConfig, samples: int, every_s: float, label: str) -> None:
+        super().__init__(daemon=True)
+        self.cfg, self.samples, self.every_s, self.label = cfg, samples, every_s, label
+        self.points: list[tuple[int, float, float]] = []
+        self._done = threading.Event()
+        self._print_every = max(1, round(60.0 / every_s))
+
+    def stop(self) -> None:
+        """Stop sampling and wait for the thread."""
+        self._done.set()
+        self.join(timeout=30)
+
+    def _trainer_steps(self) -> int | None:
+        """Steps the run's trainer actor has done, or None if it is not (or no longer) there."""
+        import ray
+
+        from spin_ray.pipeline.trainer_actor import trainer_actor_name
+
+        try:
+            actor = ray.get_actor(trainer_actor_name(self.cfg.name), namespace=self.cfg.pipeline.ray_namespace)
+            return int(ray.get(actor.status.remote(), timeout=10)["steps_done"])
+        except Exception:  # not started yet, or finished: nothing to sample
+            return None
+
+    def run(self) -> None:
+        from spin_ray.store.fit_store import FitStore
+
+        with FitStore.from_config(self.cfg.store, None) as store:
+            while not self._done.wait(self.every_s):
+                steps = self._trainer_steps()
+                if steps is None:
+                    continue
+                error, valid = store_snapshot(store, self.samples, self.cfg.fitting.valid_error_threshold)
+                self.points.append((steps, error, valid))
+                if len(self.points) % self._print_every == 0:
+                    log(f"  {self.label}: step {steps}/{self.cfg.train.steps}, store error {error:.1f}, "
+                        f"valid {valid:.2f}")
+
+
+# -- runs -------------------------------------------------------------------------------------------
+
+def run_mode(cfg: RunConfig, part: str, label: str, size: StudySize, body_hash: str, fits: Path) -> dict:
+    """Train one mode to its steps (store seeded with the static fits); its row of the study."""
+    from spin_ray.launch import launch
+    from spin_ray.store.fit_store import FitStore
+
+    uses_store = cfg.train.mode != "2d"
+    samples, threshold = size.synth[ITW], cfg.fitting.valid_error_threshold
+    start = end = (math.nan, math.nan)
+    sampler = None
+    if uses_store:
+        seed_store(cfg, body_hash, fits)
+        with FitStore.from_config(cfg.store, None) as store:
+            start = store_snapshot(store, samples, threshold)
+        sampler = StoreSampler(cfg, samples, size.sample_every_s, f"({part}) {label}")
+        sampler.start()
+    log(f"({part}) {label}: {cfg.train.steps} steps, namespace {cfg.store.namespace}, output {cfg.output_dir}")
+    load = os.getloadavg()[0]
+    try:
+        summary = launch(cfg, progress=False)
+    finally:
+        if sampler is not None:
+            sampler.stop()
+    if uses_store:
+        with FitStore.from_config(cfg.store, None) as store:
+            end = store_snapshot(store, samples, threshold)
+    row = summary_row(summary, part, label, start, end, sampler.points if sampler else [])
+    row["load"] = [load, os.getloadavg()[0]]
+    log(f"({part}) {label}: {row['steps']} steps in {row['train_s']:.0f} s ({row['steps_per_s']:.3f}/s), "
+        f"PA-MPJPE {row['pa_mpjpe']:.1f} mm, MPJPE {row['mpjpe']:.1f} mm, store error "
+        f"{row['error_start']:.1f} -> {row['error_end']:.1f}, valid {row['valid_start']:.2f} -> {row['valid_end']:.2f}")
+    return row
+
+
+def summary_row(summary: dict, part: str, label: str, start: tuple[float, float], end: tuple[float, float],
+                points: list[tuple[int, float, float]]) -> dict:
+    """The numbers of one run that the study reports."""
+    evaluation, baseline = summary.get("evaluation") or {}, summary.get("baseline") or {}
+    pipeline = summary.get("pipeline") or {}
+    train_s = float(summary["train_seconds"])
+    return {
+        "part": part, "mode": label, "steps": int(summary["steps"]), "train_s": train_s,
+        "steps_per_s": summary["steps_run"] / train_s if train_s > 0 else math.nan,
+        "wall_s": float(summary.get("wall_s", math.nan)),
+        "mpjpe": float(evaluation.get("mpjpe_mm", math.nan)), "pa_mpjpe": float(evaluation.get("pa_mpjpe_mm", math.nan)),
+        "baseline_mpjpe": float(baseline.get("mpjpe_mm", math.nan)),
+        "baseline_pa_mpjpe": float(baseline.get("pa_mpjpe_mm", math.nan)),
+        "error_start": start[0], "error_end": end[0], "valid_start": start[1], "valid_end": end[1],
+        "loop_writes": int(summary.get("store", {}).get(ITW, {}).get("loop_writes", 0)),
+        "loop_fits_used": float((pipeline.get("reads") or {}).get("loop_fits_used", math.nan)),
+        "dropped": int((pipeline.get("pool") or {}).get("dropped", 0)),
+        "final_loss": float(summary.get("final_loss", math.nan)),
+        "curve": [[0, start[0], start[1]], *map(list, points), [int(summary["steps"]), end[0], end[1]]],
+        "reused": False,
+    }
+
+
+def equal_steps(study: RunConfig, size: StudySize, out: Path, body_hash: str, fits: Path, rows: list[dict],
+                done: Callable[[], None]) -> None:
+    """Part (a) into rows: every mode for size.steps steps; done() after each run."""
+    for label in MODES:
+        rows.append(run_mode(mode_config(study, "a", label, size.steps, out), "a", label, size, body_hash, fits))
+        done()
+
+
+def budget_plan(rows_a: list[dict]) -> tuple[float, dict[str, int]]:
+    """Part (b)'s budget (static's training seconds in (a)) and each mode's steps = budget x its steps/s."""
+    by_mode = {r["mode"]: r for r in rows_a}
+    budget = by_mode["static"]["train_s"]
+    return budget, {label: max(1, round(budget * r["steps_per_s"])) for label, r in by_mode.items()}
+
+
+def equal_time(study: RunConfig, size: StudySize, out: Path, body_hash: str, fits: Path,
+               rows_a: list[dict], rows: list[dict], done: Callable[[], None]) -> float:
+    """Part (b) into rows: every mode for the steps it does in static's training time; close counts reuse (a)."""
+    budget, plan = budget_plan(rows_a)
+    log(f"(b) budget {budget:.0f} s of training per mode: steps {plan}")
+    for row_a in rows_a:
+        label, steps = row_a["mode"], plan[row_a["mode"]]
+        if abs(steps - row_a["steps"]) <= REUSE_TOLERANCE * row_a["steps"]:
+            log(f"(b) {label}: {steps} steps is within {REUSE_TOLERANCE:.0%} of (a)'s {row_a['steps']}: reusing (a)")
+            rows.append({**row_a, "part": "b", "reused": True})
+        else:
+            rows.append(run_mode(mode_config(study, "b", label, steps, out), "b", label, size, body_hash, fits))
+        done()
+    return budget
+
+
+# -- the report -------------------------------------------------------------------------------------
+
+def num(value: float, digits: int = 1) -> str:
+    """A table cell: the number, or a dash where there is none."""
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "–"
+
+
+def arrow(start: float, end: float, digits: int) -> str:
+    """`start -> end` cell."""
+    return "–" if not math.isfinite(start) else f"{num(start, digits)} → {num(end, digits)}"
+
+
+TABLE_HEAD = ("| mode | steps | steps/s | training s | MPJPE mm | PA-MPJPE mm | store fit error (synth-itw) start → end "
+              "| valid fits start → end | loop improvements | loop fits read (async) | run |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+
+
+def table(rows: list[dict]) -> str:
+    """The Markdown table of one part, with the mean-pose baseline first."""
+    if not rows:
+        return "Not run."
+    base = rows[0]
+    lines = [TABLE_HEAD, f"| mean pose (untrained baseline) | 0 | – | – | {num(base['baseline_mpjpe'])} "
+                         f"| {num(base['baseline_pa_mpjpe'])} | – | – | – | – | – |"]
+    for r in rows:
+        where = "reused from (a)" if r["reused"] else f"own run ({r['part']})"
+        lines.append(
+            f"| {r['mode']} | {r['steps']} | {num(r['steps_per_s'], 3)} | {num(r['train_s'], 0)} | {num(r['mpjpe'])} "
+            f"| {num(r['pa_mpjpe'])} | {arrow(r['error_start'], r['error_end'], 1)} "
+            f"| {arrow(r['valid_start'], r['valid_end'], 3)} | {r['loop_writes'] if r['mode'] in IN_LOOP else '–'} "
+            f"| {num(r['loop_fits_used'], 0)} | {where} |")
+    return "\n".join(lines)
+
+
+def claims(rows_a: list[dict], rows_b: list[dict]) -> list[tuple[str, bool | None, str]]:
+    """The paper's claims on our numbers: (claim, held, evidence); held None where a run is missing."""
+    a = {r["mode"]: r for r in rows_a}
+    b = {r["mode"]: r for r in rows_b}
+    out = []
+    for claim, part, modes, check in claim_checks():
+        rows = a if part == "a" else b
+        if all(m in rows for m in modes):
+            held, evidence = check(*(rows[m] for m in modes))
+            out.append((claim, held, evidence))
+        else:
+            out.append((claim, None, "a run it compares did not finish"))
+    return out
+
+
+def _worse(worse: dict, better: dict) -> tuple[bool, str]:
+    return (worse["pa_mpjpe"] > better["pa_mpjpe"],
+            f"{worse['mode']} {num(worse['pa_mpjpe'])} mm vs {better['mode']} {num(better['pa_mpjpe'])} mm")
+
+
+def _within_3_percent(candidate: dict, sync: dict) -> tuple[bool, str]:
+    ratio = candidate["pa_mpjpe"] / sync["pa_mpjpe"]
+    return ratio <= 1.03, (f"{candidate['mode']} {num(candidate['pa_mpjpe'])} mm vs sync {num(sync['pa_mpjpe'])} mm "
+                           f"({100 * (ratio - 1):+.1f} %)")
+
+
+def _better_in_budget(candidate: dict, sync: dict) -> tuple[bool, str]:
+    return candidate["pa_mpjpe"] < sync["pa_mpjpe"], (
+        f"{candidate['mode']} {num(candidate['pa_mpjpe'])} mm in {candidate['steps']} steps vs sync "
+        f"{num(sync['pa_mpjpe'])} mm in {sync['steps']} steps")
+
+
+def _store_improves(r: dict) -> tuple[bool, str]:
+    return r["error_end"] < r["error_start"], (
+        f"{num(r['error_start'])} → {num(r['error_end'])} (valid {num(r['valid_start'], 3)} → "
+        f"{num(r['valid_end'], 3)}, {r['loop_writes']} loop improvements on synth-itw)")
+
+
+def claim_checks() -> list[tuple[str, str, tuple[str, ...], Callable[..., tuple[bool, str]]]]:
+    """(claim, part, modes it compares, check) for each of the issue's claims."""
+    checks = [
+        ("`2d` worse than `static` (PA-MPJPE, equal steps)", "a", ("2d", "static"), _worse),
+        ("`static` worse than `sync` (PA-MPJPE, equal steps)", "a", ("static", "sync"), _worse),
+    ]
+    for mode in ("async", "async+lookahead"):
+        checks.append((f"`{mode}` within 3 % of `sync` at equal steps", "a", (mode, "sync"), _within_3_percent))
+        checks.append((f"`{mode}` better than `sync` at equal wall-clock", "b", (mode, "sync"), _better_in_budget))
+    for mode in IN_LOOP:
+        checks.append((f"the store's mean fit error falls during `{mode}` training", "a", (mode,), _store_improves))
+    return checks
+
+
+def section(results: dict, with_plots: bool) -> str:
+    """The RESULTS.md section body: setup, both tables, the claims, the plots and the analysis."""
+    size, rows_a, rows_b = results["size"], results["rows_a"], results["rows_b"]
+    s = results["study"]
+    lines = [
+        results["machine"], f"Command: `{results['command']}` ({results['wall_s'] / 60:.0f} min in all).",
+        f"Size `{size}`: configs/local.yaml with {s['backbone']} @ {s['img_res']} px (random init), batch "
+        f"{s['batch_size']}, lr {s['lr']:g}, seed {s['seed']} for every mode; synthetic splits "
+        f"{s['synth']} (synth-3d has 3D and SMPL truth, synth-itw 2D keypoints only, synth-test held out); "
+        f"SMPLify {s['iterations']} + {s['iterations']} iterations; async: one fitter actor on the other core, "
+        f"lookahead {LOOKAHEAD_STEPS} steps. Every store-backed mode starts from the same static fits of the mean "
+        "pose. Store columns are over synth-itw, the split whose fits supervise (synth-3d uses its ground truth); "
+        f"valid = ranking error below {s['threshold']:g}. steps/s over the training loop only; the machine is "
+        "shared with other jobs, so steps/s (and part (b)'s step counts) carry their load.",
+        *([] if results.get("complete", True) else
+          ["", "**Incomplete: the study was stopped before every run finished; missing runs are left out.**"]),
+        "", f"### (a) Equal steps ({s['steps']} per mode)", "", table(rows_a), "",
+        f"### (b) Equal wall-clock: {results['budget_s']:.0f} s of training per mode", "",
+        "The budget is the training time of `static` in (a); each mode trains for budget x its steps/s from (a) "
+        f"(no wall-clock stop); a mode within {REUSE_TOLERANCE:.0%} of its (a) step count reuses its (a) run.", "",
+        table(rows_b), "", "### The paper's claims on this benchmark", "",
+    ]
+    verdicts = {True: "held", False: "**did not hold**", None: "not measured"}
+    lines += [f"- {verdicts[held]}: {claim}: {evidence}." for claim, held, evidence in claims(rows_a, rows_b)]
+    if with_plots:
+        lines += ["", "![PA-MPJPE per mode](fidelity/pa_mpjpe.png)", "",
+                  "![store fit error and valid fits over training](fidelity/store_fits.png)"]
+    analysis = HERE / "ANALYSIS.md"
+    if size == "full" and analysis.is_file():
+        lines += ["", "### Analysis", "", analysis.read_text().strip()]
+    return "\n".join(lines)
+
+
+def plot_pa_mpjpe(rows_a: list[dict], rows_b: list[dict], path: Path) -> None:
+    """Bars: held-out PA-MPJPE per mode at equal steps and equal wall-clock; the mean pose as a line."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = list(MODES)
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for offset, rows, name in ((-0.2, rows_a, "equal steps"), (0.2, rows_b, "equal wall-clock")):
+        by_mode = {r["mode"]: r["pa_mpjpe"] for r in rows}
+        bars = ax.bar(x + offset, [by_mode.get(m, math.nan) for m in labels], width=0.4, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    if rows_a:
+        ax.axhline(rows_a[0]["baseline_pa_mpjpe"], color="grey", linestyle="--", label="mean pose")
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("held-out PA-MPJPE (mm)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_store(rows_a: list[dict], path: Path) -> None:
+    """The store's mean fit error and valid share on synth-itw over training steps, per store-backed mode."""
+    import matplotlib.pyplot as plt
+
+    fig, (err_ax, valid_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for r in rows_a:
+        if not math.isfinite(r["error_start"]):
+            continue
+        steps, errors, valid = zip(*r["curve"])
+        err_ax.plot(steps, errors, label=r["mode"])
+        valid_ax.plot(steps, valid, label=r["mode"])
+    err_ax.set(xlabel="trainer step", ylabel="mean ranking error", title="store fit error (synth-itw)")
+    valid_ax.set(xlabel="trainer step", ylabel="share of samples", title="valid fits (synth-itw)")
+    err_ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def render(results: dict, out: Path, write_results: bool) -> str:
+    """Plots and the section into OUT; with write_results also RESULTS.md and benchmarks/fidelity/*.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    plot_pa_mpjpe(results["rows_a"], results["rows_b"], out / PLOTS[0])
+    plot_store(results["rows_a"], out / PLOTS[1])
+    text = section(results, with_plots=write_results)
+    (out / "section.md").write_text(f"{SECTION}\n\n{text}\n")
+    if write_results:
+        for name in PLOTS:
+            shutil.copyfile(out / name, HERE / name)
+        write_section(SECTION, text, RESULTS)
+    return text
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def study_facts(study: RunConfig, size: StudySize) -> dict:
+    """The settings the report names."""
+    return {"steps": size.steps, "backbone": study.network.backbone, "img_res": study.data.img_res,
+            "batch_size": study.train.batch_size,
+            "lr": study.train.lr, "seed": study.seed, "synth": dict(size.synth), "iterations": size.iterations,
+            "threshold": study.fitting.valid_error_threshold}
+
+
+def run_study(size_name: str, size: StudySize, out: Path, budget: bool, command: str) -> dict:
+    """Both parts on one Ray and one embedded Redis; the results (also written to OUT/results.json)."""
+    import ray
+    import torch
+
+    from spin_ray.body.body_model import BodyModel
+    from spin_ray.launch import prepare_data
+    from spin_ray.store.server import EmbeddedRedis
+
+    started = time.monotonic()
+    torch.set_num_threads(1)  # the driver's static fits: one thread is the fastest (shared/FACTS.md)
+    with EmbeddedRedis(out / "redis") as server:
+        study = study_config(size, out, server.url)
+        results = {"size": size_name, "command": command, "study": study_facts(study, size), "budget_s": math.nan,
+                   "rows_a": [], "rows_b": [], "complete": False}
+
+        def save() -> None:  # after every run: a study stopped early still reports what finished
+            results.update(machine=machine_line(), wall_s=time.monotonic() - started)
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+
+        log(f"size {size_name}: data {dict(size.synth)}, {size.steps} steps per mode, output {out}")
+        prepare_data(study, progress=False)
+        body_hash = BodyModel.from_config(study.body).identity
+        fits = static_fits_file(study, body_hash, out)
+        log(f"static fits of the mean pose ready ({time.monotonic() - started:.0f} s)")
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=256 * 2**20,
+                 log_to_driver=False, configure_logging=False)
+        try:
+            equal_steps(study, size, out, body_hash, fits, results["rows_a"], save)
+            if budget:
+                results["budget_s"] = equal_time(study, size, out, body_hash, fits, results["rows_a"],
+                                                 results["rows_b"], save)
+        finally:
+            ray.shutdown()
+    results["complete"] = True
+    save()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run (or re-render) the study and print its section."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), required=True, help="smoke: minutes; full: the recorded study")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default outputs/fidelity-SIZE)")
+    parser.add_argument("--write-results", action="store_true",
+                        help="write the section of benchmarks/RESULTS.md and the PNGs in benchmarks/fidelity/")
+    parser.add_argument("--steps", type=int, default=None, help="override the steps per mode of (a) (timing probes)")
+    parser.add_argument("--no-budget", action="store_true", help="skip part (b) (timing probes)")
+    parser.add_argument("--report-only", action="store_true", help="re-render OUT/results.json without training")
+    args = parser.parse_args(argv)
+    out = (args.out or REPO / "outputs" / f"fidelity-{args.size}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    size = SIZES[args.size] if args.steps is None else replace(SIZES[args.size], steps=args.steps)
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())
+    else:
+        command = shlex.join(["python", "benchmarks/fidelity/run.py", *(argv if argv is not None else sys.argv[1:])])
+        results = run_study(args.size, size, out, not args.no_budget, command)
+    print(f"{SECTION}\n\n{render(results, out, args.write_results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
