@@ -7,6 +7,7 @@ with declared GPUs), and this pytest process may already hold the session's loca
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -132,3 +133,31 @@ def test_autoscaler_adds_and_removes_gpu_nodes_and_no_fit_is_lost_when_a_node_di
     # Nodes fall once the pool shrinks: idle GPU nodes are removed.
     assert max(counts) >= 2
     assert result["nodes_after_shrink"] <= 1 < result["nodes_peak"]
+
+
+def _check_load(result: dict, fitters: int) -> None:
+    assert result["fitters"] == fitters and result["lost"] == 0 and result["dropped"] == 0
+    # The stream stays within its bound (2 per fitter) and the trainer keeps it full.
+    assert result["in_flight_bound"] == 2 * fitters
+    assert result["peak_in_flight"] <= result["in_flight_bound"]
+    assert result["in_flight_max_sampled"] <= result["in_flight_bound"]
+    assert result["in_flight_mean"] >= 0.5 * result["in_flight_bound"]
+    # The store writes what the trainer asks for, and that is the cost model's demand (within 10 %).
+    context = f"(1-min load average {result['load_average']:.1f} on {os.cpu_count()} cores): {result}"
+    assert 0.9 <= result["offered_ratio"] <= 1.1, f"the store fell behind the trainer's demand {context}"
+    assert 0.9 <= result["write_ratio"] <= 1.1, f"store writes/s off the cost model's demand {context}"
+    assert result["read_p50_ms"] < 50, f"trainer fit reads slow {context}"
+
+
+def test_cost_model_run_with_8_fitters_meets_demand_within_its_in_flight_bound(tmp_path):
+    results = _run_child("spin_ray.scale.load_run", ["--fitters", "8", "--warmup", "5", "--seconds", "10"],
+                         tmp_path / "load.json")
+    _check_load(results[0], 8)
+
+
+@pytest.mark.slow
+def test_cost_model_run_with_64_fitters_meets_demand_within_its_in_flight_bound(tmp_path):
+    """The issue's check: 64 stand-ins (16 declared GPUs) on one store and one trainer; ~2 minutes."""
+    results = _run_child("spin_ray.scale.load_run", ["--fitters", "64", "--warmup", "10", "--seconds", "20"],
+                         tmp_path / "load.json")
+    _check_load(results[0], 64)
