@@ -263,14 +263,23 @@ def test_cli_gallery_filter_exclude_and_export_with_paths(store, toy, tmp_path, 
     assert "--data toy=NPZ[:IMAGE_ROOT]" in capsys.readouterr().err
 
 
-def test_cli_checkpoint_hook_says_when_predictions_are_unavailable(store, toy, tmp_path, capsys):
-    import spin_ray.train.checkpoint as checkpoint_module
+def test_cli_gallery_shows_a_checkpoints_prediction_beside_the_fit(store, toy, tmp_path, capsys):
+    from spin_ray.config import RunConfig
+    from spin_ray.model.hmr import HMR
+    from spin_ray.train.checkpoint import save_checkpoint
 
-    if hasattr(checkpoint_module, "load_predictor"):
-        pytest.skip("spin_ray.train.checkpoint.load_predictor exists: predictions are available")
-    code = main(["store", "gallery", *_store_args(store), "--out", str(tmp_path), "--checkpoint", str(tmp_path / "c.pt")])
-    assert code == 1
-    assert "not available yet" in capsys.readouterr().err
+    cfg = RunConfig.model_validate({"data": {"img_res": 64}})
+    model = HMR.from_config(cfg.network, cfg.body.num_betas)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", {"model": model.state_dict(),
+                                                          "config": cfg.model_dump(mode="json")})
+    out = tmp_path / "gallery"
+    data_flag = f"toy={toy['npz']}:{toy['root']}"
+    assert main(["store", "gallery", *_store_args(store), "--worst", "2", "--out", str(out), "--data", data_flag,
+                 "--checkpoint", str(checkpoint)]) == 0
+    assert len(list((out / "images").glob("*_pred.jpg"))) == 2
+    assert main(["store", "gallery", *_store_args(store), "--out", str(tmp_path / "g2"),
+                 "--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert "missing.pt" in capsys.readouterr().err
 
 
 # -- the page in headless Chromium ------------------------------------------------------------------

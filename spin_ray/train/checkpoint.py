@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from spin_ray.body.body_model import BodyModel
-from spin_ray.config import RunConfig, config_from_dict
+from spin_ray.config import CameraConfig, RunConfig, config_from_dict
 from spin_ray.errors import ConfigError, ModelError
 from spin_ray.model.hmr import HMR
 
@@ -120,3 +120,30 @@ def load_regressor(path: str | Path) -> tuple[HMR, RunConfig, BodyModel]:
     except RuntimeError as err:
         raise ModelError(f"{path}: the saved weights do not fit the network of its own config: {err}") from None
     return model.eval(), cfg, body
+
+
+def load_predictor(path: str | Path, camera: CameraConfig):
+    """A function from RGB crops (N,S,S,3) uint8 to the checkpoint's prediction: pose (N,72), betas, camera_t (N,3).
+
+    Crops of any size are resized to the network's input size; camera_t is the translation of the
+    crop camera (focal length and crop size from `camera`), as the gallery and the store use.
+    """
+    import cv2
+
+    from spin_ray.data.dataset import normalise_crop
+    from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
+
+    model, cfg, _ = load_regressor(path)
+    res = cfg.data.img_res
+
+    def predict(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if crops.ndim != 4 or crops.shape[-1] != 3:
+            raise ModelError(f"predictor takes RGB crops (N, S, S, 3), got {crops.shape}")
+        batch = torch.stack([normalise_crop(cv2.resize(c, (res, res), interpolation=cv2.INTER_AREA)) for c in crops])
+        with torch.no_grad():
+            out = model(batch)
+        pose = matrix_to_axis_angle(out.rotmat).reshape(len(crops), -1)
+        camera_t = weak_perspective_to_translation(out.camera, camera.focal_length, camera.crop_size)
+        return pose.numpy(), out.betas.numpy(), camera_t.numpy()
+
+    return predict
