@@ -22,6 +22,7 @@ benchmarks/RESULTS.md and copies the PNGs to benchmarks/fidelity/.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -50,7 +51,8 @@ MODES: dict[str, tuple[str, int]] = {  # label: (train.mode, pipeline.lookahead_
     "async+lookahead": ("async", LOOKAHEAD_STEPS),
 }
 IN_LOOP = ("sync", "async", "async+lookahead")
-REUSE_TOLERANCE = 0.05  # (b) reuses the (a) run when its step count is this close
+REUSE_TOLERANCE = 0.05
+RUN_ATTEMPTS = 3  # (b) reuses the (a) run when its step count is this close
 PLOTS = ("pa_mpjpe.png", "store_fits.png")
 
 
@@ -70,7 +72,7 @@ class StudySize:
 SIZES: dict[str, StudySize] = {
     "smoke": StudySize({"synth-3d": 64, "synth-itw": 64, "synth-test": 32}, steps=6, img_res=64, batch_size=32,
                        iterations=20, sample_every_s=1.0, shared_cache=False),
-    "full": StudySize({"synth-3d": 500, "synth-itw": 500, "synth-test": 200}, steps=250, img_res=96,
+    "full": StudySize({"synth-3d": 500, "synth-itw": 500, "synth-test": 200}, steps=200, img_res=96,
                       batch_size=32, iterations=50, sample_every_s=10.0, shared_cache=True),
 }
 
@@ -122,14 +124,20 @@ def empty_store(cfg: RunConfig, body_hash: str):
 
 
 def static_fits_file(study: RunConfig, body_hash: str, out: Path) -> Path:
-    """Static fits of the mean pose for the training splits (run_training's initialiser), exported once."""
+    """Static fits of the mean pose for the training splits (run_training's initialiser), exported once
+    (kept in OUT under the data's settings hash and the SMPLify settings, and reused by a rerun)."""
     from spin_ray.body.body_model import BodyModel
+    from spin_ray.data.synth import settings_hash
     from spin_ray.train.run import static_fits_init, training_data
 
+    fitting = hashlib.sha256(study.fitting.model_dump_json().encode()).hexdigest()[:8]
+    path = out / f"static_fits-{settings_hash(study, body_hash)}-{fitting}.parquet"
+    if path.is_file():
+        return path
     train_set, _ = training_data(study)
     with empty_store(study, body_hash) as store:
         static_fits_init(study)(store, BodyModel.from_config(study.body), train_set.datasets)
-        return store.export_parquet(out / "static_fits.parquet")
+        return store.export_parquet(path)
 
 
 def seed_store(cfg: RunConfig, body_hash: str, fits: Path) -> None:
@@ -190,7 +198,35 @@ class StoreSampler(threading.Thread):
 
 # -- runs -------------------------------------------------------------------------------------------
 
+def start_ray() -> None:
+    """The study's local Ray: this machine's cores, a small object store."""
+    import ray
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=256 * 2**20,
+             log_to_driver=False, configure_logging=False)
+
+
 def run_mode(cfg: RunConfig, part: str, label: str, size: StudySize, body_hash: str, fits: Path) -> dict:
+    """Train one mode; a run whose Ray processes die under it (other jobs on a shared machine run `ray stop`)
+    is run again from the start on a fresh local Ray, up to RUN_ATTEMPTS times."""
+    import ray
+
+    from spin_ray.errors import PipelineError
+
+    for attempt in range(1, RUN_ATTEMPTS + 1):
+        try:
+            return train_mode(cfg, part, label, size, body_hash, fits)
+        except (PipelineError, ray.exceptions.RayError) as err:
+            if attempt == RUN_ATTEMPTS:
+                raise
+            log(f"({part}) {label}: attempt {attempt} failed ({str(err).strip().splitlines()[-1][:200]}); "
+                "restarting Ray and the run")
+            ray.shutdown()
+            start_ray()
+    raise AssertionError("unreachable")
+
+
+def train_mode(cfg: RunConfig, part: str, label: str, size: StudySize, body_hash: str, fits: Path) -> dict:
     """Train one mode to its steps (store seeded with the static fits); its row of the study."""
     from spin_ray.launch import launch
     from spin_ray.store.fit_store import FitStore
@@ -488,8 +524,7 @@ def run_study(size_name: str, size: StudySize, out: Path, budget: bool, command:
         body_hash = BodyModel.from_config(study.body).identity
         fits = static_fits_file(study, body_hash, out)
         log(f"static fits of the mean pose ready ({time.monotonic() - started:.0f} s)")
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=256 * 2**20,
-                 log_to_driver=False, configure_logging=False)
+        start_ray()
         try:
             equal_steps(study, size, out, body_hash, fits, results["rows_a"], save)
             if budget:
