@@ -13,6 +13,7 @@ from spin_ray.errors import InputError, ModelError
 from spin_ray.geometry import rot6d_to_matrix
 from spin_ray.model.backbone import build_backbone
 from spin_ray.model.mean_params import MeanParams, mean_params_from_path
+from spin_ray.model.norm import freeze_batchnorm
 
 POSE_6D_SIZE = 6 * NUM_SMPL_JOINTS
 HIDDEN_SIZE = 1024
@@ -68,13 +69,14 @@ class HMR(torch.nn.Module):
     @classmethod
     def from_config(cls, cfg: NetworkConfig, num_betas: int = 10) -> HMR:
         """The regressor a run config asks for."""
-        return cls(
+        model = cls(
             mean_params_from_path(cfg.mean_params_path, num_betas),
             backbone=cfg.backbone,
             pretrained_path=cfg.pretrained_path,
             ief_iterations=cfg.ief_iterations,
             dropout=cfg.dropout,
         )
+        return freeze_batchnorm(model) if cfg.freeze_batchnorm else model
 
     def forward(self, images: torch.Tensor) -> HMROutput:
         """Regress SMPL parameters and camera from normalised images (B, 3, H, W)."""

@@ -23,27 +23,34 @@ def _seed(*words: int) -> int:
 
 
 class StreamSampler(Sampler):
-    """Endless stream of (row, item seed) starting at stream position `start`."""
+    """Endless stream of (row, item seed) starting at stream position `start`.
 
-    def __init__(self, size: int, seed: int, start: int = 0) -> None:
+    With world > 1 it is data-parallel worker `rank`'s shard: positions start + rank, start + rank +
+    world, ..., so the workers' batches of one step together hold the items one worker would take.
+    """
+
+    def __init__(self, size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> None:
         if size <= 0:
             raise DataError(f"cannot sample from an empty dataset (size {size})")
         if start < 0:
             raise DataError(f"stream start must be >= 0, got {start}")
+        if world < 1 or not 0 <= rank < world:
+            raise DataError(f"worker rank {rank} of {world}: need world >= 1 and 0 <= rank < world")
         self.size, self.seed, self.start = int(size), int(seed), int(start)
+        self.rank, self.world = int(rank), int(world)
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """Row order of one epoch."""
         return torch.randperm(self.size, generator=torch.Generator().manual_seed(_seed(self.seed, 0, epoch)))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        position = self.start
+        position = self.start + self.rank
         while True:
             epoch, offset = divmod(position, self.size)
             order = self.permutation(epoch)
-            for row in order[offset:].tolist():
+            for row in order[offset::self.world].tolist():
                 yield row, _seed(self.seed, 1, position)
-                position += 1
+                position += self.world
 
 
 class SeededItems(Dataset):
@@ -63,12 +70,16 @@ class SeededItems(Dataset):
             return self.dataset[row]
 
 
-def make_train_loader(dataset: Dataset, batch_size: int, seed: int, start: int = 0, num_workers: int = 0) -> DataLoader:
-    """Endless batches of dataset, resumable at stream position `start` (items consumed so far)."""
+def make_train_loader(dataset: Dataset, batch_size: int, seed: int, start: int = 0, num_workers: int = 0,
+                      rank: int = 0, world: int = 1) -> DataLoader:
+    """Endless batches of dataset, resumable at stream position `start` (items consumed so far, all workers).
+
+    rank/world: data-parallel worker rank's shard of the stream (every world-th item from start + rank).
+    """
     return DataLoader(
         SeededItems(dataset),
         batch_size=batch_size,
-        sampler=StreamSampler(len(dataset), seed, start),
+        sampler=StreamSampler(len(dataset), seed, start, rank, world),
         num_workers=num_workers,
         drop_last=True,
         persistent_workers=num_workers > 0,

@@ -98,6 +98,11 @@ class Trainer:
         self.samples_consumed = 0  # stream position of the data: items taken from the loader
         self.nan_skipped = 0
         self.history: list[StepMetrics] = []
+        # Data-parallel hooks (spin_ray.pipeline.train_workers): each worker takes every
+        # stream_stride-th stream item, so a batch of b advances the stream by b * stream_stride;
+        # checkpoint_hook, if set, replaces fit_loop's own save() (rank 0 reports to Ray Train).
+        self.stream_stride = 1
+        self.checkpoint_hook: Callable[[Trainer], None] | None = None
 
     # -- identity and checkpoints ---------------------------------------------------------------
 
@@ -107,6 +112,15 @@ class Trainer:
         return run_identity(self.cfg, self.body.identity)
 
     @property
+    def network(self) -> HMR:
+        """The bare regressor, also when wrap_model put it inside a wrapper (DistributedDataParallel)."""
+        return getattr(self.model, "module", self.model)
+
+    def wrap_model(self, wrap: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
+        """Train through wrap(model) (e.g. DistributedDataParallel); the optimiser and checkpoints keep the bare weights."""
+        self.model = wrap(self.model)
+
+    @property
     def checkpoint_path(self) -> Path:
         """Where fit_loop writes its checkpoints."""
         return self.output_dir / "checkpoints" / "last.pt"
@@ -114,7 +128,7 @@ class Trainer:
     def save(self, path: str | Path | None = None) -> Path:
         """Write a checkpoint (atomically) with every state needed to continue exactly."""
         return save_checkpoint(path or self.checkpoint_path, {
-            "model": self.model.state_dict(),
+            "model": self.network.state_dict(),
             "optimiser": self.optimiser.state_dict(),
             "step": self.step,
             "samples_consumed": self.samples_consumed,
@@ -256,7 +270,7 @@ class Trainer:
             for i in range(steps):
                 if batch is None:
                     raise DataError(f"the loader ran out of batches after {i} of {steps} steps")
-                self.samples_consumed += len(batch["index"])
+                self.samples_consumed += len(batch["index"]) * self.stream_stride
                 while len(window) < max(1, lookahead) and i + 1 + len(window) < steps:
                     upcoming = next(iterator, None)
                     if upcoming is None:
@@ -282,13 +296,20 @@ class Trainer:
                         for name, value in metrics.scalars().items():
                             writer.add_scalar(f"train/{name}", value, self.step)
                 if self.step % self.cfg.train.checkpoint_every == 0:
-                    self.save()
+                    self._checkpoint()
         finally:
             bar.close()
             if writer is not None:
                 writer.close()
-        self.save()
+        self._checkpoint()
         return done
+
+    def _checkpoint(self) -> None:
+        """fit_loop's periodic and final checkpoint: the hook if one is set, else save()."""
+        if self.checkpoint_hook is not None:
+            self.checkpoint_hook(self)
+        else:
+            self.save()
 
     def _tensorboard(self):
         """A SummaryWriter under output_dir/tensorboard, or None (with a warning) without tensorboard."""
