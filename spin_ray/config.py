@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spin_ray.errors import ConfigError
 
@@ -95,8 +95,16 @@ class PipelineConfig(Section):
     )
     startup_timeout_s: float = Field(300.0, gt=0, description="wait this long for new fitters to answer a ping")
     metrics_window_s: float = Field(30.0, gt=0, description="seconds of recent results behind fits/s and mean error")
-    trainer_num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves for the trainer actor")
-    trainer_num_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves for the trainer actor (1 on a GPU node)")
+    trainer_num_cpus: float = Field(
+        1.0, ge=0, description="CPUs Ray reserves for the trainer actor (each trainer worker when train.workers > 1)"
+    )
+    trainer_num_gpus: float = Field(
+        0.0, ge=0, description="GPUs Ray reserves for the trainer actor (each trainer worker when train.workers > 1)"
+    )
+    submits_in_transit: int = Field(
+        2, ge=1, description="train.workers > 1: a worker's submits on their way to the shared pool service; "
+        "beyond this, submit drops (busy_policy drop) or waits (block)"
+    )
     lookahead_steps: int = Field(
         0, ge=0, description="async: fit each batch from predictions made this many steps before it trains (0: off)"
     )
@@ -155,6 +163,10 @@ class NetworkConfig(Section):
     )
     ief_iterations: int = Field(3, ge=1, description="iterative error feedback steps of the regressor head")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout after each hidden layer of the regressor head")
+    freeze_batchnorm: bool = Field(
+        False, description="BatchNorm normalises with its running statistics (kept fixed) instead of the batch's, "
+        "so a step does not depend on how its batch is split over data-parallel workers; for a pretrained backbone"
+    )
 
 
 class LossConfig(Section):
@@ -188,6 +200,25 @@ class TrainConfig(Section):
     )
     report_images: int = Field(8, ge=0, description="held-out images with mesh overlays in the end-of-run report")
     loss: LossConfig = Field(default_factory=LossConfig)
+    workers: int = Field(
+        1, ge=1, description="data-parallel trainer workers on Ray Train (DDP), each taking batch_size / workers "
+        "of every step's batch; 1 runs the single trainer actor"
+    )
+    max_failures: int = Field(
+        3, ge=-1, description="workers > 1: times Ray Train restarts the workers from the last checkpoint after one "
+        "fails (-1: always)"
+    )
+    sync_batchnorm: bool = Field(
+        True, description="workers > 1 on GPUs: BatchNorm statistics over the whole step's batch (SyncBatchNorm); "
+        "CPU workers keep per-worker statistics (torch has no CPU SyncBatchNorm)"
+    )
+
+    @model_validator(mode="after")
+    def _batch_splits_over_workers(self) -> TrainConfig:
+        if self.batch_size % self.workers:
+            raise ValueError(f"batch_size {self.batch_size} does not split evenly over {self.workers} workers; "
+                             "use a multiple of train.workers")
+        return self
 
 
 SYNTH_SPLITS: tuple[str, ...] = ("synth-3d", "synth-itw", "synth-test")
