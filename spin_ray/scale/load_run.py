@@ -43,6 +43,7 @@ class LoadResult:
 
     fitters: int
     gpus: float
+    gpu_s_per_batch: float  # the cost model's GPU-seconds per batch on a whole GPU
     seconds_per_request: float
     batch: int
     expected_writes_per_s: float
@@ -62,6 +63,8 @@ class LoadResult:
     request_bytes: int
     object_store_mb_per_s: float  # request payload the trainer hands to Ray per second
     redis_cpu_per_write_us: float  # redis-server CPU time per keep-best write (nan: server not ours)
+    trainer_cpu_ms_per_step: float  # this process's CPU per step: fit read, request build, submit, collect
+    fitter_cpu_ms_per_request: float  # a stand-in's CPU per request: unpickle, keep-best writes (mean)
     completed: int
     lost: int
     dropped: int
@@ -104,7 +107,8 @@ def run_load(pool: StandinPool, store: FitStore, config: RunConfig, warmup_s: fl
     rng = np.random.default_rng(0)
     # One set of arrays reused for every step: the trainer's forward pass is not what is measured.
     pose, betas = rng.normal(0, 0.2, (batch, 72)), rng.normal(0, 1, (batch, 10))
-    camera_t, keypoints, aug = np.tile([0.0, 0.0, 40.0], (batch, 1)), rng.uniform(-1, 1, (batch, 49, 3)), np.zeros((batch, 6))
+    camera_t, aug = np.tile([0.0, 0.0, 40.0], (batch, 1)), np.zeros((batch, 6))
+    keypoints = rng.uniform(-1, 1, (batch, 49, 3))
     reads, waits, in_flight = [], [], []
     step, cursor = 0, 0
     start = time.monotonic()
@@ -113,10 +117,12 @@ def run_load(pool: StandinPool, store: FitStore, config: RunConfig, warmup_s: fl
     writes0 = steps0 = redis_cpu0 = None
     next_metrics = start
     request_bytes = 0
+    fitter_cpu: list[float] = []
     while True:
         now = time.monotonic()
         if writes0 is None and now >= window_start:
             writes0, steps0, redis_cpu0, t0 = _store_writes(store), step, _cpu_s(redis_pid), now
+            trainer_cpu0 = time.process_time()
         if now >= end:
             break
         rows = (np.arange(cursor, cursor + batch)) % dataset_size
@@ -133,13 +139,14 @@ def run_load(pool: StandinPool, store: FitStore, config: RunConfig, warmup_s: fl
             reads.append(read_s)
             waits.append(wait_s)
         if now >= next_metrics:
-            pool.poll()  # hands back reports (submit collects finished requests itself)
+            # Hands back reports (submit collects finished requests itself).
+            fitter_cpu += [r.cpu_s for r in pool.poll() if writes0 is not None]
             m = pool.metrics()
             if writes0 is not None:
                 in_flight.append(m.in_flight)
             next_metrics = now + METRICS_EVERY_S
         step += 1
-    t1 = time.monotonic()
+    t1, trainer_cpu1 = time.monotonic(), time.process_time()
     writes1, redis_cpu1 = _store_writes(store), _cpu_s(redis_pid)
     pool.drain(120.0)
     metrics = pool.metrics()
@@ -153,6 +160,7 @@ def run_load(pool: StandinPool, store: FitStore, config: RunConfig, warmup_s: fl
     return LoadResult(
         fitters=config.pipeline.num_fitters,
         gpus=config.pipeline.num_fitters * share,
+        gpu_s_per_batch=config.pipeline.standin_gpu_s_per_batch,
         seconds_per_request=seconds_per_request,
         batch=batch,
         expected_writes_per_s=expected,
@@ -172,6 +180,8 @@ def run_load(pool: StandinPool, store: FitStore, config: RunConfig, warmup_s: fl
         request_bytes=request_bytes,
         object_store_mb_per_s=steps_per_s * request_bytes / 1e6,
         redis_cpu_per_write_us=(redis_cpu1 - redis_cpu0) / max(writes1 - writes0, 1) * 1e6,
+        trainer_cpu_ms_per_step=(trainer_cpu1 - trainer_cpu0) / max(step - steps0, 1) * 1e3,
+        fitter_cpu_ms_per_request=float(np.mean(fitter_cpu)) * 1e3 if fitter_cpu else float("nan"),
         completed=metrics.completed,
         lost=metrics.lost,
         dropped=metrics.dropped,
@@ -195,8 +205,9 @@ def measure(fitters: int, fitter_num_gpus: float, batch: int, warmup_s: float, w
         try:
             url = server.url if server is not None else redis_url
             store = FitStore.open(url, f"load-{fitters}-{int(time.time())}", body_model_hash=BODY_HASH)
-            ray.init(num_cpus=2, num_gpus=gpus, include_dashboard=False, object_store_memory=256 * 2**20,
-                     log_to_driver=False, configure_logging=False)
+            # "local": never join a cluster that someone else started with `ray start` on this machine.
+            ray.init(address="local", num_cpus=2, num_gpus=gpus, include_dashboard=False,
+                     object_store_memory=256 * 2**20, log_to_driver=False, configure_logging=False)
             try:
                 tic = time.monotonic()
                 pool = StandinPool(config, store.address, name=f"load{fitters}")
