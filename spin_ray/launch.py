@@ -170,7 +170,12 @@ def launch(cfg: RunConfig, resume: Path | None = None, progress: bool = True) ->
     prepare_data(cfg, progress)
     started = time.monotonic()
     with store_url(cfg) as run_cfg, ray_session(run_cfg):
-        summary = run_on_ray(run_cfg, resume, progress)
+        if run_cfg.train.workers > 1:  # data-parallel trainers on Ray Train, one shared fitter pool
+            from spin_ray.pipeline.train_workers import run_train_workers
+
+            summary = run_train_workers(run_cfg, resume, progress)
+        else:
+            summary = run_on_ray(run_cfg, resume, progress)
     summary["wall_s"] = time.monotonic() - started
     (output_dir / "launch_summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
