@@ -190,3 +190,23 @@ def test_killed_worker_restarts_from_the_last_checkpoint(tmp_path, tiny_spin_dat
     payload = load_checkpoint(Path(cfg.output_dir) / "checkpoints" / "last.pt")
     assert payload["step"] == 24 and payload["samples_consumed"] == 24 * 8
     FitStore.open(redis_server.url, cfg.store.namespace).drop()
+
+
+def test_cluster_config_places_its_trainer_workers_and_fitters_on_the_gpu_nodes():
+    import yaml
+
+    from spin_ray.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "cluster.yaml")
+    cluster = yaml.safe_load((root / "deploy" / "ray-cluster.yaml").read_text())
+    assert cfg.train.workers > 1 and cfg.pipeline.trainer_num_gpus == 1 and cfg.device.startswith("cuda")
+    assert cfg.train.batch_size % cfg.train.workers == 0
+    nodes = [t for t in cluster["available_node_types"].values() if t["resources"].get("GPU", 0) >= 1]
+    gpus_per_node = max(t["resources"]["GPU"] for t in nodes)
+    node_cpus = max(t["resources"]["CPU"] for t in nodes)
+    assert cfg.pipeline.trainer_num_cpus <= node_cpus
+    trainer_nodes = cfg.train.workers * cfg.pipeline.trainer_num_gpus / gpus_per_node
+    fitters_per_node = min(gpus_per_node // cfg.pipeline.fitter_num_gpus, node_cpus // cfg.pipeline.fitter_num_cpus)
+    fitter_nodes = -(-cfg.pipeline.num_fitters // fitters_per_node)
+    assert trainer_nodes + fitter_nodes <= sum(t["max_workers"] for t in nodes) <= cluster["max_workers"]
