@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spin-ray-installed
 
-.PHONY: setup run test bench clean-venv image
+.PHONY: setup run test test-slow bench clean-venv image
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (spin-ray targets Python 3.11)"; exit 1; }
@@ -23,6 +23,10 @@ run: setup
 test: setup
 	@SPIN_RAY_TEST_BROWSER=1 bash scripts/system-deps.sh
 	$(PY) -m pytest -q
+
+# The long end-to-end checks (per-mode learning, the fidelity smoke study, 64 simulated fitters).
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 clean-venv:
 	rm -rf $(VENV)
