@@ -7,7 +7,8 @@ trainer's prediction, ranked by an error that falls with the trainer step, so a 
 step always improves the stored record: every sample fitted is a store write (the store's worst case).
 
 This module must not import torch (directly or through `spin_ray.pipeline.requests`): a stand-in
-process then costs ~60 MB instead of ~300 MB, which is what lets 64 of them run on one small machine.
+process then costs ~70 MB of private memory instead of ~300 MB, which is what lets 64 of them run on one
+small machine.
 Requests reach it in a wire form (`request_to_wire`/`request_from_wire`, registered as Ray's
 serializer for `FitRequest` by `StandinPool`); a process that has imported the real request module
 (a real fitter) still gets a real `FitRequest` from the same bytes.
