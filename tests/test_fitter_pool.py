@@ -193,11 +193,13 @@ def test_a_request_is_never_sent_a_third_time_and_restarts_are_capped(make_pool,
     assert accounted(m) == m.submitted == 1
     # Slot restarts are used up: one more death leaves no fitter, and submit says why.
     ray.kill(next(iter(pool.fitter_handles().values())), no_restart=True)
-    pool.submit(make_request(body, camera, BATCH, 1))
-    wait_until(lambda: pool.metrics().num_fitters == 0, pool)
-    assert "max_restarts" in pool.metrics().last_error
+    # The pool learns of the death from the replacement's first ping or from a request sent to it.
     with pytest.raises(PipelineError, match="no fitter is left"):
-        pool.submit(make_request(body, camera, BATCH, 2))
+        for seed in range(1, 100):
+            pool.submit(make_request(body, camera, BATCH, seed))
+            time.sleep(0.2)
+    assert pool.metrics().num_fitters == 0
+    assert "max_restarts" in pool.metrics().last_error
 
 
 def test_resize_grows_and_shrinks_without_losing_work(make_pool, body):
@@ -227,3 +229,19 @@ def test_a_fitter_that_cannot_start_is_reported(ray_local, redis_server):
     address = FitStoreAddress(url=redis_server.url, namespace="pool-bad", body_model_hash="0123456789abcdef")
     with pytest.raises(PipelineError, match="failed to start.*different body models"):
         FitterPool(fast_config(num_fitters=1), address, name="bad")
+
+
+def test_a_replacement_that_dies_before_answering_does_not_cost_the_request_its_resend(make_pool, body):
+    """After a node dies, a replacement can land on it and die at once: the re-sent request waits for a live one."""
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, artificial_delay_s=2.0, max_restarts=3)
+    camera = fast_config().camera
+    pool.submit(make_request(body, camera, BATCH, 0))
+    os.kill(_pid(next(iter(pool.fitter_handles().values()))), signal.SIGKILL)
+    wait_until(lambda: pool.metrics().resubmitted == 1, pool)
+    # The replacement is starting: kill it before its first answer (as a dying node would).
+    starting = [s for s in pool._slots if s.starting is not None]
+    assert starting, "the replacement should not take work before it answers a ping"
+    ray.kill(starting[0].actor, no_restart=True)
+    assert pool.drain(120)
+    m = pool.metrics()
+    assert m.completed == 1 and m.lost == 0 and m.resubmitted == 1 and m.restarts == 2

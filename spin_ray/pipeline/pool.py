@@ -76,6 +76,10 @@ class _Slot:
     in_flight: int = 0
     retiring: bool = False
     dead: bool = False
+    # A replacement's first ping: until it answers the slot gets no work. After a node dies, Ray can
+    # place the replacement on that node before the GCS marks it dead; such a fitter dies at once, and
+    # the requests re-sent to it would be counted lost although no fitter ever ran them.
+    starting: ray.ObjectRef | None = None
 
 
 @dataclass
@@ -247,6 +251,7 @@ class FitterPool:
                 slot.restarts += 1
                 slot.generation += 1
                 slot.actor, slot.actor_id = self._new_actor(slot.number, slot.generation)
+                slot.starting = slot.actor.ping.remote()
                 slot.dead = False
                 self._counts.restarts += 1
                 log.warning("pool %s: fitter slot %d died; restarted as %s", self.name, slot.number, slot.actor_id)
@@ -316,7 +321,8 @@ class FitterPool:
         self._collect(timeout_s=0.0)
         while self._sent or self._pending:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._sent:  # queued work but no fitter to take it
+            starting = any(slot.starting is not None for slot in self._slots)
+            if remaining <= 0 or not (self._sent or starting):  # queued work but no fitter to take it
                 self._publish()
                 return False
             self._collect(timeout_s=min(remaining, WAIT_SLICE_S), at_least_one=True)
@@ -339,8 +345,9 @@ class FitterPool:
 
     def _collect(self, timeout_s: float, at_least_one: bool = False) -> None:
         """Gather finished requests (waiting up to timeout_s for one if at_least_one), then repair and refill."""
-        if self._sent:
-            refs = list(self._sent)
+        # A replacement answering its first ping is an event too: queued work may go to it.
+        refs = list(self._sent) + [s.starting for s in self._slots if s.starting is not None]
+        if refs:
             num_returns = 1 if at_least_one else len(refs)
             ready, _ = ray.wait(refs, num_returns=num_returns, timeout=timeout_s)
             if at_least_one and ready:
@@ -348,7 +355,7 @@ class FitterPool:
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
                 sent = self._sent.pop(ref, None)
-                if sent is None:  # already counted lost with its dead fitter
+                if sent is None:  # a starting ping (see _check_starting), or already lost with its fitter
                     continue
                 sent.slot.in_flight -= 1
                 try:
@@ -362,9 +369,24 @@ class FitterPool:
                     self._finish(sent.request.request_id)
                 else:
                     self._record(report)
+        self._check_starting()
         self._replace_dead()
         self._retire_idle()
         self._dispatch()
+
+    def _check_starting(self) -> None:
+        """Let replacements that answered their first ping take work; one that died before answering is replaced."""
+        for slot in [s for s in self._slots if s.starting is not None]:
+            ready, _ = ray.wait([slot.starting], timeout=0)
+            if not ready:
+                continue
+            try:
+                ray.get(slot.starting)
+            except RayError as err:
+                slot.dead = True
+                self._last_error = f"replacement fitter {slot.actor_id} died before it started: {_cause(err)}"
+                log.warning("pool %s: %s", self.name, self._last_error)
+            slot.starting = None
 
     def _fitter_died(self, sent: _Sent, err: RayActorError) -> None:
         """Mark the fitter dead and send each request it held again, once."""
@@ -407,7 +429,7 @@ class FitterPool:
     def _dispatch(self) -> None:
         """Send queued requests, oldest first, to the least busy fitters while limits allow."""
         while self._pending and self._free_capacity() > 0:
-            slot = min((s for s in self._slots if not s.retiring and not s.dead), key=lambda s: s.in_flight)
+            slot = min(self._active(), key=lambda s: s.in_flight)
             request = self._pending.popleft()
             ref = slot.actor.fit.remote(request)
             self._sent[ref] = _Sent(request, slot, time.monotonic())
@@ -417,7 +439,8 @@ class FitterPool:
     # -- limits -------------------------------------------------------------------------------------
 
     def _active(self) -> list[_Slot]:
-        return [s for s in self._slots if not s.retiring and not s.dead]
+        """Fitters that take new work: alive, not retiring, and (replacements) answered once."""
+        return [s for s in self._slots if not s.retiring and not s.dead and s.starting is None]
 
     def max_in_flight(self) -> int:
         """The current bound on requests in flight over the whole pool."""
@@ -433,7 +456,7 @@ class FitterPool:
         return max(0, min(per_fitter, self.max_in_flight() - len(self._sent)))
 
     def _require_fitters(self) -> None:
-        if self._target > 0 and not self._active():
+        if self._target > 0 and not any(not s.retiring and not s.dead for s in self._slots):
             raise PipelineError(
                 f"pool {self.name}: no fitter is left (each slot died more than pipeline.max_restarts="
                 f"{self._pipeline.max_restarts} times). Last failure: {self._last_error}"
