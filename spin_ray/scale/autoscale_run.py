@@ -125,6 +125,15 @@ def _node_of_fewest_fitters(pool: StandinPool) -> tuple[str, int]:
     return node, counts[node]
 
 
+def _start_pool(config: RunConfig, store: FitStore) -> StandinPool:
+    """The scenario's pool; on a loaded machine a fake node's first worker can die while starting, so try twice."""
+    try:
+        return StandinPool(config, store.address, name="autoscale")
+    except PipelineError as err:
+        print(f"pool start failed once ({err}); retrying", flush=True)
+        return StandinPool(config, store.address, name="autoscale-retry")
+
+
 def run_scenario(cluster: FakeAutoscalingCluster, store: FitStore, sizes: ScenarioSizes) -> ScenarioResult:
     """Grow, kill a node under load, drain, shrink; record node counts and the pool's outcome counts."""
     result = ScenarioResult()
@@ -145,7 +154,7 @@ def run_scenario(cluster: FakeAutoscalingCluster, store: FitStore, sizes: Scenar
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    pool = StandinPool(scenario_config(sizes), store.address, name="autoscale")
+    pool = _start_pool(scenario_config(sizes), store)
     try:
         result.nodes_small = mark(f"pool ready with {sizes.fitters_small} fitters")
         pool.resize(sizes.fitters_large)
