@@ -35,12 +35,11 @@ from spin_ray.pipeline.async_fits import AsyncFits, summarise_reads
 from spin_ray.pipeline.pool_service import PoolClient, start_pool_service, stop_pool_service
 from spin_ray.store.fit_store import FitStore
 from spin_ray.train.run import (
-    RunSummary,
     evaluate_heldout,
     make_supervisor,
     seed_everything,
     static_fits_init,
-    store_counts,
+    summarise_run,
     training_data,
 )
 from spin_ray.train.sampling import make_train_loader
@@ -201,15 +200,7 @@ def _close(run: WorkerRun) -> None:
 def _run_summary(run: WorkerRun, metrics: list[StepMetrics], train_seconds: float) -> dict[str, Any]:
     """Rank 0's summary, as a single trainer writes it (run_training), evaluation and report included."""
     trainer, cfg = run.trainer, run.cfg
-    history = trainer.history or metrics
-    tail = history[-max(1, len(history) // 10):]
-    summary = RunSummary(
-        mode=cfg.train.mode, steps=trainer.step,
-        first_loss=history[0].loss if history else float("nan"),
-        final_loss=float(np.mean([m.loss for m in tail])) if history else float("nan"),
-        nan_skipped=trainer.nan_skipped, checkpoint=str(trainer.checkpoint_path), output_dir=str(cfg.output_dir),
-        store=store_counts(run.store, run.names), train_seconds=train_seconds, steps_run=len(metrics),
-    )
+    summary = summarise_run(trainer, metrics, train_seconds, run.store, run.names, cfg.output_dir)
     evaluated = None
     if run.heldout is not None:
         evaluated = evaluate_heldout(trainer, run.heldout, cfg.train.batch_size)

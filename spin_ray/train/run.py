@@ -148,6 +148,22 @@ def store_counts(store: FitStore | None, names: list[str]) -> dict:
     return out
 
 
+def summarise_run(
+    trainer: Trainer, metrics: list[StepMetrics], train_seconds: float, store: FitStore | None, names: list[str],
+    output_dir: Path,
+) -> RunSummary:
+    """The run's summary before evaluation: steps, first and final loss (mean of the last tenth), store counts."""
+    history = trainer.history or metrics
+    tail = history[-max(1, len(history) // 10):]
+    return RunSummary(
+        mode=trainer.cfg.train.mode, steps=trainer.step,
+        first_loss=history[0].loss if history else float("nan"),
+        final_loss=float(np.mean([m.loss for m in tail])) if history else float("nan"),
+        nan_skipped=trainer.nan_skipped, checkpoint=str(trainer.checkpoint_path), output_dir=str(output_dir),
+        store=store_counts(store, names), train_seconds=train_seconds, steps_run=len(metrics),
+    )
+
+
 SupervisorFactory = Callable[[RunConfig, "FitStore | None", BodyModel], FitSupervisor]
 
 
@@ -192,15 +208,7 @@ def run_training(
         metrics = trainer.fit_loop(loader, max(0, cfg.train.steps - trainer.step), progress=progress,
                                    on_step=on_step)
         train_seconds = time.monotonic() - loop_started
-        history = trainer.history or metrics
-        tail = history[-max(1, len(history) // 10):]
-        summary = RunSummary(
-            mode=cfg.train.mode, steps=trainer.step,
-            first_loss=history[0].loss if history else float("nan"),
-            final_loss=float(np.mean([m.loss for m in tail])) if history else float("nan"),
-            nan_skipped=trainer.nan_skipped, checkpoint=str(trainer.checkpoint_path), output_dir=str(output_dir),
-            store=store_counts(store, names), train_seconds=train_seconds, steps_run=len(metrics),
-        )
+        summary = summarise_run(trainer, metrics, train_seconds, store, names, output_dir)
         evaluated = None
         if heldout is not None:
             evaluated = evaluate_heldout(trainer, heldout, cfg.train.batch_size)
