@@ -444,8 +444,12 @@ def plot_pa_mpjpe(rows_a: list[dict], rows_b: list[dict], path: Path) -> None:
         by_mode = {r["mode"]: r["pa_mpjpe"] for r in rows}
         bars = ax.bar(x + offset, [by_mode.get(m, math.nan) for m in labels], width=0.4, label=name)
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    values = [r["pa_mpjpe"] for r in rows_a + rows_b if math.isfinite(r["pa_mpjpe"])]
     if rows_a:
         ax.axhline(rows_a[0]["baseline_pa_mpjpe"], color="grey", linestyle="--", label="mean pose")
+        values.append(rows_a[0]["baseline_pa_mpjpe"])
+    if values:  # differences of a few mm: start the axis near the data, not at 0
+        ax.set_ylim(math.floor(min(values)) - 5, math.ceil(max(values)) + 3)
     ax.set_xticks(x, labels)
     ax.set_ylabel("held-out PA-MPJPE (mm)")
     ax.legend(fontsize=7, loc="lower right")
