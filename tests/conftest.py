@@ -84,15 +84,42 @@ def tiny_spin_data(tmp_path_factory):
 # -- a local Ray for the session (started by the first test that asks; ~3.5 s) ------------------------
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """A local Ray with a small object store, shared by every test that needs actors."""
+def _start_local_ray():
     import ray
 
-    if ray.is_initialized():  # someone else started it; leave its lifetime to them
-        yield ray
-        return
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False,
              configure_logging=False)
+
+
+@pytest.fixture
+def ray_local():
+    """A local Ray with a small object store, started on first use and shared by the tests that need actors.
+
+    Function-scoped on purpose: a test that needs no other Ray on the machine (the fake autoscaling
+    cluster) shuts it down with `no_local_ray`, and the next test that asks starts it again (~3.5 s).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        _start_local_ray()
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture
+def no_local_ray():
+    """Stop this session's local Ray: Ray's fake multi-node cluster fails to start actors beside another Ray."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_ray_at_the_end():
+    yield
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -103,13 +103,18 @@ def test_autoscaler_config_declares_node_types_and_a_private_gcs():
 
 
 def _run_child(module: str, args: list[str], out_path) -> dict:
+    # Without the RAY_* variables an earlier in-process ray.init left in this process's environment
+    # (RAY_AUTH_MODE=token among them): Ray reads them at import, and the child's own clusters run
+    # without token auth, so an inherited token mode kills its actors at start.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
     proc = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out_path)], capture_output=True,
-                          text=True, timeout=CHILD_TIMEOUT_S)
+                          text=True, timeout=CHILD_TIMEOUT_S, env=env)
     assert proc.returncode == 0, f"{module} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json.loads(out_path.read_text())
 
 
-def test_autoscaler_adds_and_removes_gpu_nodes_and_no_fit_is_lost_when_a_node_dies(redis_server, tmp_path):
+def test_autoscaler_adds_and_removes_gpu_nodes_and_no_fit_is_lost_when_a_node_dies(redis_server, tmp_path,
+                                                                                   no_local_ray):
     """Real autoscaler, fake GPU nodes: 2 -> 6 half-GPU fitters, one node killed under load, back to 1."""
     root = tempfile.mkdtemp(prefix="srfc-", dir="/tmp")  # short: Ray's socket paths live under it
     try:
