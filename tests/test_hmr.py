@@ -121,3 +121,21 @@ def test_from_config_uses_the_configured_parts(tmp_path):
     assert isinstance(net.backbone, torchvision.models.MobileNetV3)
     with pytest.raises(ModelError, match="mean parameter file .* does not exist"):
         HMR.from_config(NetworkConfig(mean_params_path=tmp_path / "nope.npz"))
+
+
+def test_init_checkpoint_starts_the_network_from_saved_weights_and_refuses_a_misfit(tmp_path):
+    from spin_ray.train.checkpoint import save_checkpoint
+
+    cfg = NetworkConfig(backbone="mobilenet_v3_small")
+    trained = HMR.from_config(cfg)
+    with torch.no_grad():
+        trained.dec_pose.bias.add_(0.5)  # weights no fresh network has
+    path = save_checkpoint(tmp_path / "pre.pt", {"model": trained.state_dict()})
+    started = HMR.from_config(cfg.model_copy(update={"init_checkpoint": path}))
+    for name, value in trained.state_dict().items():
+        assert torch.equal(value, started.state_dict()[name]), name
+    assert not torch.equal(HMR.from_config(cfg).dec_pose.bias, trained.dec_pose.bias)
+    with pytest.raises(ModelError, match="does not fit this run's network"):
+        HMR.from_config(NetworkConfig(backbone="resnet18", init_checkpoint=path))
+    with pytest.raises(ModelError, match="does not exist"):
+        HMR.from_config(cfg.model_copy(update={"init_checkpoint": tmp_path / "missing.pt"}))

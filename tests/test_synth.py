@@ -147,6 +147,23 @@ def test_ground_truth_projects_onto_the_rendered_body(generated, body):
     assert all(masks[i].sum() > 200 for i in range(len(data)))
 
 
+def test_the_2d_only_split_keeps_its_truth_in_a_side_file_training_never_reads(generated, body, tmp_path):
+    _, paths = generated
+    itw = paths["synth-itw"]
+    truth = synth.load_hidden_truth(itw)
+    n = SIZES["synth-itw"]
+    assert truth["pose"].shape == (n, 72) and truth["shape"].shape == (n, 10) and truth["S"].shape == (n, 24, 4)
+    # The withheld S projects onto the split's 2D keypoints, row for row.
+    data = load_spin_npz(itw, itw.parent)
+    uv = truth["focal_length"][:, None, None] * truth["S"][..., :2] / truth["S"][..., 2:3] + IMAGE / 2
+    np.testing.assert_allclose(uv, data.part[..., :2], atol=1e-3)
+    # The training dataset does not see it.
+    assert not data.has_smpl.any() and not data.has_3d.any()
+    assert not synth.hidden_truth_path(paths["synth-3d"]).exists()
+    with pytest.raises(synth.DataError, match="hidden truth"):
+        synth.load_hidden_truth(tmp_path / "other.npz")
+
+
 def test_crop_through_the_dataset_puts_keypoints_on_the_person(generated, body):
     _, paths = generated
     extra = _npz(paths["synth-test"])

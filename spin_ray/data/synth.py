@@ -9,7 +9,8 @@ surface (depth test against the rendered depth), and the 25 "detector" keypoints
 2D detector makes (noise scaled by person size, left/right swaps, misses, confidences).
 
 Splits: `synth-3d` (pose, shape, 3D joints, like H36M), `synth-itw` (2D only, like COCO/MPII: no
-pose, shape or S keys), `synth-test` (held out, SPIN's evaluation keys pose, shape, S, gender).
+pose, shape or S keys; their truth goes to a side file `synth-itw_truth.npz` that training never reads,
+so fits of the 2D-only split can be scored against the truth they were not given), `synth-test` (held out, SPIN's evaluation keys pose, shape, S, gender).
 Extra keys of the 3D splits: `cam_t` (N,3) translation of the model into the camera frame (metres)
 and `focal_length` (N,) in pixels; the principal point is the image centre. `S` is in the camera
 frame. Gender is 'n': the data come from one (neutral) model.
@@ -58,7 +59,7 @@ from spin_ray.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from spin_ray.render.renderer import MeshRenderer, face_incidence, vertex_normals
 
 # Bump when the generator's output changes for the same settings: old caches are then not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: hidden truth of the 2D-only split in <split>_truth.npz
 SPLIT_CODES: dict[str, int] = {"synth-3d": 1, "synth-itw": 2, "synth-test": 3}
 SPLITS_WITH_3D: frozenset[str] = frozenset({"synth-3d", "synth-test"})
 SETTINGS_FILE = "settings.json"
@@ -580,7 +581,26 @@ def _write_npz_files(cfg: RunConfig, folder: Path, sizes: dict[str, int], result
             gender=np.full(size, "n") if three_d else None,
             extra={"cam_t": a["cam_t"], "focal_length": a["focal_length"]} if three_d else None,
         )
+        if not three_d:
+            np.savez(hidden_truth_path(paths[split]), pose=a["pose"], shape=a["shape"], S=a["S"],
+                     cam_t=a["cam_t"], focal_length=a["focal_length"])
     return paths
+
+
+def hidden_truth_path(npz: str | Path) -> Path:
+    """The side file holding a 2D-only synthetic split's withheld truth (pose, shape, S, cam_t, focal_length)."""
+    npz = Path(npz)
+    return npz.with_name(f"{npz.stem}_truth.npz")
+
+
+def load_hidden_truth(npz: str | Path) -> dict[str, np.ndarray]:
+    """The withheld truth of a 2D-only synthetic split, row for row with its npz; a clear error if absent."""
+    path = hidden_truth_path(npz)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: only synthetic 2D-only splits made by spin-ray synth "
+                        f"(generator version {GENERATOR_VERSION} or later) carry their hidden truth")
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
 
 
 def ensure_synthetic_data(cfg: RunConfig, workers: int | None = None, progress: bool = True) -> dict[str, Path]:

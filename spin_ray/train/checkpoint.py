@@ -112,8 +112,9 @@ def load_regressor(path: str | Path) -> tuple[HMR, RunConfig, BodyModel]:
         raise ModelError(f"{path} was trained with body model {saved_body}, its config's body section now gives "
                          f"{body.identity} ({body.source}): restore the model file the checkpoint was trained with")
     # The weights and the mean-parameter buffers come from the checkpoint, so the files they were
-    # first built from (ImageNet weights, SPIN's mean parameters) need not exist on this machine.
-    network = cfg.network.model_copy(update={"pretrained_path": None, "mean_params_path": None})
+    # first built from (ImageNet weights, SPIN's mean parameters, an init checkpoint) need not exist on this machine.
+    network = cfg.network.model_copy(update={"pretrained_path": None, "mean_params_path": None,
+                                             "init_checkpoint": None})
     model = HMR.from_config(network, cfg.body.num_betas)
     try:
         model.load_state_dict(payload["model"])
