@@ -96,7 +96,7 @@ def test_smoke_study_end_to_end(tmp_path):
     assert "![" not in section  # plots are linked only when RESULTS.md is written
     for heading in ("### (a) Equal steps", "### (b) Equal wall-clock"):
         rows = table_rows(section, heading)
-        assert set(MODES) | {"mean pose (untrained baseline)"} == set(rows)
+        assert set(MODES) | {"mean pose (untrained baseline)", "warm start (every mode's start)"} == set(rows)
         for mode in MODES:
             mpjpe, pa_mpjpe = float(rows[mode][4]), float(rows[mode][5])
             assert math.isfinite(mpjpe) and math.isfinite(pa_mpjpe) and 0 < pa_mpjpe <= mpjpe
@@ -115,6 +115,14 @@ def test_smoke_study_end_to_end(tmp_path):
         assert math.isfinite(r["error_start"]) and 0 <= r["valid_start"] <= 1 and 0 <= r["valid_end"] <= 1
         assert r["curve"][0][0] == 0 and r["curve"][-1][0] == 6
     assert a["static"]["error_end"] == a["static"]["error_start"]  # static fits never change
+    assert a["static"]["fit_pa_end"] == a["static"]["fit_pa_start"]
+    # Fits are scored against the withheld truth: plausible millimetres, the same start for every mode.
+    assert len({a[m]["fit_pa_start"] for m in MODES[1:]}) == 1 and 10 < a["sync"]["fit_pa_start"] < 300
+    assert all(len(point) == 4 for point in a["sync"]["curve"])
+    # Every mode starts from the shared warm start, trained and evaluated once.
+    warm = results["warm_start"]
+    assert warm["steps"] == 4 and math.isfinite(warm["pa_mpjpe"])
+    assert (tmp_path / "runs").is_dir() and len(list(tmp_path.glob("warm-start-*/checkpoints/last.pt"))) == 1
     # Every store-backed mode starts from the same static fits.
     assert len({a[m]["error_start"] for m in MODES[1:]}) == 1
     # In-loop fits reach the store.

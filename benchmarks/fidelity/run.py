@@ -1,6 +1,7 @@
 """The fidelity study (issue 9): SPIN's ablation on the synthetic benchmark, every mode from one seed.
 
 Usage: python benchmarks/fidelity/run.py --size smoke|full [--out DIR] [--write-results]
+       python benchmarks/fidelity/run.py --size full --seed 1 --modes static,sync --no-budget --out DIR   (a repeat)
        python benchmarks/fidelity/run.py --size full --report-only [--write-results]   (re-render OUT/results.json)
 
 One config derived from configs/local.yaml (resnet18, batch 32, the synthetic splits synth-3d with
@@ -11,10 +12,14 @@ folder, on one local Ray and one embedded Redis:
 (b) the same wall-clock budget, the training time of `static` in (a): each mode gets
     steps = budget x its steps/s measured in (a) (no wall-clock stop); a mode whose step count is
     within 5 % of its count in (a) reuses its (a) run instead of training again.
-Every store-backed mode starts from the same static fits of the mean pose (computed once by the code
-of `spin-ray fit`, copied into each namespace). While a run trains, a driver thread samples the
-store's mean ranking error and share of valid fits on synth-itw (where fits supervise: synth-3d has
-ground-truth SMPL) with the trainer's step: the paper's Figure 4 curves.
+Every mode starts from the same network: a warm start trained on synth-3d alone (ground-truth SMPL and
+3D joints, no fits; SPIN fine-tunes a pretrained HMR) for `warm_steps`, passed to each mode as
+network.init_checkpoint (size smoke skips it: random init). Every store-backed mode starts from the
+same static fits of the mean pose (computed once by the code of `spin-ray fit`, copied into each
+namespace). While a run trains, a driver thread samples the
+store's mean ranking error, share of valid fits and the fits' PA-MPJPE against synth-itw's withheld
+truth (where fits supervise: synth-3d has ground-truth SMPL) with the trainer's step: the paper's
+Figure 4 curves, and whether better fits are better in 3D.
 Writes OUT/results.json, OUT/section.md and OUT/*.png; --write-results also writes the section of
 benchmarks/RESULTS.md and copies the PNGs to benchmarks/fidelity/.
 """
@@ -67,13 +72,15 @@ class StudySize:
     iterations: int  # SMPLify Adam iterations per stage
     sample_every_s: float  # store sampling period during training
     shared_cache: bool  # synthetic data in the repo's .cache (reused across runs) rather than under OUT
+    warm_steps: int = 0  # steps of the shared warm start on synth-3d (0: every mode starts from random weights)
+    warm_lr: float = 3e-4
 
 
 SIZES: dict[str, StudySize] = {
     "smoke": StudySize({"synth-3d": 64, "synth-itw": 64, "synth-test": 32}, steps=6, img_res=64, batch_size=32,
-                       iterations=20, sample_every_s=1.0, shared_cache=False),
-    "full": StudySize({"synth-3d": 500, "synth-itw": 500, "synth-test": 200}, steps=200, img_res=96,
-                      batch_size=32, iterations=50, sample_every_s=10.0, shared_cache=True),
+                       iterations=20, sample_every_s=1.0, shared_cache=False, warm_steps=4),
+    "full": StudySize({"synth-3d": 500, "synth-itw": 500, "synth-test": 200}, steps=1000, img_res=64,
+                      batch_size=32, iterations=50, sample_every_s=10.0, shared_cache=True, warm_steps=1000),
 }
 
 
@@ -99,17 +106,58 @@ def study_config(size: StudySize, out: Path, url: str) -> RunConfig:
     return config_from_dict(data, "the fidelity study's config")
 
 
-def mode_config(study: RunConfig, part: str, label: str, steps: int, out: Path) -> RunConfig:
-    """The study config in one mode: its own namespace, output folder and trainer actor name."""
+def mode_config(study: RunConfig, part: str, label: str, steps: int, out: Path, warm: Path | None) -> RunConfig:
+    """The study config in one mode, from the warm start: its own namespace, output folder and trainer actor name."""
     mode, lookahead = MODES[label]
     slug = f"{part}-{label.replace('+', '-')}"
     return study.model_copy(update={
         "name": f"fidelity-{slug}",
         "output_dir": out / "runs" / slug,
         "store": study.store.model_copy(update={"namespace": f"fidelity-{slug}"}),
+        "network": study.network.model_copy(update={"init_checkpoint": warm}),
         "train": study.train.model_copy(update={"mode": mode, "steps": steps}),
         "pipeline": study.pipeline.model_copy(update={"lookahead_steps": lookahead}),
     })
+
+
+def warm_start(study: RunConfig, size: StudySize, out: Path) -> tuple[Path | None, dict]:
+    """The shared starting network: `2d` mode on synth-3d alone (ground truth, no fits) for size.warm_steps
+    at size.warm_lr, trained once per settings and reused; its checkpoint and held-out numbers."""
+    from spin_ray.config import DatasetEntry
+    from spin_ray.data.synth import ensure_synthetic_data
+    from spin_ray.launch import launch
+
+    if size.warm_steps == 0:
+        return None, {}
+    key = hashlib.sha256(json.dumps([study.model_dump(mode="json", exclude={"output_dir", "store", "name"}),
+                                     size.warm_steps, size.warm_lr]).encode()).hexdigest()[:8]
+    folder = out / f"warm-start-{key}"
+    checkpoint, record = folder / "checkpoints" / "last.pt", folder / "warm_start.json"
+    if checkpoint.is_file() and record.is_file():
+        log(f"warm start: reusing {checkpoint}")
+        return checkpoint, json.loads(record.read_text())
+    paths = ensure_synthetic_data(study, progress=False)
+    three_d = DatasetEntry(name="synth-3d", npz=paths["synth-3d"], image_root=paths["synth-3d"].parent)
+    cfg = study.model_copy(update={
+        "name": "fidelity-warm-start", "output_dir": folder,
+        "data": study.data.model_copy(update={"datasets": [three_d]}),
+        "train": study.train.model_copy(update={
+            "mode": "2d", "steps": size.warm_steps, "lr": size.warm_lr, "init_store_from_static_fits": False,
+            "checkpoint_every": size.warm_steps, "heldout": DatasetEntry(
+                name="synth-test", npz=paths["synth-test"], image_root=paths["synth-test"].parent)}),
+    })
+    log(f"warm start: {size.warm_steps} steps of `2d` on synth-3d alone at lr {size.warm_lr:g}, output {folder}")
+    summary = launch(cfg, progress=False)
+    evaluation = summary.get("evaluation") or {}
+    facts = {"steps": size.warm_steps, "lr": size.warm_lr, "train_s": float(summary["train_seconds"]),
+             "mpjpe": float(evaluation.get("mpjpe_mm", math.nan)),
+             "pa_mpjpe": float(evaluation.get("pa_mpjpe_mm", math.nan))}
+    if not checkpoint.is_file():
+        raise RuntimeError(f"the warm start wrote no checkpoint at {checkpoint}")
+    record.write_text(json.dumps(facts))
+    log(f"warm start: PA-MPJPE {facts['pa_mpjpe']:.1f} mm, MPJPE {facts['mpjpe']:.1f} mm "
+        f"in {facts['train_s']:.0f} s")
+    return checkpoint, facts
 
 
 # -- the fit store ----------------------------------------------------------------------------------
@@ -146,21 +194,58 @@ def seed_store(cfg: RunConfig, body_hash: str, fits: Path) -> None:
         store.import_parquet(fits)
 
 
-def store_snapshot(store, samples: int, threshold: float) -> tuple[float, float]:
-    """Mean ranking error of synth-itw's stored fits, and the share of its samples with a valid fit."""
-    _, errors = store.all_errors(ITW)
+class FitTruth:
+    """Scores synth-itw's stored fits against the split's withheld truth: PA-MPJPE (mm) on the LSP-14 joints
+    the held-out evaluation uses, over every stored fit."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        import torch
+
+        from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
+        from spin_ray.data.synth import ensure_synthetic_data, load_hidden_truth
+        from spin_ray.eval.evaluate import lsp14_joints
+
+        self.body = BodyModel.from_config(cfg.body)
+        truth = load_hidden_truth(ensure_synthetic_data(cfg, progress=False)[ITW])
+        with torch.no_grad():
+            pose = torch.as_tensor(truth["pose"], dtype=torch.float32)
+            betas = torch.as_tensor(truth["shape"], dtype=torch.float32)[:, :self.body.num_betas]
+            self.joints, _ = lsp14_joints(self.body, axis_angle_pose_to_rotmats(pose), betas)
+
+    def pa_mpjpe(self, fits) -> float:
+        """Mean PA-MPJPE of the stored fits (a StoredFits of synth-itw) against the truth; NaN if none."""
+        import torch
+
+        from spin_ray.body.body_model import axis_angle_pose_to_rotmats
+        from spin_ray.eval.evaluate import lsp14_joints
+        from spin_ray.eval.metrics import pa_mpjpe
+
+        found = fits.indices[fits.found]
+        if found.size == 0:
+            return math.nan
+        with torch.no_grad():
+            pose = torch.as_tensor(fits.pose[fits.found], dtype=torch.float32)
+            betas = torch.as_tensor(fits.betas[fits.found], dtype=torch.float32)[:, :self.body.num_betas]
+            joints, _ = lsp14_joints(self.body, axis_angle_pose_to_rotmats(pose), betas)
+            return float(pa_mpjpe(joints, self.joints[torch.as_tensor(found)]).mean())
+
+
+def store_snapshot(store, samples: int, threshold: float, truth: FitTruth) -> tuple[float, float, float]:
+    """synth-itw's stored fits: mean ranking error, share of samples with a valid fit, PA-MPJPE against truth."""
+    fits = store.read_all(ITW)
+    errors = fits.error[fits.found]
     if errors.size == 0:
-        return math.nan, 0.0
-    return float(errors.mean()), float((errors < threshold).sum()) / samples
+        return math.nan, 0.0, math.nan
+    return float(errors.mean()), float((errors < threshold).sum()) / samples, truth.pa_mpjpe(fits)
 
 
 class StoreSampler(threading.Thread):
-    """Samples (trainer step, store mean error, valid share) every `every_s` while a run trains."""
+    """Samples (trainer step, store mean error, valid share, fit PA-MPJPE) every `every_s` while a run trains."""
 
-    def __init__(self, cfg: RunConfig, samples: int, every_s: float, label: str) -> None:
+    def __init__(self, cfg: RunConfig, samples: int, every_s: float, label: str, truth: FitTruth) -> None:
         super().__init__(daemon=True)
-        self.cfg, self.samples, self.every_s, self.label = cfg, samples, every_s, label
-        self.points: list[tuple[int, float, float]] = []
+        self.cfg, self.samples, self.every_s, self.label, self.truth = cfg, samples, every_s, label, truth
+        self.points: list[tuple[int, float, float, float]] = []
         self._done = threading.Event()
         self._print_every = max(1, round(60.0 / every_s))
 
@@ -189,14 +274,24 @@ class StoreSampler(threading.Thread):
                 steps = self._trainer_steps()
                 if steps is None:
                     continue
-                error, valid = store_snapshot(store, self.samples, self.cfg.fitting.valid_error_threshold)
-                self.points.append((steps, error, valid))
+                error, valid, truth = store_snapshot(store, self.samples, self.cfg.fitting.valid_error_threshold,
+                                                     self.truth)
+                self.points.append((steps, error, valid, truth))
                 if len(self.points) % self._print_every == 0:
                     log(f"  {self.label}: step {steps}/{self.cfg.train.steps}, store error {error:.1f}, "
-                        f"valid {valid:.2f}")
+                        f"valid {valid:.2f}, fits {truth:.1f} mm PA-MPJPE from truth")
 
 
 # -- runs -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shared:
+    """What every mode's run starts from."""
+
+    body_hash: str
+    fits: Path  # the static fits of the mean pose (Parquet)
+    warm: Path | None  # the warm-start checkpoint (None: random init)
+    truth: FitTruth
 
 def start_ray() -> None:
     """The study's local Ray: this machine's cores, a small object store."""
@@ -206,7 +301,7 @@ def start_ray() -> None:
              log_to_driver=False, configure_logging=False)
 
 
-def run_mode(cfg: RunConfig, part: str, label: str, size: StudySize, body_hash: str, fits: Path) -> dict:
+def run_mode(cfg: RunConfig, part: str, label: str, size: StudySize, shared: Shared) -> dict:
     """Train one mode; a run whose Ray processes die under it (other jobs on a shared machine run `ray stop`)
     is run again from the start on a fresh local Ray, up to RUN_ATTEMPTS times."""
     import ray
@@ -215,7 +310,7 @@ def run_mode(cfg: RunConfig, part: str, label: str, size: StudySize, body_hash: 
 
     for attempt in range(1, RUN_ATTEMPTS + 1):
         try:
-            return train_mode(cfg, part, label, size, body_hash, fits)
+            return train_mode(cfg, part, label, size, shared)
         except (PipelineError, ray.exceptions.RayError) as err:
             if attempt == RUN_ATTEMPTS:
                 raise
@@ -226,20 +321,20 @@ def run_mode(cfg: RunConfig, part: str, label: str, size: StudySize, body_hash: 
     raise AssertionError("unreachable")
 
 
-def train_mode(cfg: RunConfig, part: str, label: str, size: StudySize, body_hash: str, fits: Path) -> dict:
+def train_mode(cfg: RunConfig, part: str, label: str, size: StudySize, shared: Shared) -> dict:
     """Train one mode to its steps (store seeded with the static fits); its row of the study."""
     from spin_ray.launch import launch
     from spin_ray.store.fit_store import FitStore
 
     uses_store = cfg.train.mode != "2d"
     samples, threshold = size.synth[ITW], cfg.fitting.valid_error_threshold
-    start = end = (math.nan, math.nan)
+    start = end = (math.nan, math.nan, math.nan)
     sampler = None
     if uses_store:
-        seed_store(cfg, body_hash, fits)
+        seed_store(cfg, shared.body_hash, shared.fits)
         with FitStore.from_config(cfg.store, None) as store:
-            start = store_snapshot(store, samples, threshold)
-        sampler = StoreSampler(cfg, samples, size.sample_every_s, f"({part}) {label}")
+            start = store_snapshot(store, samples, threshold, shared.truth)
+        sampler = StoreSampler(cfg, samples, size.sample_every_s, f"({part}) {label}", shared.truth)
         sampler.start()
     log(f"({part}) {label}: {cfg.train.steps} steps, namespace {cfg.store.namespace}, output {cfg.output_dir}")
     load = os.getloadavg()[0]
@@ -250,17 +345,18 @@ def train_mode(cfg: RunConfig, part: str, label: str, size: StudySize, body_hash
             sampler.stop()
     if uses_store:
         with FitStore.from_config(cfg.store, None) as store:
-            end = store_snapshot(store, samples, threshold)
+            end = store_snapshot(store, samples, threshold, shared.truth)
     row = summary_row(summary, part, label, start, end, sampler.points if sampler else [])
     row["load"] = [load, os.getloadavg()[0]]
     log(f"({part}) {label}: {row['steps']} steps in {row['train_s']:.0f} s ({row['steps_per_s']:.3f}/s), "
         f"PA-MPJPE {row['pa_mpjpe']:.1f} mm, MPJPE {row['mpjpe']:.1f} mm, store error "
-        f"{row['error_start']:.1f} -> {row['error_end']:.1f}, valid {row['valid_start']:.2f} -> {row['valid_end']:.2f}")
+        f"{row['error_start']:.1f} -> {row['error_end']:.1f}, valid {row['valid_start']:.2f} -> {row['valid_end']:.2f}, "
+        f"fits {row['fit_pa_start']:.1f} -> {row['fit_pa_end']:.1f} mm PA-MPJPE from truth")
     return row
 
 
-def summary_row(summary: dict, part: str, label: str, start: tuple[float, float], end: tuple[float, float],
-                points: list[tuple[int, float, float]]) -> dict:
+def summary_row(summary: dict, part: str, label: str, start: tuple[float, float, float],
+                end: tuple[float, float, float], points: list[tuple[int, float, float, float]]) -> dict:
     """The numbers of one run that the study reports."""
     evaluation, baseline = summary.get("evaluation") or {}, summary.get("baseline") or {}
     pipeline = summary.get("pipeline") or {}
@@ -273,20 +369,22 @@ def summary_row(summary: dict, part: str, label: str, start: tuple[float, float]
         "baseline_mpjpe": float(baseline.get("mpjpe_mm", math.nan)),
         "baseline_pa_mpjpe": float(baseline.get("pa_mpjpe_mm", math.nan)),
         "error_start": start[0], "error_end": end[0], "valid_start": start[1], "valid_end": end[1],
+        "fit_pa_start": start[2], "fit_pa_end": end[2],
         "loop_writes": int(summary.get("store", {}).get(ITW, {}).get("loop_writes", 0)),
         "loop_fits_used": float((pipeline.get("reads") or {}).get("loop_fits_used", math.nan)),
         "dropped": int((pipeline.get("pool") or {}).get("dropped", 0)),
         "final_loss": float(summary.get("final_loss", math.nan)),
-        "curve": [[0, start[0], start[1]], *map(list, points), [int(summary["steps"]), end[0], end[1]]],
+        "curve": [[0, *start], *map(list, points), [int(summary["steps"]), *end]],
         "reused": False,
     }
 
 
-def equal_steps(study: RunConfig, size: StudySize, out: Path, body_hash: str, fits: Path, rows: list[dict],
-                done: Callable[[], None]) -> None:
-    """Part (a) into rows: every mode for size.steps steps; done() after each run."""
-    for label in MODES:
-        rows.append(run_mode(mode_config(study, "a", label, size.steps, out), "a", label, size, body_hash, fits))
+def equal_steps(study: RunConfig, size: StudySize, out: Path, shared: Shared, rows: list[dict],
+                done: Callable[[], None], modes: tuple[str, ...] = tuple(MODES)) -> None:
+    """Part (a) into rows: each of modes for size.steps steps; done() after each run."""
+    for label in modes:
+        cfg = mode_config(study, "a", label, size.steps, out, shared.warm)
+        rows.append(run_mode(cfg, "a", label, size, shared))
         done()
 
 
@@ -297,7 +395,7 @@ def budget_plan(rows_a: list[dict]) -> tuple[float, dict[str, int]]:
     return budget, {label: max(1, round(budget * r["steps_per_s"])) for label, r in by_mode.items()}
 
 
-def equal_time(study: RunConfig, size: StudySize, out: Path, body_hash: str, fits: Path,
+def equal_time(study: RunConfig, size: StudySize, out: Path, shared: Shared,
                rows_a: list[dict], rows: list[dict], done: Callable[[], None]) -> float:
     """Part (b) into rows: every mode for the steps it does in static's training time; close counts reuse (a)."""
     budget, plan = budget_plan(rows_a)
@@ -308,7 +406,7 @@ def equal_time(study: RunConfig, size: StudySize, out: Path, body_hash: str, fit
             log(f"(b) {label}: {steps} steps is within {REUSE_TOLERANCE:.0%} of (a)'s {row_a['steps']}: reusing (a)")
             rows.append({**row_a, "part": "b", "reused": True})
         else:
-            rows.append(run_mode(mode_config(study, "b", label, steps, out), "b", label, size, body_hash, fits))
+            rows.append(run_mode(mode_config(study, "b", label, steps, out, shared.warm), "b", label, size, shared))
         done()
     return budget
 
@@ -326,23 +424,31 @@ def arrow(start: float, end: float, digits: int) -> str:
 
 
 TABLE_HEAD = ("| mode | steps | steps/s | training s | MPJPE mm | PA-MPJPE mm | store fit error (synth-itw) start → end "
-              "| valid fits start → end | loop improvements | loop fits read (async) | run |\n"
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "| valid fits start → end | fits' PA-MPJPE from truth, mm, start → end | loop improvements "
+              "| loop fits read (async) | run |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+MEAN_POSE_ROW = "mean pose (untrained baseline)"
+WARM_ROW = "warm start (every mode's start)"
 
 
-def table(rows: list[dict]) -> str:
-    """The Markdown table of one part, with the mean-pose baseline first."""
+def table(rows: list[dict], warm: dict | None = None) -> str:
+    """The Markdown table of one part, with the mean-pose baseline and the warm start first."""
     if not rows:
         return "Not run."
     base = rows[0]
-    lines = [TABLE_HEAD, f"| mean pose (untrained baseline) | 0 | – | – | {num(base['baseline_mpjpe'])} "
-                         f"| {num(base['baseline_pa_mpjpe'])} | – | – | – | – | – |"]
+    lines = [TABLE_HEAD, f"| {MEAN_POSE_ROW} | 0 | – | – | {num(base['baseline_mpjpe'])} "
+                         f"| {num(base['baseline_pa_mpjpe'])} | – | – | – | – | – | – |"]
+    if warm:
+        lines.append(f"| {WARM_ROW} | {warm['steps']} on synth-3d | – | {num(warm['train_s'], 0)} "
+                     f"| {num(warm['mpjpe'])} | {num(warm['pa_mpjpe'])} | – | – | – | – | – | shared |")
     for r in rows:
         where = "reused from (a)" if r["reused"] else f"own run ({r['part']})"
         lines.append(
             f"| {r['mode']} | {r['steps']} | {num(r['steps_per_s'], 3)} | {num(r['train_s'], 0)} | {num(r['mpjpe'])} "
             f"| {num(r['pa_mpjpe'])} | {arrow(r['error_start'], r['error_end'], 1)} "
-            f"| {arrow(r['valid_start'], r['valid_end'], 3)} | {r['loop_writes'] if r['mode'] in IN_LOOP else '–'} "
+            f"| {arrow(r['valid_start'], r['valid_end'], 3)} "
+            f"| {arrow(r.get('fit_pa_start', math.nan), r.get('fit_pa_end', math.nan), 1)} "
+            f"| {r['loop_writes'] if r['mode'] in IN_LOOP else '–'} "
             f"| {num(r['loop_fits_used'], 0)} | {where} |")
     return "\n".join(lines)
 
@@ -358,7 +464,7 @@ def claims(rows_a: list[dict], rows_b: list[dict]) -> list[tuple[str, bool | Non
             held, evidence = check(*(rows[m] for m in modes))
             out.append((claim, held, evidence))
         else:
-            out.append((claim, None, "a run it compares did not finish"))
+            out.append((claim, None, "a run it compares is missing (not run, or not finished)"))
     return out
 
 
@@ -402,24 +508,29 @@ def claim_checks() -> list[tuple[str, str, tuple[str, ...], Callable[..., tuple[
 def section(results: dict, with_plots: bool) -> str:
     """The RESULTS.md section body: setup, both tables, the claims, the plots and the analysis."""
     size, rows_a, rows_b = results["size"], results["rows_a"], results["rows_b"]
-    s = results["study"]
+    s, warm = results["study"], results.get("warm_start") or {}
+    start = (f"Every mode starts from one warm start: {warm['steps']} steps of `2d` on synth-3d alone (ground "
+             f"truth, no fits) at lr {warm['lr']:g} from random weights, as SPIN fine-tunes a pretrained HMR "
+             "(network.init_checkpoint)." if warm else "Every mode starts from random weights.")
     lines = [
         results["machine"], f"Command: `{results['command']}` ({results['wall_s'] / 60:.0f} min in all).",
-        f"Size `{size}`: configs/local.yaml with {s['backbone']} @ {s['img_res']} px (random init), batch "
+        f"Size `{size}`: configs/local.yaml with {s['backbone']} @ {s['img_res']} px, batch "
         f"{s['batch_size']}, lr {s['lr']:g}, seed {s['seed']} for every mode; synthetic splits "
         f"{s['synth']} (synth-3d has 3D and SMPL truth, synth-itw 2D keypoints only, synth-test held out); "
         f"SMPLify {s['iterations']} + {s['iterations']} iterations; async: one fitter actor on the other core, "
-        f"lookahead {LOOKAHEAD_STEPS} steps. Every store-backed mode starts from the same static fits of the mean "
+        f"lookahead {LOOKAHEAD_STEPS} steps. {start} Every store-backed mode starts from the same static fits of the mean "
         "pose. Store columns are over synth-itw, the split whose fits supervise (synth-3d uses its ground truth); "
-        f"valid = ranking error below {s['threshold']:g}. steps/s over the training loop only; the machine is "
-        "shared with other jobs, so steps/s (and part (b)'s step counts) carry their load.",
+        f"valid = ranking error below {s['threshold']:g}; fits' PA-MPJPE is against synth-itw's withheld truth "
+        "(LSP-14 joints, never shown to training). steps/s over the training loop only; the 1-minute load "
+        "average before and after each run is in results.json.",
         *([] if results.get("complete", True) else
           ["", "**Incomplete: the study was stopped before every run finished; missing runs are left out.**"]),
-        "", f"### (a) Equal steps ({s['steps']} per mode)", "", table(rows_a), "",
-        f"### (b) Equal wall-clock: {results['budget_s']:.0f} s of training per mode", "",
+        "", f"### (a) Equal steps ({s['steps']} per mode)", "", table(rows_a, warm), "",
+        "### (b) Equal wall-clock: " + (f"{results['budget_s']:.0f} s of training per mode"
+                                         if math.isfinite(results["budget_s"]) else "not run"), "",
         "The budget is the training time of `static` in (a); each mode trains for budget x its steps/s from (a) "
         f"(no wall-clock stop); a mode within {REUSE_TOLERANCE:.0%} of its (a) step count reuses its (a) run.", "",
-        table(rows_b), "", "### The paper's claims on this benchmark", "",
+        table(rows_b, warm), "", "### The paper's claims on this benchmark", "",
     ]
     verdicts = {True: "held", False: "**did not hold**", None: "not measured"}
     lines += [f"- {verdicts[held]}: {claim}: {evidence}." for claim, held, evidence in claims(rows_a, rows_b)]
@@ -432,7 +543,7 @@ def section(results: dict, with_plots: bool) -> str:
     return "\n".join(lines)
 
 
-def plot_pa_mpjpe(rows_a: list[dict], rows_b: list[dict], path: Path) -> None:
+def plot_pa_mpjpe(rows_a: list[dict], rows_b: list[dict], warm: dict, path: Path) -> None:
     """Bars: held-out PA-MPJPE per mode at equal steps and equal wall-clock; the mean pose as a line."""
     import matplotlib.pyplot as plt
     import numpy as np
@@ -448,6 +559,9 @@ def plot_pa_mpjpe(rows_a: list[dict], rows_b: list[dict], path: Path) -> None:
     if rows_a:
         ax.axhline(rows_a[0]["baseline_pa_mpjpe"], color="grey", linestyle="--", label="mean pose")
         values.append(rows_a[0]["baseline_pa_mpjpe"])
+    if warm and math.isfinite(warm.get("pa_mpjpe", math.nan)):
+        ax.axhline(warm["pa_mpjpe"], color="black", linestyle=":", label="warm start")
+        values.append(warm["pa_mpjpe"])
     if values:  # differences of a few mm: start the axis near the data, not at 0
         ax.set_ylim(math.floor(min(values)) - 5, math.ceil(max(values)) + 3)
     ax.set_xticks(x, labels)
@@ -459,18 +573,22 @@ def plot_pa_mpjpe(rows_a: list[dict], rows_b: list[dict], path: Path) -> None:
 
 
 def plot_store(rows_a: list[dict], path: Path) -> None:
-    """The store's mean fit error and valid share on synth-itw over training steps, per store-backed mode."""
+    """The store's mean fit error, valid share and fits' PA-MPJPE from truth on synth-itw over training steps,
+    per store-backed mode."""
     import matplotlib.pyplot as plt
 
-    fig, (err_ax, valid_ax) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (err_ax, valid_ax, truth_ax) = plt.subplots(1, 3, figsize=(12, 3.4))
     for r in rows_a:
         if not math.isfinite(r["error_start"]):
             continue
-        steps, errors, valid = zip(*r["curve"])
-        err_ax.plot(steps, errors, label=r["mode"])
-        valid_ax.plot(steps, valid, label=r["mode"])
+        columns = list(zip(*r["curve"]))
+        err_ax.plot(columns[0], columns[1], label=r["mode"])
+        valid_ax.plot(columns[0], columns[2], label=r["mode"])
+        if len(columns) > 3:
+            truth_ax.plot(columns[0], columns[3], label=r["mode"])
     err_ax.set(xlabel="trainer step", ylabel="mean ranking error", title="store fit error (synth-itw)")
     valid_ax.set(xlabel="trainer step", ylabel="share of samples", title="valid fits (synth-itw)")
+    truth_ax.set(xlabel="trainer step", ylabel="PA-MPJPE (mm)", title="stored fits vs withheld truth (synth-itw)")
     err_ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -482,7 +600,7 @@ def render(results: dict, out: Path, write_results: bool) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
-    plot_pa_mpjpe(results["rows_a"], results["rows_b"], out / PLOTS[0])
+    plot_pa_mpjpe(results["rows_a"], results["rows_b"], results.get("warm_start") or {}, out / PLOTS[0])
     plot_store(results["rows_a"], out / PLOTS[1])
     text = section(results, with_plots=write_results)
     (out / "section.md").write_text(f"{SECTION}\n\n{text}\n")
@@ -500,10 +618,12 @@ def study_facts(study: RunConfig, size: StudySize) -> dict:
     return {"steps": size.steps, "backbone": study.network.backbone, "img_res": study.data.img_res,
             "batch_size": study.train.batch_size,
             "lr": study.train.lr, "seed": study.seed, "synth": dict(size.synth), "iterations": size.iterations,
+            "warm_steps": size.warm_steps, "warm_lr": size.warm_lr, "warm_seed": study.seed,
             "threshold": study.fitting.valid_error_threshold}
 
 
-def run_study(size_name: str, size: StudySize, out: Path, budget: bool, command: str) -> dict:
+def run_study(size_name: str, size: StudySize, out: Path, budget: bool, command: str, seed: int | None = None,
+              modes: tuple[str, ...] = tuple(MODES)) -> dict:
     """Both parts on one Ray and one embedded Redis; the results (also written to OUT/results.json)."""
     import ray
     import torch
@@ -530,9 +650,14 @@ def run_study(size_name: str, size: StudySize, out: Path, budget: bool, command:
         log(f"static fits of the mean pose ready ({time.monotonic() - started:.0f} s)")
         start_ray()
         try:
-            equal_steps(study, size, out, body_hash, fits, results["rows_a"], save)
+            warm, results["warm_start"] = warm_start(study, size, out)
+            save()
+            shared = Shared(body_hash, fits, warm, FitTruth(study))
+            runs = study if seed is None else study.model_copy(update={"seed": seed})  # the warm start keeps its seed
+            results["study"]["seed"] = runs.seed
+            equal_steps(runs, size, out, shared, results["rows_a"], save, modes)
             if budget:
-                results["budget_s"] = equal_time(study, size, out, body_hash, fits, results["rows_a"],
+                results["budget_s"] = equal_time(runs, size, out, shared, results["rows_a"],
                                                  results["rows_b"], save)
         finally:
             ray.shutdown()
@@ -551,7 +676,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="override the steps per mode of (a) (timing probes)")
     parser.add_argument("--no-budget", action="store_true", help="skip part (b) (timing probes)")
     parser.add_argument("--report-only", action="store_true", help="re-render OUT/results.json without training")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the mode runs (the warm start keeps the config's): repeats for the noise between seeds")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
     args = parser.parse_args(argv)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
+    if not args.no_budget and not args.report_only and set(modes) != set(MODES):
+        parser.error("part (b) compares every mode: with a subset of --modes add --no-budget")
     out = (args.out or REPO / "outputs" / f"fidelity-{args.size}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     size = SIZES[args.size] if args.steps is None else replace(SIZES[args.size], steps=args.steps)
@@ -559,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
         results = json.loads((out / "results.json").read_text())
     else:
         command = shlex.join(["python", "benchmarks/fidelity/run.py", *(argv if argv is not None else sys.argv[1:])])
-        results = run_study(args.size, size, out, not args.no_budget, command)
+        results = run_study(args.size, size, out, not args.no_budget, command, args.seed, modes)
     print(f"{SECTION}\n\n{render(results, out, args.write_results)}")
     return 0
 
