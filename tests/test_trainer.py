@@ -128,6 +128,71 @@ def test_sample_with_nan_keypoints_is_skipped_and_counted(tiny_spin_data, tmp_pa
     assert trainer.nan_skipped == 10 and trainer.step == 1
 
 
+def _data_parallel_worker(rank, port, cfg, body, batches, out):
+    """One of two gloo workers: the same initial weights, DistributedDataParallel, the given batches."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        trainer = _trainer(cfg, body, NoFits())
+        trainer.wrap_model(lambda model: DistributedDataParallel(model))
+        trainer.data_parallel = True
+        results = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for batch in batches[rank]:
+                metrics = trainer.train_step(batch)
+                results.append({k: v.clone() for k, v in trainer.network.state_dict().items()})
+                results.append(metrics.batch)
+        torch.save(results, out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_data_parallel_workers_agree_when_one_has_no_usable_sample_or_a_nan_loss(tiny_spin_data, tmp_path, body):
+    """Without agreement a worker that drops its batch or skips its backward leaves the other in an all-reduce."""
+    import multiprocessing
+    import socket
+
+    cfg = tiny_config(tiny_spin_data, tmp_path)
+    good = next(iter(make_train_loader(_dataset(cfg), 8, seed=0)))
+    no_keypoints = {**good, "keypoints": torch.full_like(good["keypoints"], float("nan"))}
+    huge = good["keypoints"].clone()
+    huge[..., :2] = 1e30  # finite labels whose squared error overflows: an infinite loss
+    inf_loss = {**good, "keypoints": huge}
+    batches = {0: [good, good], 1: [no_keypoints, inf_loss]}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_data_parallel_worker, args=(r, port, cfg, body, batches, tmp_path))
+               for r in (0, 1)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    hung = [w for w in workers if w.is_alive()]
+    for w in hung:
+        w.kill()
+    assert not hung, "a data-parallel worker hung in a collective"
+    assert [w.exitcode for w in workers] == [0, 0]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    initial = _trainer(cfg, body).network.state_dict()
+    after_first, after_second = rank0[0], rank0[2]
+    # Step 1: rank 1 had no usable sample, yet both stepped together and hold the same weights.
+    assert rank0[1] == 8 and rank1[1] == 0
+    assert any(not torch.equal(after_first[k], initial[k]) for k in initial if k.endswith("weight"))
+    for k in initial:
+        assert torch.equal(rank0[0][k], rank1[0][k]), k
+    # Step 2: rank 1's loss was infinite: both skipped the optimiser step, no weight changed anywhere.
+    for k in initial:
+        if "running" not in k and "num_batches" not in k:  # BatchNorm statistics move in every forward
+            assert torch.equal(after_second[k], after_first[k]), k
+            assert torch.equal(rank1[2][k], after_first[k]), k
+
+
 def test_run_training_static_with_static_fits_init(tiny_spin_data, tmp_path):
     from spin_ray.train.run import run_training
 

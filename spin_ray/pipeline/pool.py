@@ -148,7 +148,9 @@ class _RayMetrics:
 class FitterPool:
     """N fitter actors behind one bounded, fault-tolerant submit/poll interface."""
 
-    def __init__(self, config: RunConfig, store: FitStoreAddress, name: str = "fitters", wait_ready: bool = True):
+    def __init__(self, config: RunConfig, store: FitStoreAddress, name: str = "fitters", wait_ready: bool = True,
+                 fitter_class: type = FitterActor):
+        """Start config.pipeline.num_fitters actors of fitter_class (FitterActor's interface: ping, fit, ...)."""
         if not ray.is_initialized():
             raise PipelineError("FitterPool needs a running Ray: call ray.init() (or launch the run) first")
         self.name = name
@@ -156,7 +158,7 @@ class FitterPool:
         self._store = store
         self._pipeline = config.pipeline
         # Concurrency groups can only be declared in ray.remote, not in .options().
-        self._actor_class = ray.remote(concurrency_groups={HEALTH_GROUP: 1})(FitterActor).options(
+        self._actor_class = ray.remote(concurrency_groups={HEALTH_GROUP: 1})(fitter_class).options(
             num_cpus=self._pipeline.fitter_num_cpus,
             num_gpus=self._pipeline.fitter_num_gpus,
             # Restarts are ours: Ray-level restarts would replay tasks behind the pool's back.

@@ -187,6 +187,7 @@ def _wrap_for_data_parallel(trainer: Trainer, rank: int) -> None:
     device_ids = [trainer.device.index if trainer.device.index is not None else torch.cuda.current_device()] \
         if trainer.device.type == "cuda" else None
     trainer.wrap_model(lambda model: DistributedDataParallel(model, device_ids=device_ids))
+    trainer.data_parallel = True
 
 
 def _close(run: WorkerRun) -> None:

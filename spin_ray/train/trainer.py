@@ -58,6 +58,20 @@ class StepMetrics:
         return {k: float(v) for k, v in asdict(self).items() if k != "step"}
 
 
+def blank_rows(batch: Batch, blank: torch.Tensor) -> dict[str, Any]:
+    """The batch with rows where blank (B,) is true turned into label-free samples (keypoints zeroed with
+    confidence 0, no 3D or SMPL truth): they stay in the forward pass and add nothing to the loss."""
+    out = dict(batch)
+    rows = blank[:, None, None]
+    out["keypoints"] = torch.where(rows, torch.zeros_like(batch["keypoints"]), batch["keypoints"])
+    if "S" in batch:
+        out["S"] = torch.where(rows, torch.zeros_like(batch["S"]), batch["S"])
+    for key in ("has_3d", "has_smpl"):
+        if key in batch:
+            out[key] = batch[key] & ~blank.to(batch[key].device)
+    return out
+
+
 def select_rows(batch: Batch, keep: torch.Tensor) -> dict[str, Any]:
     """The batch restricted to rows where keep (B,) is true; lists are filtered like tensors."""
     rows = keep.nonzero().flatten().tolist()
@@ -103,6 +117,9 @@ class Trainer:
         # checkpoint_hook, if set, replaces fit_loop's own save() (rank 0 reports to Ray Train).
         self.stream_stride = 1
         self.checkpoint_hook: Callable[[Trainer], None] | None = None
+        # Set under DistributedDataParallel: every worker must run the same forward, backward and
+        # collective calls each step, so a worker never drops its whole batch or skips a backward alone.
+        self.data_parallel = False
 
     # -- identity and checkpoints ---------------------------------------------------------------
 
@@ -194,6 +211,14 @@ class Trainer:
     def _to_device(self, batch: Batch) -> dict[str, Any]:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
+    def _all_workers(self, ok: bool) -> bool:
+        """ok on every data-parallel worker (ok itself for a single trainer)."""
+        if not self.data_parallel:
+            return ok
+        flag = torch.tensor([int(ok)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
     def predict(self, batch: Batch) -> HMROutput:
         """A no-grad forward of the current weights on a batch (lookahead), leaving the model in train mode."""
         with torch.no_grad():
@@ -209,18 +234,21 @@ class Trainer:
             self.nan_skipped += dropped
             warnings.warn(f"step {self.step}: skipped {dropped} sample(s) with NaN/inf keypoints "
                           f"({self.nan_skipped} so far)", stacklevel=2)
-            batch = select_rows(batch, finite)
-            if not bool(finite.any()):
-                return None
+            if self.data_parallel:
+                batch = blank_rows(batch, ~finite)
+            else:
+                batch = select_rows(batch, finite)
+                if not bool(finite.any()):
+                    return None
         self.model.train()
         pred = self.model(batch["img"])
         # Fits are written with the number of the step making them (1-based): 0 is left to static fits.
         fits = self.supervisor.targets(batch, pred, self.step + 1)
         terms = spin_loss(self.loss_inputs(pred), self.loss_targets(batch, fits), self.cfg.train.loss,
                           self.cfg.fitting)
-        if not bool(torch.isfinite(terms.total)):
-            warnings.warn(f"step {self.step}: non-finite loss {float(terms.total)}; optimiser step skipped",
-                          stacklevel=2)
+        if not self._all_workers(bool(torch.isfinite(terms.total))):
+            warnings.warn(f"step {self.step}: non-finite loss {float(terms.total)} (on this worker or another); "
+                          "optimiser step skipped", stacklevel=2)
             self.optimiser.zero_grad(set_to_none=True)
         else:
             self.optimiser.zero_grad(set_to_none=True)
