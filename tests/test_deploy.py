@@ -23,7 +23,6 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
-from packaging.version import Version
 
 from spin_ray.config import load_config
 
