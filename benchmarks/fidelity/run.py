@@ -550,7 +550,7 @@ def plot_pa_mpjpe(rows_a: list[dict], rows_b: list[dict], warm: dict, path: Path
 
     labels = list(MODES)
     x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(8.5, 3.4))
     for offset, rows, name in ((-0.2, rows_a, "equal steps"), (0.2, rows_b, "equal wall-clock")):
         by_mode = {r["mode"]: r["pa_mpjpe"] for r in rows}
         bars = ax.bar(x + offset, [by_mode.get(m, math.nan) for m in labels], width=0.4, label=name)
@@ -566,7 +566,7 @@ def plot_pa_mpjpe(rows_a: list[dict], rows_b: list[dict], warm: dict, path: Path
         ax.set_ylim(math.floor(min(values)) - 5, math.ceil(max(values)) + 3)
     ax.set_xticks(x, labels)
     ax.set_ylabel("held-out PA-MPJPE (mm)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
