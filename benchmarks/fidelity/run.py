@@ -20,7 +20,8 @@ namespace). While a run trains, a driver thread samples the
 store's mean ranking error, share of valid fits and the fits' PA-MPJPE against synth-itw's withheld
 truth (where fits supervise: synth-3d has ground-truth SMPL) with the trainer's step: the paper's
 Figure 4 curves, and whether better fits are better in 3D.
-Writes OUT/results.json, OUT/section.md and OUT/*.png; --write-results also writes the section of
+The recorded runs' results are kept as benchmarks/fidelity/results-full*.json (copy one to
+OUT/results.json to re-render it). Writes OUT/results.json, OUT/section.md and OUT/*.png; --write-results also writes the section of
 benchmarks/RESULTS.md and copies the PNGs to benchmarks/fidelity/.
 """
 
