@@ -123,19 +123,36 @@ def test_from_config_uses_the_configured_parts(tmp_path):
         HMR.from_config(NetworkConfig(mean_params_path=tmp_path / "nope.npz"))
 
 
-def test_init_checkpoint_starts_the_network_from_saved_weights_and_refuses_a_misfit(tmp_path):
-    from spin_ray.train.checkpoint import save_checkpoint
 
-    cfg = NetworkConfig(backbone="mobilenet_v3_small")
-    trained = HMR.from_config(cfg)
+def test_init_checkpoint_starts_a_new_run_from_saved_weights_and_refuses_a_misfit(tmp_path):
+    from spin_ray.body.body_model import BodyModel
+    from spin_ray.config import RunConfig
+    from spin_ray.train.checkpoint import initial_network, save_checkpoint
+
+    body = BodyModel.embedded()
+    cfg = RunConfig.model_validate({"network": {"backbone": "mobilenet_v3_small"}})
+    trained = HMR.from_config(cfg.network)
     with torch.no_grad():
         trained.dec_pose.bias.add_(0.5)  # weights no fresh network has
-    path = save_checkpoint(tmp_path / "pre.pt", {"model": trained.state_dict()})
-    started = HMR.from_config(cfg.model_copy(update={"init_checkpoint": path}))
+    path = save_checkpoint(tmp_path / "pre.pt", {"model": trained.state_dict(),
+                                                 "identity": {"body_model": body.identity}})
+    started = initial_network(cfg.model_copy(update={"network": cfg.network.model_copy(
+        update={"init_checkpoint": path})}), body)
     for name, value in trained.state_dict().items():
         assert torch.equal(value, started.state_dict()[name]), name
-    assert not torch.equal(HMR.from_config(cfg).dec_pose.bias, trained.dec_pose.bias)
+    assert not torch.equal(initial_network(cfg, body).dec_pose.bias, trained.dec_pose.bias)
+    # HMR.from_config alone never reads it (a resumed or evaluated checkpoint brings its own weights).
+    with_missing = cfg.network.model_copy(update={"init_checkpoint": tmp_path / "missing.pt"})
+    HMR.from_config(with_missing)
+
+    def start(network: dict, identity: str = body.identity, file: str = "pre.pt"):
+        save_checkpoint(tmp_path / "other.pt", {"model": trained.state_dict(), "identity": {"body_model": identity}})
+        run = RunConfig.model_validate({"network": {**network, "init_checkpoint": str(tmp_path / file)}})
+        return initial_network(run, body)
+
     with pytest.raises(ModelError, match="does not fit this run's network"):
-        HMR.from_config(NetworkConfig(backbone="resnet18", init_checkpoint=path))
+        start({"backbone": "resnet18"})
     with pytest.raises(ModelError, match="does not exist"):
-        HMR.from_config(cfg.model_copy(update={"init_checkpoint": tmp_path / "missing.pt"}))
+        start({"backbone": "mobilenet_v3_small"}, file="missing.pt")
+    with pytest.raises(ModelError, match="trained with body model 0123"):
+        start({"backbone": "mobilenet_v3_small"}, identity="0123", file="other.pt")

@@ -76,8 +76,6 @@ class HMR(torch.nn.Module):
             ief_iterations=cfg.ief_iterations,
             dropout=cfg.dropout,
         )
-        if cfg.init_checkpoint is not None:
-            load_init_weights(model, cfg.init_checkpoint)
         return freeze_batchnorm(model) if cfg.freeze_batchnorm else model
 
     def forward(self, images: torch.Tensor) -> HMROutput:
@@ -98,16 +96,3 @@ class HMR(torch.nn.Module):
         rotmat = rot6d_to_matrix(pose.reshape(batch, NUM_SMPL_JOINTS, 6))
         return HMROutput(rotmat=rotmat, pose_6d=pose, betas=betas, camera=camera)
 
-
-def load_init_weights(model: HMR, path: Path) -> None:
-    """Copy the network weights of a spin-ray checkpoint into model (network.init_checkpoint)."""
-    from spin_ray.train.checkpoint import load_checkpoint  # the checkpoint module builds HMRs itself
-
-    payload = load_checkpoint(path)
-    if "model" not in payload:
-        raise ModelError(f"network.init_checkpoint {path} has no 'model' weights (keys: {sorted(payload)})")
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise ModelError(f"network.init_checkpoint {path} does not fit this run's network (backbone, "
-                         f"num_betas and ief head must match the run that wrote it): {err}") from None

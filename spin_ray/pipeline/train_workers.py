@@ -30,7 +30,7 @@ import torch
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig, config_from_dict
 from spin_ray.errors import ConfigError, PipelineError, SpinRayError
-from spin_ray.model.hmr import HMR, HMROutput
+from spin_ray.model.hmr import HMROutput
 from spin_ray.pipeline.async_fits import AsyncFits, summarise_reads
 from spin_ray.pipeline.pool_service import PoolClient, start_pool_service, stop_pool_service
 from spin_ray.store.fit_store import FitStore
@@ -42,6 +42,7 @@ from spin_ray.train.run import (
     summarise_run,
     training_data,
 )
+from spin_ray.train.checkpoint import initial_network
 from spin_ray.train.sampling import make_train_loader
 from spin_ray.train.supervision import Batch, FitSupervisor, FitTargets, batch_samples
 from spin_ray.train.trainer import StepMetrics, Trainer
@@ -161,7 +162,7 @@ def worker_setup(cfg: RunConfig, rank: int, world: int, resume: str | Path | Non
     if resume is not None:
         trainer = Trainer.resume(resume, cfg, supervisor, body, output_dir)
     else:
-        trainer = Trainer(cfg, HMR.from_config(cfg.network, cfg.body.num_betas), body, supervisor, output_dir)
+        trainer = Trainer(cfg, initial_network(cfg, body), body, supervisor, output_dir)
     if rank:
         torch.manual_seed(_seed(cfg.seed, rank, trainer.step))  # dropout masks differ between workers
     if world > 1:

@@ -100,6 +100,28 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | P
                          + "; ".join(diffs) + "); use the checkpoint's own config or start a new run")
 
 
+def initial_network(cfg: RunConfig, body: BodyModel) -> HMR:
+    """The network a new run starts from: the configured HMR, with network.init_checkpoint's weights when set
+    (a resumed or evaluated checkpoint brings its own weights and never reads the init checkpoint)."""
+    model = HMR.from_config(cfg.network, cfg.body.num_betas)
+    path = cfg.network.init_checkpoint
+    if path is None:
+        return model
+    payload = load_checkpoint(path)
+    saved_body = payload.get("identity", {}).get("body_model")
+    if saved_body is not None and saved_body != body.identity:
+        raise ModelError(f"network.init_checkpoint {path} was trained with body model {saved_body}, this run uses "
+                         f"{body.identity} ({body.source}): start from a checkpoint of the same body model")
+    if "model" not in payload:
+        raise ModelError(f"network.init_checkpoint {path} has no 'model' weights (keys: {sorted(payload)})")
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise ModelError(f"network.init_checkpoint {path} does not fit this run's network (backbone, num_betas and "
+                         f"ief head must match the run that wrote it): {err}") from None
+    return model
+
+
 def load_regressor(path: str | Path) -> tuple[HMR, RunConfig, BodyModel]:
     """A checkpoint's network in eval mode, with its saved run config and the body model it was trained with."""
     payload = load_checkpoint(path)
@@ -112,9 +134,8 @@ def load_regressor(path: str | Path) -> tuple[HMR, RunConfig, BodyModel]:
         raise ModelError(f"{path} was trained with body model {saved_body}, its config's body section now gives "
                          f"{body.identity} ({body.source}): restore the model file the checkpoint was trained with")
     # The weights and the mean-parameter buffers come from the checkpoint, so the files they were
-    # first built from (ImageNet weights, SPIN's mean parameters, an init checkpoint) need not exist on this machine.
-    network = cfg.network.model_copy(update={"pretrained_path": None, "mean_params_path": None,
-                                             "init_checkpoint": None})
+    # first built from (ImageNet weights, SPIN's mean parameters) need not exist on this machine.
+    network = cfg.network.model_copy(update={"pretrained_path": None, "mean_params_path": None})
     model = HMR.from_config(network, cfg.body.num_betas)
     try:
         model.load_state_dict(payload["model"])

@@ -19,9 +19,9 @@ from spin_ray.config import DatasetEntry, RunConfig
 from spin_ray.data.dataset import MixedDataset, SpinImageDataset, build_dataset
 from spin_ray.errors import ConfigError
 from spin_ray.eval.evaluate import EvalResult, evaluate, evaluation_dataset, mean_params_predictor, model_predictor
-from spin_ray.model.hmr import HMR
 from spin_ray.store.fit_store import FitStore, resolve_url
 from spin_ray.store.server import EmbeddedRedis
+from spin_ray.train.checkpoint import initial_network
 from spin_ray.train.sampling import make_train_loader
 from spin_ray.train.supervision import FitSupervisor, NoFits, StoreFits, SyncFits
 from spin_ray.train.trainer import StepMetrics, Trainer
@@ -201,7 +201,7 @@ def run_training(
         if resume is not None:
             trainer = Trainer.resume(resume, cfg, supervisor, body, output_dir)
         else:
-            trainer = Trainer(cfg, HMR.from_config(cfg.network, cfg.body.num_betas), body, supervisor, output_dir)
+            trainer = Trainer(cfg, initial_network(cfg, body), body, supervisor, output_dir)
         loader = make_train_loader(train_set, cfg.train.batch_size, cfg.seed, trainer.samples_consumed,
                                    cfg.data.num_workers)
         loop_started = time.monotonic()
