@@ -107,7 +107,11 @@ def initial_network(cfg: RunConfig, body: BodyModel) -> HMR:
     path = cfg.network.init_checkpoint
     if path is None:
         return model
-    payload = load_checkpoint(path)
+    try:
+        payload = load_checkpoint(path)
+    except ModelError as err:
+        raise ModelError(f"network.init_checkpoint: {err} (name a checkpoint a spin-ray run wrote, e.g. "
+                         "OUTPUT/checkpoints/last.pt, or null to start from pretrained_path or random weights)") from None
     saved_body = payload.get("identity", {}).get("body_model")
     if saved_body is not None and saved_body != body.identity:
         raise ModelError(f"network.init_checkpoint {path} was trained with body model {saved_body}, this run uses "
