@@ -88,10 +88,9 @@ class PipelineConfig(Section):
     staleness_steps: int = Field(
         50, ge=0, description="results of requests older than this many trainer steps are written but counted stale"
     )
-    artificial_delay_s: float = Field(0.0, ge=0, description="seconds a fitter sleeps per request (tests only)")
-    standin_gpu_s_per_batch: float = Field(
-        0.25, gt=0, description="cost-model stand-in fitter: GPU-seconds one SMPLify batch of fitting.batch_size "
-        "takes on a whole GPU (an assumption, see benchmarks/SCALING.md)"
+    fitter_class: str = Field(
+        "spin_ray.pipeline.fitter:FitterActor",
+        description="module:Class of the fitter actors (FitterActor's calls: fit, ping, pid); the default runs SMPLify",
     )
     startup_timeout_s: float = Field(300.0, gt=0, description="wait this long for new fitters to answer a ping")
     metrics_window_s: float = Field(30.0, gt=0, description="seconds of recent results behind fits/s and mean error")

@@ -101,6 +101,42 @@ def matrix_to_axis_angle(rotation: torch.Tensor) -> torch.Tensor:
     return torch.where((cos < 0)[..., None], near_pi_branch, near_zero_branch)
 
 
+def axis_angle_to_quaternion(aa: torch.Tensor) -> torch.Tensor:
+    """(...,3) axis-angle to unit quaternions (...,4) [w, x, y, z]."""
+    angle = aa.norm(dim=-1, keepdim=True)
+    # sin(angle/2)/angle written with sinc, so it is smooth at angle 0.
+    return torch.cat([torch.cos(angle / 2), aa * 0.5 * torch.sinc(angle / (2 * torch.pi))], -1)
+
+
+def quaternion_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
+    """Unit quaternions (...,4) to axis-angle (...,3) with angle in [0, pi]."""
+    q = torch.where(q[..., :1] < 0, -q, q)  # same rotation, w >= 0 gives the shortest angle
+    w, v = q[..., :1], q[..., 1:]
+    sin_half = v.norm(dim=-1, keepdim=True)
+    safe = sin_half.clamp_min(1e-12)
+    factor = torch.where(sin_half > 1e-7, 2.0 * torch.atan2(sin_half, w) / safe, 2.0 / w.clamp_min(1e-12))
+    return v * factor
+
+
+def z_rotation_quaternion(angle_deg: torch.Tensor) -> torch.Tensor:
+    """Quaternions (...,4) of rotations about z by angles in degrees."""
+    half = torch.deg2rad(angle_deg) / 2
+    zero = torch.zeros_like(half)
+    return torch.stack([torch.cos(half), zero, zero, torch.sin(half)], -1)
+
+
+def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Hamilton product a * b of quaternions (...,4) [w, x, y, z]."""
+    aw, ax, ay, az = a.unbind(-1)
+    bw, bx, by, bz = b.unbind(-1)
+    return torch.stack([
+        aw * bw - ax * bx - ay * by - az * bz,
+        aw * bx + ax * bw + ay * bz - az * by,
+        aw * by - ax * bz + ay * bw + az * bx,
+        aw * bz + ax * by - ay * bx + az * bw,
+    ], -1)
+
+
 def _center(
     batch: int, dtype: torch.dtype, device: torch.device,
     camera_center: torch.Tensor | None, crop_size: float | None,

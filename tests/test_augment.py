@@ -9,6 +9,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from spin_ray.body.joints import DATASET24_FLIP_PERM, SPIN49_FLIP_PERM
+from spin_ray.body import frames as F
 from spin_ray.data import augment as A
 from spin_ray.errors import InputError
 
@@ -52,17 +53,17 @@ def test_augment_then_canonicalise_is_identity_batched():
     pose = (torch.rand(batch, 72) - 0.5).double()
     pose[:, :3] = torch.nn.functional.normalize(torch.randn(batch, 3), dim=-1).double() * 2.8  # large roots
 
-    kp_aug = A.augment_keypoints(kp, aug)
+    kp_aug = F.augment_keypoints(kp, aug)
     assert not torch.allclose(kp_aug, kp)
-    torch.testing.assert_close(A.canonicalise_keypoints(kp_aug, aug), kp)
-    j_aug = A.augment_joints3d(joints, aug)
+    torch.testing.assert_close(F.canonicalise_keypoints(kp_aug, aug), kp)
+    j_aug = F.augment_joints3d(joints, aug)
     assert not torch.allclose(j_aug, joints)
-    torch.testing.assert_close(A.canonicalise_joints3d(j_aug, aug), joints)
-    p_aug = A.augment_pose(pose, aug)
+    torch.testing.assert_close(F.canonicalise_joints3d(j_aug, aug), joints)
+    p_aug = F.augment_pose(pose, aug)
     assert not torch.allclose(p_aug, pose)
-    torch.testing.assert_close(A.canonicalise_pose(p_aug, aug), pose, atol=1e-9, rtol=0)
+    torch.testing.assert_close(F.canonicalise_pose(p_aug, aug), pose, atol=1e-9, rtol=0)
     # And the other direction: a fit found in the augmented frame survives storage in canonical form.
-    torch.testing.assert_close(A.augment_pose(A.canonicalise_pose(pose, aug), aug), pose, atol=1e-9, rtol=0)
+    torch.testing.assert_close(F.augment_pose(F.canonicalise_pose(pose, aug), aug), pose, atol=1e-9, rtol=0)
 
 
 def test_flipping_twice_is_identity():
@@ -72,11 +73,11 @@ def test_flipping_twice_is_identity():
     kp = torch.randn(8, 49, 3, dtype=torch.float64)
     joints = torch.randn(8, 24, 4, dtype=torch.float64)
     pose = torch.randn(8, 72, dtype=torch.float64) * 0.5
-    once = A.augment_keypoints(kp, flip_only)
+    once = F.augment_keypoints(kp, flip_only)
     assert not torch.allclose(once, kp)
-    torch.testing.assert_close(A.augment_keypoints(once, flip_only), kp)
-    torch.testing.assert_close(A.augment_joints3d(A.augment_joints3d(joints, flip_only), flip_only), joints)
-    torch.testing.assert_close(A.augment_pose(A.augment_pose(pose, flip_only), flip_only), pose)
+    torch.testing.assert_close(F.augment_keypoints(once, flip_only), kp)
+    torch.testing.assert_close(F.augment_joints3d(F.augment_joints3d(joints, flip_only), flip_only), joints)
+    torch.testing.assert_close(F.augment_pose(F.augment_pose(pose, flip_only), flip_only), pose)
     # A flip moves the left wrist's data to the right wrist's slot, mirrored.
     lw, rw = 7, 4  # OP LWrist, OP RWrist
     assert SPIN49_FLIP_PERM[lw] == rw
@@ -88,7 +89,7 @@ def test_pose_rotation_matches_joint_rotation_and_mirror():
     aug = random_aug(16, seed=3)
     pose = torch.zeros(16, 72, dtype=torch.float64)
     pose[:, :3] = torch.randn(16, 3, dtype=torch.float64)
-    out = A.augment_pose(pose, aug).numpy()
+    out = F.augment_pose(pose, aug).numpy()
     mirror = np.diag([-1.0, 1.0, 1.0])
     for i in range(16):
         rz = Rotation.from_euler("z", -aug[i, 1].item(), degrees=True).as_matrix()
@@ -109,8 +110,8 @@ def test_3d_and_2d_augmentations_agree_under_projection():
     def project(j):
         return focal * j[..., :2] / j[..., 2:3]
 
-    via_3d = project(A.augment_joints3d(joints, aug))
-    via_2d = A.augment_keypoints(project(joints), aug, flip_perm=DATASET24_FLIP_PERM)
+    via_3d = project(F.augment_joints3d(joints, aug))
+    via_2d = F.augment_keypoints(project(joints), aug, flip_perm=DATASET24_FLIP_PERM)
     # 2D also scales by 1/scale (a wider box); 3D is unscaled, so compare after undoing the scale.
     torch.testing.assert_close(via_2d * aug[:, 2, None, None], via_3d)
 
@@ -149,7 +150,7 @@ def test_pixel_crop_agrees_with_batched_keypoint_augmentation():
         params = A.sample_aug_params(rng, rot_prob=1.0)
         _, pixel_path = A.augment_crop(image, keypoints, center, scale, params, res)
         aug = torch.from_numpy(params.as_array()[None]).double()
-        batched = A.augment_keypoints(torch.from_numpy(canonical[None]).double(), aug)[0].numpy()
+        batched = F.augment_keypoints(torch.from_numpy(canonical[None]).double(), aug)[0].numpy()
         np.testing.assert_allclose(pixel_path, batched, atol=1e-5)
 
 
@@ -177,8 +178,8 @@ def test_colour_noise_scales_channels_and_clips():
 
 def test_bad_shapes_are_reported():
     with pytest.raises(InputError, match="aug must be"):
-        A.augment_pose(torch.zeros(2, 72), torch.zeros(3, 6))
+        F.augment_pose(torch.zeros(2, 72), torch.zeros(3, 6))
     with pytest.raises(InputError, match=r"\(B,72\)"):
-        A.canonicalise_pose(torch.zeros(2, 69), torch.zeros(2, 6))
+        F.canonicalise_pose(torch.zeros(2, 69), torch.zeros(2, 6))
     with pytest.raises(InputError, match="scale"):
         A.crop_matrix((0, 0), 0.0, 224)

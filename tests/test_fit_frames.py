@@ -6,7 +6,8 @@ import torch
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig
-from spin_ray.data.augment import AugParams, augment_keypoints
+from spin_ray.body.frames import augment_keypoints
+from spin_ray.data.augment import AugParams
 from spin_ray.fitting.problems import synthetic_problems
 from spin_ray.geometry import axis_angle_to_matrix
 from spin_ray.train.fit_frames import augmented_pose, canonical_fits, score_fits

@@ -7,7 +7,7 @@ import torch
 
 from spin_ray.body.joints import SMPL_JOINT_NAMES, SMPL_PARENTS
 from spin_ray.errors import InputError
-from spin_ray.fitting.pose_sampler import FAMILIES, sample_body_poses, sample_global_orient
+from spin_ray.body.pose_sampler import FAMILIES, sample_body_poses, sample_global_orient
 from spin_ray.geometry import axis_angle_to_matrix, perspective_projection
 
 torch.set_num_threads(1)

@@ -8,7 +8,8 @@ import torch
 
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
 from spin_ray.config import FittingConfig, RunConfig
-from spin_ray.data.augment import IDENTITY_AUG, AugParams, augment_keypoints
+from spin_ray.body.frames import augment_keypoints
+from spin_ray.data.augment import IDENTITY_AUG, AugParams
 from spin_ray.fitting.priors import load_pose_prior
 from spin_ray.fitting.problems import synthetic_problems
 from spin_ray.geometry import matrix_to_rot6d

@@ -6,8 +6,8 @@ principal point at 0) a canonical keypoint k maps to  flip(R(-rot) k / scale),  
 2D rotation [[cos a, -sin a], [sin a, cos a]] in image axes (y down), so a positive `rot` turns the
 picture counter-clockwise on screen, as in SPIN. 3D joints and the SMPL global orientation turn by
 the same rotation about the camera's z axis (Rz(-rot)); a flip mirrors x and swaps left/right.
-Scale changes only 2D quantities. Fits are stored canonical (`canonicalise_pose`) and the trainer
-re-applies a batch's augmentation after a read (`augment_pose`).
+Scale changes only 2D quantities. This module does the numpy side (image crops, per-sample
+keypoints); the batched torch transforms of keypoints, joints and poses live in `spin_ray.body.frames`.
 
 Pixel coordinates put pixel centres at integers (OpenCV's convention); the flip axis and the
 principal point are both at res / 2, so flipping the crop and negating normalised x agree exactly.
@@ -19,14 +19,11 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
-from spin_ray.body.joints import DATASET24_FLIP_PERM, SPIN49_FLIP_PERM, flip_keypoints, flip_pose
+from spin_ray.body.frames import AUG_DIM, AUG_FIELDS
+from spin_ray.body.joints import DATASET24_FLIP_PERM, SPIN49_FLIP_PERM
 from spin_ray.errors import InputError
 
-# Layout of an augmentation record as an array (what a batch carries and fitters receive).
-AUG_FIELDS: tuple[str, ...] = ("flip", "rot", "scale", "noise_r", "noise_g", "noise_b")
-AUG_DIM = len(AUG_FIELDS)
 # Box size in pixels of scale 1 (SPIN's 'scale' key is the person box divided by 200).
 SCALE_UNIT_PX = 200.0
 
@@ -159,114 +156,3 @@ def _flip_perm_for(num_joints: int) -> tuple[int, ...]:
     if num_joints == len(DATASET24_FLIP_PERM):
         return DATASET24_FLIP_PERM
     raise InputError(f"no flip permutation known for {num_joints} joints (expected 49 or 24)")
-
-
-# -- batched torch side (keypoints, 3D joints, pose) ----------------------------------------------
-
-def _check_aug(aug: torch.Tensor, batch: int) -> torch.Tensor:
-    if aug.ndim != 2 or aug.shape != (batch, AUG_DIM):
-        raise InputError(f"aug must be ({batch}, {AUG_DIM}) records {AUG_FIELDS}, got {tuple(aug.shape)}")
-    return aug
-
-
-def _rotation2d(angle_deg: torch.Tensor) -> torch.Tensor:
-    """(B,2,2) rotations R(a) in image axes for angles in degrees."""
-    a = torch.deg2rad(angle_deg)
-    c, s = torch.cos(a), torch.sin(a)
-    return torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)], -2)
-
-
-def _maybe_flip(points: torch.Tensor, flip: torch.Tensor, perm: tuple[int, ...]) -> torch.Tensor:
-    return torch.where(flip.view(-1, 1, 1) > 0.5, flip_keypoints(points, perm), points)
-
-
-def augment_keypoints(keypoints: torch.Tensor, aug: torch.Tensor, flip_perm=SPIN49_FLIP_PERM) -> torch.Tensor:
-    """Canonical normalised keypoints (B,J,2|3) to the augmented crop; the confidence is kept."""
-    aug = _check_aug(aug, keypoints.shape[0]).to(keypoints.dtype)
-    xy = torch.einsum("bij,bkj->bki", _rotation2d(-aug[:, 1]), keypoints[..., :2]) / aug[:, 2, None, None]
-    return _maybe_flip(torch.cat([xy, keypoints[..., 2:]], -1), aug[:, 0], flip_perm)
-
-
-def canonicalise_keypoints(keypoints: torch.Tensor, aug: torch.Tensor, flip_perm=SPIN49_FLIP_PERM) -> torch.Tensor:
-    """Inverse of `augment_keypoints`."""
-    aug = _check_aug(aug, keypoints.shape[0]).to(keypoints.dtype)
-    unflipped = _maybe_flip(keypoints, aug[:, 0], flip_perm)
-    xy = torch.einsum("bij,bkj->bki", _rotation2d(aug[:, 1]), unflipped[..., :2]) * aug[:, 2, None, None]
-    return torch.cat([xy, unflipped[..., 2:]], -1)
-
-
-def _rotate_about_z(points: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
-    xy = torch.einsum("bij,bkj->bki", _rotation2d(angle_deg), points[..., :2])
-    return torch.cat([xy, points[..., 2:]], -1)
-
-
-def augment_joints3d(joints: torch.Tensor, aug: torch.Tensor, flip_perm=DATASET24_FLIP_PERM) -> torch.Tensor:
-    """Canonical camera-frame 3D joints (B,J,3|4) to the augmented frame; a 4th (conf) column is kept."""
-    aug = _check_aug(aug, joints.shape[0]).to(joints.dtype)
-    return _maybe_flip(_rotate_about_z(joints, -aug[:, 1]), aug[:, 0], flip_perm)
-
-
-def canonicalise_joints3d(joints: torch.Tensor, aug: torch.Tensor, flip_perm=DATASET24_FLIP_PERM) -> torch.Tensor:
-    """Inverse of `augment_joints3d`."""
-    aug = _check_aug(aug, joints.shape[0]).to(joints.dtype)
-    return _rotate_about_z(_maybe_flip(joints, aug[:, 0], flip_perm), aug[:, 1])
-
-
-def _axis_angle_to_quaternion(aa: torch.Tensor) -> torch.Tensor:
-    """(...,3) axis-angle to unit quaternions (...,4) [w, x, y, z]."""
-    angle = aa.norm(dim=-1, keepdim=True)
-    # sin(angle/2)/angle written with sinc, so it is smooth at angle 0.
-    return torch.cat([torch.cos(angle / 2), aa * 0.5 * torch.sinc(angle / (2 * torch.pi))], -1)
-
-
-def _quaternion_to_axis_angle(q: torch.Tensor) -> torch.Tensor:
-    """Unit quaternions (...,4) to axis-angle (...,3) with angle in [0, pi]."""
-    q = torch.where(q[..., :1] < 0, -q, q)  # same rotation, w >= 0 gives the shortest angle
-    w, v = q[..., :1], q[..., 1:]
-    sin_half = v.norm(dim=-1, keepdim=True)
-    safe = sin_half.clamp_min(1e-12)
-    factor = torch.where(sin_half > 1e-7, 2.0 * torch.atan2(sin_half, w) / safe, 2.0 / w.clamp_min(1e-12))
-    return v * factor
-
-
-def _z_quaternion(angle_deg: torch.Tensor) -> torch.Tensor:
-    half = torch.deg2rad(angle_deg) / 2
-    zero = torch.zeros_like(half)
-    return torch.stack([torch.cos(half), zero, zero, torch.sin(half)], -1)
-
-
-def _quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], -1)
-
-
-def _rotate_global_orient(pose: torch.Tensor, angle_deg: torch.Tensor) -> torch.Tensor:
-    """Left-multiply the root rotation of (B,72) poses by Rz(angle)."""
-    root = _quaternion_to_axis_angle(
-        _quaternion_multiply(_z_quaternion(angle_deg), _axis_angle_to_quaternion(pose[:, :3]))
-    )
-    return torch.cat([root, pose[:, 3:]], -1)
-
-
-def augment_pose(pose: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
-    """Canonical axis-angle SMPL poses (B,72) to the augmented frame: root turned by Rz(-rot), then flipped."""
-    if pose.ndim != 2 or pose.shape[1] != 72:
-        raise InputError(f"pose must be (B,72) axis-angle, got {tuple(pose.shape)}")
-    aug = _check_aug(aug, pose.shape[0]).to(pose.dtype)
-    rotated = _rotate_global_orient(pose, -aug[:, 1])
-    return torch.where(aug[:, :1] > 0.5, flip_pose(rotated), rotated)
-
-
-def canonicalise_pose(pose: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
-    """Inverse of `augment_pose` (the frame fits are stored in)."""
-    if pose.ndim != 2 or pose.shape[1] != 72:
-        raise InputError(f"pose must be (B,72) axis-angle, got {tuple(pose.shape)}")
-    aug = _check_aug(aug, pose.shape[0]).to(pose.dtype)
-    unflipped = torch.where(aug[:, :1] > 0.5, flip_pose(pose), pose)
-    return _rotate_global_orient(unflipped, aug[:, 1])

@@ -54,7 +54,7 @@ from spin_ray.config import SYNTH_SPLITS, RunConfig, SynthConfig, config_from_di
 from spin_ray.data.augment import SCALE_UNIT_PX
 from spin_ray.data.spin_format import SHAPE_DIM, write_spin_npz
 from spin_ray.errors import ConfigError, DataError
-from spin_ray.fitting.pose_sampler import sample_body_poses, sample_global_orient
+from spin_ray.body.pose_sampler import sample_body_poses, sample_global_orient
 from spin_ray.geometry import axis_angle_to_matrix, matrix_to_axis_angle
 from spin_ray.render.renderer import MeshRenderer, face_incidence, vertex_normals
 

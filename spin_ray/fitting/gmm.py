@@ -111,7 +111,7 @@ def mean_log_likelihood(samples: np.ndarray, means: np.ndarray, covars: np.ndarr
 
 def build_open_prior(out: Path, samples: int, seed: int, k: int, iterations: int) -> dict:
     """Sample poses, fit the mixture and write the .npz; returns a summary for the log."""
-    from spin_ray.fitting.pose_sampler import sample_body_poses  # the sampler is only needed here
+    from spin_ray.body.pose_sampler import sample_body_poses  # the sampler is only needed here
 
     start = time.perf_counter()
     poses = sample_body_poses(samples, torch.Generator().manual_seed(seed), dtype=torch.float64)[:, 3:]

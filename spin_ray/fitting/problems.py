@@ -14,7 +14,7 @@ import torch
 
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
 from spin_ray.config import CameraConfig
-from spin_ray.fitting.pose_sampler import sample_body_poses, sample_global_orient
+from spin_ray.body.pose_sampler import sample_body_poses, sample_global_orient
 from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, project
 
 # Typical SPIN weak-perspective scale: the person's box spans ~0.9 of the crop.

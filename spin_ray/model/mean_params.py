@@ -11,7 +11,7 @@ import torch
 
 from spin_ray.body.joints import NUM_SMPL_JOINTS
 from spin_ray.errors import ModelError
-from spin_ray.fitting.pose_sampler import sample_body_poses
+from spin_ray.body.pose_sampler import sample_body_poses
 from spin_ray.geometry import axis_angle_to_matrix, matrix_to_rot6d
 
 # SPIN's mean camera: a person filling ~90 % of the crop, centred.

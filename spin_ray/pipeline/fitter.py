@@ -79,7 +79,6 @@ class FitterActor:
         self.device = fitter_device(config)
         self.fitting = config.fitting
         self.camera = config.camera
-        self.delay_s = config.pipeline.artificial_delay_s
         self.body = BodyModel.from_config(config.body).to(self.device)
         self.prior = load_pose_prior(config.fitting).to(self.device)
         if store.body_model_hash is None:
@@ -109,8 +108,6 @@ class FitterActor:
     def fit(self, request: FitRequest) -> FitReport:
         """Fit one request, write every improvement to the store (source 'loop'), report what happened."""
         start, cpu_start = time.perf_counter(), time.process_time()
-        if self.delay_s > 0:
-            time.sleep(self.delay_s)
         fits = fit_request(self.body, self.prior, request, self.fitting, self.camera, self.device)
         pose = fits.pose.cpu().numpy()
         betas = fits.betas.cpu().numpy()

@@ -14,6 +14,7 @@ Not thread-safe: call it from one thread (the trainer's).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections import deque
@@ -25,8 +26,8 @@ from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from spin_ray.config import RunConfig
-from spin_ray.errors import PipelineError
-from spin_ray.pipeline.fitter import HEALTH_GROUP, FitterActor
+from spin_ray.errors import ConfigError, PipelineError
+from spin_ray.pipeline.fitter import HEALTH_GROUP
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.store.records import FitStoreAddress
 
@@ -145,12 +146,29 @@ class _RayMetrics:
             self.gauges, self.counters = {}, {}
 
 
+def import_fitter_class(path: str) -> type:
+    """The fitter actor class named by pipeline.fitter_class ("module:Class")."""
+    module_name, _, class_name = path.partition(":")
+    if not module_name or not class_name:
+        raise ConfigError(f"pipeline.fitter_class must be 'module:Class', got {path!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"pipeline.fitter_class {path!r}: cannot import {module_name} ({err})") from None
+    fitter_class = getattr(module, class_name, None)
+    missing = [m for m in ("fit", "ping", "pid") if not callable(getattr(fitter_class, m, None))]
+    if not isinstance(fitter_class, type) or missing:
+        raise ConfigError(f"pipeline.fitter_class {path!r} is not a fitter actor class "
+                          f"(needs the methods fit, ping and pid{'; missing ' + ', '.join(missing) if missing else ''})")
+    return fitter_class
+
+
 class FitterPool:
     """N fitter actors behind one bounded, fault-tolerant submit/poll interface."""
 
     def __init__(self, config: RunConfig, store: FitStoreAddress, name: str = "fitters", wait_ready: bool = True,
-                 fitter_class: type = FitterActor):
-        """Start config.pipeline.num_fitters actors of fitter_class (FitterActor's interface: ping, fit, ...)."""
+                 fitter_class: type | None = None):
+        """Start config.pipeline.num_fitters actors of fitter_class (default: pipeline.fitter_class)."""
         if not ray.is_initialized():
             raise PipelineError("FitterPool needs a running Ray: call ray.init() (or launch the run) first")
         self.name = name
@@ -158,6 +176,7 @@ class FitterPool:
         self._store = store
         self._pipeline = config.pipeline
         # Concurrency groups can only be declared in ray.remote, not in .options().
+        fitter_class = fitter_class or import_fitter_class(self._pipeline.fitter_class)
         self._actor_class = ray.remote(concurrency_groups={HEALTH_GROUP: 1})(fitter_class).options(
             num_cpus=self._pipeline.fitter_num_cpus,
             num_gpus=self._pipeline.fitter_num_gpus,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from spin_ray.body.joints import NUM_KEYPOINTS
-from spin_ray.data.augment import AUG_DIM, AUG_FIELDS
+from spin_ray.body.frames import AUG_DIM, AUG_FIELDS
 from spin_ray.errors import FitStoreError, PipelineError
 from spin_ray.store.records import BETAS_SIZE, POSE_SIZE, check_name
 
@@ -175,6 +175,6 @@ class FitReport:
     written: int  # fits that beat the stored one (keep_best wrote them)
     failed: int  # samples SMPLify rejected or lost to non-finite values
     mean_error: float  # mean canonical ranking error of the fitted samples; NaN if none
-    elapsed_s: float  # wall time in the fitter, including any artificial delay
+    elapsed_s: float  # wall time in the fitter
     actor_id: str
     cpu_s: float = float("nan")  # CPU time of the fitter process for this request: low vs elapsed_s = no free core

@@ -7,7 +7,8 @@ import torch
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import CameraConfig
-from spin_ray.data.augment import AugParams, augment_keypoints
+from spin_ray.body.frames import augment_keypoints
+from spin_ray.data.augment import AugParams
 from spin_ray.fitting.problems import network_like_init, synthetic_problems, typical_depth
 from spin_ray.fitting.smplify import camera_from_keypoints
 from spin_ray.pipeline.requests import FitRequest

@@ -14,7 +14,7 @@ import torch
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import CameraConfig
-from spin_ray.data.augment import augment_pose, canonicalise_keypoints, canonicalise_pose
+from spin_ray.body.frames import augment_pose, canonicalise_keypoints, canonicalise_pose
 from spin_ray.fitting.scoring import crop_pixels, score_fits
 
 __all__ = ["CanonicalFits", "augmented_pose", "canonical_fits", "crop_pixels", "score_fits"]
