@@ -313,3 +313,39 @@ def test_from_config_resolves_url_and_env(redis_server, monkeypatch):
         FitStore.from_config(StoreConfig(url_env="FIT_STORE_TEST_URL"), TEST_BODY_HASH)
     with pytest.raises(FitStoreError, match="names no Redis"):
         FitStore.from_config(StoreConfig(), TEST_BODY_HASH)
+
+
+def test_keep_best_samples_groups_mixed_datasets_and_skips_bad_rows(fit_store, monkeypatch):
+    pose, betas, _ = _rows(6, seed=3)
+    fit_store.keep_best("lsp", [7], pose[4:5], betas[4:5], [5.0], 0, "static")  # row 4 below will not beat it
+    datasets = ["coco", "lsp", "coco", "lsp", "lsp", "coco"]
+    indices = [0, 3, 1, 4, 7, 2]
+    error = np.array([10.0, 20.0, np.nan, 30.0, 6.0, 40.0])
+    pose[5, 3] = np.inf  # a non-finite pose is skipped like a NaN error
+    calls = []
+    real_keep_best = fit_store.keep_best
+
+    def spy(dataset, idx, *rest):
+        calls.append((dataset, np.asarray(idx).tolist()))
+        return real_keep_best(dataset, idx, *rest)
+
+    monkeypatch.setattr(fit_store, "keep_best", spy)
+    written = fit_store.keep_best_samples(datasets, indices, pose, betas, error, 9, "loop")
+    assert written.dtype == bool and written.tolist() == [True, True, False, True, False, False]
+    # One keep_best per dataset, first-seen order; skipped rows are never sent.
+    assert calls == [("coco", [0]), ("lsp", [3, 4, 7])]
+
+    coco = fit_store.read("coco", [0, 1, 2])
+    assert coco.found.tolist() == [True, False, False] and coco.error[0] == 10.0 and coco.step[0] == 9
+    lsp = fit_store.read("lsp", [3, 4, 7])
+    assert lsp.error.tolist() == [20.0, 30.0, 5.0] and lsp.source.tolist() == ["loop", "loop", "static"]
+    np.testing.assert_array_equal(lsp.pose[:2], pose[[1, 3]])
+
+    # One name for every row; an all-skipped or empty batch sends nothing.
+    assert fit_store.keep_best_samples("mpii", [0, 1], pose[:2], betas[:2], [1.0, np.nan], 0, "gt").tolist() == [
+        True, False,
+    ]  # fmt: skip
+    assert fit_store.keep_best_samples("mpii", [], np.zeros((0, 72)), np.zeros((0, 10)), [], 0, "gt").size == 0
+    assert calls[-1] == ("mpii", [0])
+    with pytest.raises(FitStoreError, match="one name or one per row"):
+        fit_store.keep_best_samples(["coco"], [0, 1], pose[:2], betas[:2], [1.0, 2.0], 0, "loop")

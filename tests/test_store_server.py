@@ -16,7 +16,8 @@ import pytest
 
 from spin_ray.errors import FitStoreError
 from spin_ray.store.fit_store import FitStore
-from spin_ray.store.server import RAY_GCS_PORT, EmbeddedRedis, connect, free_port, redact_url
+from spin_ray.config import StoreConfig
+from spin_ray.store.server import RAY_GCS_PORT, EmbeddedRedis, connect, free_port, redact_url, store_url
 
 from conftest import TEST_BODY_HASH
 
@@ -152,3 +153,23 @@ def test_redact_url():
 def test_bad_url_scheme(tmp_path):
     with pytest.raises(FitStoreError, match="must start with redis://"):
         connect("http://user:pw@127.0.0.1:1", 0.1)
+
+
+def test_store_url_yields_the_configured_server(redis_server, tmp_path, monkeypatch):
+    with store_url(StoreConfig(url=redis_server.url), tmp_path / "unused") as url:
+        assert url == redis_server.url
+    monkeypatch.setenv("STORE_URL_TEST", redis_server.url)
+    with store_url(StoreConfig(url_env="STORE_URL_TEST"), tmp_path / "unused") as url:
+        assert url == redis_server.url
+    assert not (tmp_path / "unused").exists()  # no embedded server was started
+
+
+def test_store_url_starts_an_embedded_server_for_the_block(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="spin_ray.store.server")
+    with store_url(StoreConfig(), tmp_path / "redis") as url:
+        client = connect(url, 2)
+        pid = int(client.info("server")["process_id"])
+        client.close()
+        assert _alive(pid) and f"embedded redis-server on {url}" in caplog.text
+        assert str(tmp_path / "redis") in caplog.text and (tmp_path / "redis" / "redis.log").is_file()
+    assert not _alive(pid)

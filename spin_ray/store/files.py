@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from spin_ray.errors import FitStoreError
-from spin_ray.store.records import BETAS_SIZE, POSE_SIZE, SCHEMA_VERSION, NamespaceMeta, check_name
-
-if TYPE_CHECKING:
-    from spin_ray.store.fit_store import StoredFits
+from spin_ray.store.records import BETAS_SIZE, POSE_SIZE, SCHEMA_VERSION, NamespaceMeta, StoredFits, check_name
 
 NPY_WIDTH = POSE_SIZE + BETAS_SIZE  # SPIN's static fits: pose 72 then betas 10 per row
 PARQUET_COLUMNS: tuple[str, ...] = ("dataset", "index", "pose", "betas", "error", "step", "source", "updates", "time")
@@ -25,7 +21,7 @@ def errors_path_for(path: Path) -> Path:
     return path.with_name(path.stem + ".errors.npy")
 
 
-def write_npy_fits(fits: "StoredFits", path: Path, size: int | None = None) -> Path:
+def write_npy_fits(fits: StoredFits, path: Path, size: int | None = None) -> Path:
     """Dense (size, 82) float32 fits and (size,) float64 errors (NaN = no fit); returns the fits path."""
     top = int(fits.indices.max()) + 1 if fits.indices.size else 0
     size = top if size is None else size
@@ -80,7 +76,7 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def write_parquet(
-    path: Path, fits_by_dataset: dict[str, "StoredFits"], namespace: str, meta: NamespaceMeta | None
+    path: Path, fits_by_dataset: dict[str, StoredFits], namespace: str, meta: NamespaceMeta | None
 ) -> Path:
     """One row per record with every field; file metadata names the schema, body model and namespace."""
     import pyarrow as pa

@@ -1,4 +1,4 @@
-"""What a stored fit is: pydantic models for the store's edges and the checked byte packing of payloads.
+"""What a stored fit is: pydantic models for the store's edges, batch-read arrays, checked byte packing.
 
 A record is one hash in Redis. Its pose and betas are raw little-endian float32 bytes; every other
 field is a decimal string. Nothing read from Redis is ever unpickled: bytes become arrays only after
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -161,3 +162,69 @@ class StoreStats(BaseModel):
     namespace: str
     meta: NamespaceMeta | None
     datasets: list[DatasetStats]
+
+
+@dataclass(frozen=True)
+class StoredFits:
+    """A batch read: row i is sample indices[i]; rows with found[i] False hold zeros / NaN / -1."""
+
+    indices: np.ndarray  # (N,) int64
+    found: np.ndarray  # (N,) bool
+    pose: np.ndarray  # (N, 72) float32 axis-angle, canonical frame
+    betas: np.ndarray  # (N, 10) float32
+    error: np.ndarray  # (N,) float64, NaN where missing
+    step: np.ndarray  # (N,) int64, -1 where missing
+    source: np.ndarray  # (N,) str, '' where missing
+    updates: np.ndarray  # (N,) int64, 0 where missing
+    time: np.ndarray  # (N,) float64, NaN where missing
+
+
+def decode_records(key_prefix: str, idx: np.ndarray, replies: list[tuple[bytes | None, ...]]) -> StoredFits:
+    """Arrays from the records' fields (keys `key_prefix + index`); payload lengths are checked first."""
+    n = idx.shape[0]
+    found = np.zeros(n, dtype=bool)
+    error = np.full(n, np.nan)
+    step = np.full(n, -1, dtype=np.int64)
+    updates = np.zeros(n, dtype=np.int64)
+    stamp = np.full(n, np.nan)
+    source = np.full(n, "", dtype="<U6")
+    pose_parts: list[bytes] = []
+    betas_parts: list[bytes] = []
+    zero_pose, zero_betas = bytes(POSE_BYTES), bytes(BETAS_BYTES)
+    for i, (pose, betas, err, stp, src, upd, tim) in enumerate(replies):
+        if pose is None and err is None:
+            pose_parts.append(zero_pose)
+            betas_parts.append(zero_betas)
+            continue
+        key = f"{key_prefix}{int(idx[i])}"
+        if pose is None or len(pose) != POSE_BYTES:
+            unpack_floats(key, "pose", pose, POSE_SIZE)  # raises with the byte counts
+        if betas is None or len(betas) != BETAS_BYTES:
+            unpack_floats(key, "betas", betas, BETAS_SIZE)
+        found[i] = True
+        pose_parts.append(pose)
+        betas_parts.append(betas)
+        error[i] = parse_number(key, "error", err, float)
+        step[i] = parse_number(key, "step", stp, int)
+        updates[i] = parse_number(key, "updates", upd, int)
+        stamp[i] = parse_number(key, "time", tim, float)
+        name = (src or b"").decode("ascii", errors="replace")
+        if name not in SOURCES:
+            raise FitStoreError(
+                f"record {key} has source {name!r}, expected one of {', '.join(SOURCES)} "
+                f"(store written by another schema version?)"
+            )
+        source[i] = name
+    pose_arr = np.frombuffer(b"".join(pose_parts), dtype=FLOAT32_LE).reshape(n, POSE_SIZE)
+    betas_arr = np.frombuffer(b"".join(betas_parts), dtype=FLOAT32_LE).reshape(n, BETAS_SIZE)
+    return StoredFits(
+        indices=idx,
+        found=found,
+        pose=pose_arr.astype(np.float32),
+        betas=betas_arr.astype(np.float32),
+        error=error,
+        step=step,
+        source=source,
+        updates=updates,
+        time=stamp,
+    )

@@ -1,5 +1,7 @@
 """Redis for the fit store: an embedded redis-server for one machine, or a connection to one by URL.
 
+`store_url` is the one set-up every caller uses: the configured server, else an embedded one.
+
 The embedded server binds 127.0.0.1 only, on a free port that is never 6379 (Ray's GCS default),
 keeps an append-only file fsynced every second in the data dir, and is stopped with SIGTERM (Redis
 then flushes the AOF) when the context manager exits, on Ctrl-C, or at interpreter exit. A parent
@@ -10,6 +12,7 @@ log, and `spin-ray store serve` handles SIGTERM for that reason.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import shutil
@@ -18,12 +21,17 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import redis
 
-from spin_ray.errors import FitStoreError
+from spin_ray.errors import FitStoreError, FitStoreUnavailable
+
+if TYPE_CHECKING:
+    from spin_ray.config import StoreConfig
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +138,26 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
             log.debug("Redis at %s not answering yet, retrying in %.2f s", redact_url(url), delay)
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's text, or its type name when it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@contextlib.contextmanager
+def redis_errors(url: str, what: str) -> Iterator[None]:
+    """Turn Redis failures into FitStoreError with the (redacted) address and the operation."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as err:
+        raise FitStoreUnavailable(
+            f"lost Redis at {redact_url(url)} while {what}: {type(err).__name__}: "
+            f"{first_line(err)} (is the server still running?)"
+        ) from None
+    except redis.ResponseError as err:
+        raise FitStoreError(f"Redis refused a command while {what}: {first_line(err)}") from None
 
 
 def _server_config(port: int, data_dir: Path, password: str | None) -> str:
@@ -293,3 +321,29 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def resolve_url(config: "StoreConfig") -> str | None:
+    """The Redis URL a store config names (store.url, else the variable store.url_env), or None."""
+    if config.url:
+        return config.url
+    if config.url_env:
+        value = os.environ.get(config.url_env)
+        if not value:
+            raise FitStoreError(
+                f"store.url_env names {config.url_env}, but that environment variable is empty or unset"
+            )
+        return value
+    return None
+
+
+@contextlib.contextmanager
+def store_url(config: "StoreConfig", data_dir: Path) -> Iterator[str]:
+    """The Redis URL for a run: the configured server's, else an embedded server's in `data_dir` for the block."""
+    url = resolve_url(config)
+    if url is not None:
+        yield url
+        return
+    with EmbeddedRedis(data_dir) as server:
+        log.info("embedded redis-server on %s (data in %s)", redact_url(server.url), server.data_dir)
+        yield server.url

@@ -1,0 +1,63 @@
+"""Sending a validated batch to the keep-best script: pipelined EVALSHA calls, a bounded number of rows a round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NoReturn
+
+import numpy as np
+import redis
+
+from spin_ray.store import records as rec
+from spin_ray.store.records import SCHEMA_VERSION
+from spin_ray.store.validation import WriteBatch
+
+PIPELINE_CHUNK = 1024  # rows per round trip for bulk writes, reads and exports; bounds client memory
+
+
+@dataclass(frozen=True)
+class WriteTarget:
+    """The keys one dataset's keep-best writes touch, and the body model the namespace must hold."""
+
+    record_prefix: str  # record key = record_prefix + index
+    index_key: str
+    stats_key: str
+    meta_key: str
+    body_model_hash: str
+
+
+def send_keep_best(
+    client: redis.Redis,
+    sha: str,
+    batch: WriteBatch,
+    target: WriteTarget,
+    rows: np.ndarray,
+    written: np.ndarray,
+    on_script_error: Callable[[Exception], NoReturn],
+) -> np.ndarray:
+    """Pipeline the rows' keep-best calls, fill `written`; return the rows that hit NOSCRIPT."""
+    schema = str(SCHEMA_VERSION)
+    pb, bb = rec.POSE_BYTES, rec.BETAS_BYTES
+    noscript: list[int] = []
+    for start in range(0, rows.size, PIPELINE_CHUNK):
+        chunk = rows[start : start + PIPELINE_CHUNK].tolist()
+        pipe = client.pipeline(transaction=False)
+        for i in chunk:
+            index = int(batch.indices[i])
+            pipe.evalsha(
+                sha, 4,
+                f"{target.record_prefix}{index}", target.index_key, target.stats_key, target.meta_key,
+                batch.errors[i], batch.pose_bytes[i * pb : (i + 1) * pb], batch.betas_bytes[i * bb : (i + 1) * bb],
+                batch.steps[i], batch.sources[i], batch.times[i], index, schema, target.body_model_hash,
+                batch.updates[i],
+            )  # fmt: skip
+        replies = pipe.execute(raise_on_error=False)
+        for i, reply in zip(chunk, replies):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                noscript.append(i)
+            elif isinstance(reply, Exception):
+                on_script_error(reply)
+            else:
+                written[i] = bool(reply)
+    return np.asarray(noscript, dtype=np.int64)
