@@ -137,6 +137,21 @@ def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ], -1)
 
 
+def pixels_to_normalised(xy, crop_size: float):
+    """Crop pixels to SPIN's [-1, 1] keypoint coordinates (2 x / crop - 1); numpy arrays or tensors."""
+    return 2.0 * xy / crop_size - 1.0
+
+
+def normalised_to_pixels(xy, crop_size: float):
+    """Inverse of `pixels_to_normalised`."""
+    return (xy + 1.0) * (crop_size / 2.0)
+
+
+def keypoints_to_pixels(keypoints: torch.Tensor, crop_size: float) -> torch.Tensor:
+    """Normalised keypoints (..., J, 3) [x, y, conf] to crop pixels; the confidence is kept."""
+    return torch.cat([normalised_to_pixels(keypoints[..., :2], crop_size), keypoints[..., 2:]], dim=-1)
+
+
 def _center(
     batch: int, dtype: torch.dtype, device: torch.device,
     camera_center: torch.Tensor | None, crop_size: float | None,

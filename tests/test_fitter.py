@@ -15,7 +15,8 @@ from spin_ray.pipeline.fitter import FitterActor, fit_request
 from spin_ray.pipeline.requests import FitRequest
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
-from spin_ray.train.fit_frames import canonical_fits, score_fits
+from spin_ray.fitting.canonical_fits import to_canonical
+from spin_ray.fitting.scoring import score_fits
 
 torch.set_num_threads(1)
 CFG = fast_config()
@@ -38,13 +39,13 @@ def test_fit_request_beats_the_prediction_in_the_canonical_frame(body):
     request = make_request(body, CFG.camera, 8, seed=1, augment=True)
     fits = fit_request(body, load_pose_prior(CFG.fitting), request, CFG.fitting, CFG.camera)
     as_t = torch.from_numpy
-    before = canonical_fits(body, as_t(request.pose), as_t(request.betas), as_t(request.keypoints), as_t(request.aug),
+    before = to_canonical(body, as_t(request.pose), as_t(request.betas), as_t(request.keypoints), as_t(request.aug),
                             CFG.camera, CFG.fitting.gmof_sigma)
     assert torch.isfinite(fits.error).all()
     assert fits.error.mean() < 0.5 * before.error.mean()
     # The error is the canonical one: re-scoring the canonical pose against canonical keypoints gives it back.
     g = torch.Generator().manual_seed(1)
-    from spin_ray.fitting.problems import synthetic_problems
+    from spin_ray_sim.fitting_problems import synthetic_problems
 
     truth = synthetic_problems(body, 8, g, CFG.camera)
     rescored = score_fits(body, fits.pose, fits.betas, truth.keypoints_2d, CFG.camera, CFG.fitting.gmof_sigma)

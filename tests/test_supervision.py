@@ -11,12 +11,13 @@ from spin_ray.config import FittingConfig, RunConfig
 from spin_ray.body.frames import augment_keypoints
 from spin_ray.data.augment import IDENTITY_AUG, AugParams
 from spin_ray.fitting.priors import load_pose_prior
-from spin_ray.fitting.problems import synthetic_problems
+from spin_ray_sim.fitting_problems import synthetic_problems
 from spin_ray.geometry import matrix_to_rot6d
 from spin_ray.model.hmr import HMROutput
 from spin_ray.store.fit_store import FitStore
-from spin_ray.train.fit_frames import augmented_pose, canonical_fits
-from spin_ray.train.supervision import FitSupervisor, NoFits, StoreFits, SyncFits, write_fits
+from spin_ray.body.frames import augment_pose
+from spin_ray.fitting.canonical_fits import to_canonical
+from spin_ray.train.supervision import FitSupervisor, NoFits, StoreFits, SyncFits, batch_samples
 
 torch.set_num_threads(1)
 CFG = RunConfig()
@@ -58,7 +59,7 @@ def _batch(problem, aug, dataset="ds", has_smpl=None):
     return {
         "keypoints": augment_keypoints(_normalised(problem.keypoints_2d[:n]), aug),
         "aug": aug,
-        "pose": torch.where(has_smpl[:, None], augmented_pose(problem.pose[:n], aug), torch.zeros(n, 72)),
+        "pose": torch.where(has_smpl[:, None], augment_pose(problem.pose[:n], aug), torch.zeros(n, 72)),
         "betas": torch.where(has_smpl[:, None], problem.betas[:n], torch.zeros(n, 10)),
         "has_smpl": has_smpl,
         "dataset": [dataset] * n,
@@ -77,9 +78,10 @@ def test_fit_from_flipped_rotated_crop_reads_back_identical_for_the_unaugmented_
     aug = _augs(N, [(bool(i % 2), 20.0 * (i - 4)) for i in range(N)])
     seen = _batch(problem, aug)
     # A perfect fit found in the augmented crop, canonicalised and written through the store.
-    fits = canonical_fits(body, augmented_pose(problem.pose, aug), problem.betas, seen["keypoints"], aug,
-                          CFG.camera, CFG.fitting.gmof_sigma)
-    assert write_fits(store, seen, fits.pose, fits.betas, fits.error, step=3, source="loop").all()
+    fits = to_canonical(body, augment_pose(problem.pose, aug), problem.betas, seen["keypoints"], aug,
+                        CFG.camera, CFG.fitting.gmof_sigma)
+    datasets, indices = batch_samples(seen)
+    assert store.keep_best_samples(datasets, indices, fits.pose, fits.betas, fits.error, step=3, source="loop").all()
     plain = _batch(problem, torch.from_numpy(IDENTITY_AUG.as_array()).expand(N, 6).clone())
     targets = StoreFits(store, CFG.fitting, body.num_betas).targets(plain, None, step=4)
     truth = axis_angle_pose_to_rotmats(problem.pose)
@@ -88,7 +90,7 @@ def test_fit_from_flipped_rotated_crop_reads_back_identical_for_the_unaugmented_
     assert targets.valid.all() and (targets.error < 1.0).all()
     # And read again for the augmented view, the fit comes back in that view's frame.
     again = StoreFits(store, CFG.fitting, body.num_betas).targets(seen, None, step=4)
-    assert torch.allclose(again.rotmat, axis_angle_pose_to_rotmats(augmented_pose(problem.pose, aug)), atol=1e-4)
+    assert torch.allclose(again.rotmat, axis_angle_pose_to_rotmats(augment_pose(problem.pose, aug)), atol=1e-4)
     assert store.read("ds", np.arange(N) + 100).source.tolist() == ["loop"] * N
 
 
@@ -108,7 +110,7 @@ def test_static_reads_what_was_imported_and_applies_the_valid_fit_rule(body, pro
     targets = supervisor.targets(batch, None, step=1)
     assert targets.valid.tolist() == [True, True, False, False, True, True, True, True]
     assert targets.error[3] == float("inf") and targets.error[4] == 0.0 and targets.error[2] == 150.0
-    expected = axis_angle_pose_to_rotmats(augmented_pose(problem.pose, batch["aug"]))
+    expected = axis_angle_pose_to_rotmats(augment_pose(problem.pose, batch["aug"]))
     stored = torch.arange(N) != 3  # row 3 has no fit: its target is unused
     assert torch.allclose(targets.rotmat[stored], expected[stored], atol=1e-4)
     assert targets.counts["found"] == 6  # ground truth and the missing row are not store hits
@@ -121,7 +123,7 @@ def test_sync_fits_improve_the_store_over_steps(body, problem, store):
     aug = _augs(N, [(bool(i % 2), 10.0 * (i % 3)) for i in range(N)])
     batch = _batch(problem, aug)
     noise = 0.5 * torch.randn(N, 72, generator=torch.Generator().manual_seed(1))
-    seen_truth = augmented_pose(problem.pose, aug)
+    seen_truth = augment_pose(problem.pose, aug)
     first = supervisor.targets(batch, _pred(seen_truth + noise, torch.zeros(N, 10)), step=1)
     assert first.counts["improved"] == first.counts["fitted"] == N  # the store was empty
     errors_1 = store.read("ds", batch["index"]).error

@@ -11,14 +11,8 @@ import torch
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import CameraConfig
-from spin_ray.fitting.problems import typical_depth
+from spin_ray.fitting.starts import typical_depth
 from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, model_keypoints, ranking_error
-
-
-def crop_pixels(keypoints: torch.Tensor, camera: CameraConfig) -> torch.Tensor:
-    """Normalised keypoints (B, J, 3) in [-1, 1] to pixels of the fitting crop; confidence kept."""
-    xy = 0.5 * camera.crop_size * (keypoints[..., :2] + 1.0)
-    return torch.cat([xy, keypoints[..., 2:]], dim=-1)
 
 
 def score_fits(

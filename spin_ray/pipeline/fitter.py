@@ -1,6 +1,7 @@
 """The fitter: batched SMPLify on a trainer's predictions, canonical fits written with keep_best.
 
-`fit_request` is the pure part (request in, canonical fits out), usable without Ray. `FitterActor`
+`fit_request` is the pure part (request in, canonical fits out, through `fitting.fit_predictions`),
+usable without Ray. `FitterActor`
 is a plain class holding the state a fitter process needs (body model, pose prior, store
 connection); `FitterPool` wraps it with `ray.remote` so its resources come from the config. The
 body model is built inside the actor from the config: shipped, it would pickle to ~42 MB.
@@ -20,13 +21,13 @@ from spin_ray.body.joints import NUM_KEYPOINTS
 from spin_ray.config import CameraConfig, FittingConfig, RunConfig
 from spin_ray.data.augment import IDENTITY_AUG
 from spin_ray.errors import PipelineError
+from spin_ray.fitting.canonical_fits import CanonicalFits, fit_predictions
 from spin_ray.fitting.priors import load_pose_prior
-from spin_ray.fitting.problems import typical_depth
-from spin_ray.fitting.smplify import SmplifyParams, smplify
+from spin_ray.fitting.starts import typical_depth
+from spin_ray.fitting.smplify import SmplifyParams
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
-from spin_ray.train.fit_frames import CanonicalFits, canonical_fits, crop_pixels
 
 # Ray concurrency group of ping and pid: they answer while a fit runs (fits stay one at a time).
 HEALTH_GROUP = "health"
@@ -36,23 +37,11 @@ def fit_request(
     body: BodyModel, prior: torch.nn.Module, request: FitRequest, fitting: FittingConfig, camera: CameraConfig,
     device: torch.device | str = "cpu",
 ) -> CanonicalFits:
-    """SMPLify from the request's predictions, moved to the canonical frame; error inf where a fit failed."""
+    """SMPLify from the request's predictions, as canonical fits; error inf where a fit failed."""
     # Arrays Ray hands over are read-only views of the object store: copy before torch owns them.
     as_tensor = lambda a: torch.tensor(a, device=device)  # noqa: E731
-    keypoints = as_tensor(request.keypoints)
-    init = SmplifyParams.from_pose(as_tensor(request.pose), as_tensor(request.betas), as_tensor(request.camera_t))
-    result = smplify(body, prior, crop_pixels(keypoints, camera), init, fitting, camera)
-    fits = canonical_fits(
-        body, result.params.pose, result.params.betas, keypoints, as_tensor(request.aug), camera, fitting.gmof_sigma
-    )
-    finite = (
-        ~result.failed
-        & torch.isfinite(fits.error)
-        & torch.isfinite(fits.pose).all(dim=1)
-        & torch.isfinite(fits.betas).all(dim=1)
-    )
-    error = torch.where(finite, fits.error, torch.full_like(fits.error, float("inf")))
-    return CanonicalFits(fits.pose.detach(), fits.betas.detach(), error.detach())
+    start = SmplifyParams.from_pose(as_tensor(request.pose), as_tensor(request.betas), as_tensor(request.camera_t))
+    return fit_predictions(body, prior, start, as_tensor(request.keypoints), as_tensor(request.aug), fitting, camera)
 
 
 def fitter_device(config: RunConfig) -> torch.device:
@@ -109,26 +98,17 @@ class FitterActor:
         """Fit one request, write every improvement to the store (source 'loop'), report what happened."""
         start, cpu_start = time.perf_counter(), time.process_time()
         fits = fit_request(self.body, self.prior, request, self.fitting, self.camera, self.device)
-        pose = fits.pose.cpu().numpy()
-        betas = fits.betas.cpu().numpy()
         error = fits.error.cpu().numpy().astype(np.float64)
+        written = self.store.keep_best_samples(request.row_datasets, request.indices, fits.pose.cpu().numpy(),
+                                               fits.betas.cpu().numpy(), error, request.step, "loop")
         finite = np.isfinite(error)
-        written = 0
-        for dataset, rows in request.groups():
-            rows = rows[finite[rows]]
-            if rows.size == 0:
-                continue
-            mask = self.store.keep_best(
-                dataset, request.indices[rows], pose[rows], betas[rows], error[rows], request.step, source="loop"
-            )
-            written += int(mask.sum())
         fitted = int(finite.sum())
         return FitReport(
             request_id=request.request_id,
             step=request.step,
             batch_size=request.batch_size,
             fitted=fitted,
-            written=written,
+            written=int(written.sum()),
             failed=request.batch_size - fitted,
             mean_error=float(error[finite].mean()) if fitted else float("nan"),
             elapsed_s=time.perf_counter() - start,

@@ -30,6 +30,7 @@ from spin_ray.errors import ConfigError, PipelineError
 from spin_ray.pipeline.fitter import HEALTH_GROUP
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.store.records import FitStoreAddress
+from spin_ray.train.supervision import StepPredictions
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,10 @@ class FitterPool:
     def set_step(self, step: int) -> None:
         """Tell the pool the trainer's current step (results older than staleness_steps count stale)."""
         self._step = max(self._step, int(step))
+
+    def submit_predictions(self, predictions: StepPredictions) -> bool:
+        """A step's predictions as a request (train's `FitQueue` call); False if dropped at once."""
+        return self.submit(FitRequest.from_predictions(predictions))
 
     def submit(self, request: FitRequest) -> bool:
         """Hand a request to the pool; False if it was dropped at once (drop policy, full, no queue)."""

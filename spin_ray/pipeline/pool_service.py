@@ -23,6 +23,7 @@ from spin_ray.config import RunConfig
 from spin_ray.errors import PipelineError
 from spin_ray.pipeline.pool import REPORTS_KEPT, FitterPool, PoolMetrics
 from spin_ray.pipeline.requests import FitReport, FitRequest
+from spin_ray.train.supervision import StepPredictions
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,10 @@ class PoolClient:
             except RayError as err:
                 raise PipelineError(f"the shared fitter pool refused a request from worker {self.rank}: "
                                     f"{_cause(err)}") from None
+
+    def submit_predictions(self, predictions: StepPredictions) -> bool:
+        """A step's predictions as a request to the shared pool (train's `FitQueue` call)."""
+        return self.submit(FitRequest.from_predictions(predictions))
 
     def submit(self, request: FitRequest) -> bool:
         """Send a request to the shared pool without waiting for it; False if it was dropped here."""

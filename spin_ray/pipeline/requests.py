@@ -19,6 +19,7 @@ from spin_ray.body.joints import NUM_KEYPOINTS
 from spin_ray.body.frames import AUG_DIM, AUG_FIELDS
 from spin_ray.errors import FitStoreError, PipelineError
 from spin_ray.store.records import BETAS_SIZE, POSE_SIZE, check_name
+from spin_ray.train.supervision import StepPredictions
 
 CAMERA_T_SIZE = 3
 
@@ -155,6 +156,18 @@ class FitRequest:
         if not np.isfinite(self.aug).all():
             row = int(np.flatnonzero(~np.isfinite(self.aug).all(axis=1))[0])
             raise PipelineError(f"fit request: aug[{row}] holds NaN or inf; augmentation records must be finite")
+
+    @classmethod
+    def from_predictions(cls, predictions: StepPredictions) -> FitRequest:
+        """The request for one step's predictions (what the trainer hands the pool)."""
+        start = predictions.start
+        return cls.build(predictions.step, predictions.datasets, predictions.indices, start.pose, start.betas,
+                         start.camera_t, predictions.keypoints, predictions.aug)
+
+    @property
+    def row_datasets(self) -> np.ndarray:
+        """(B,) the dataset name of each row."""
+        return np.asarray(self.datasets, dtype=object)[self.dataset_code]
 
     def groups(self) -> Iterator[tuple[str, np.ndarray]]:
         """(dataset name, row positions of its samples) for each dataset in the request."""

@@ -31,18 +31,11 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig, config_from_dict
 from spin_ray.errors import ConfigError, PipelineError, SpinRayError
 from spin_ray.model.hmr import HMROutput
-from spin_ray.pipeline.async_fits import AsyncFits, summarise_reads
 from spin_ray.pipeline.pool_service import PoolClient, start_pool_service, stop_pool_service
 from spin_ray.store.fit_store import FitStore
-from spin_ray.train.run import (
-    evaluate_heldout,
-    make_supervisor,
-    seed_everything,
-    static_fits_init,
-    summarise_run,
-    training_data,
-)
 from spin_ray.train.checkpoint import initial_network
+from spin_ray.train.modes import STORE_MODES, make_supervisor
+from spin_ray.train.run import finish_run, seed_everything, static_fits_init, training_data
 from spin_ray.train.sampling import make_train_loader
 from spin_ray.train.supervision import Batch, FitSupervisor, FitTargets, batch_samples
 from spin_ray.train.trainer import StepMetrics, Trainer
@@ -74,7 +67,7 @@ class LoggedSupervisor:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("a", buffering=1)
 
-    def __getattr__(self, name: str) -> Any:  # lookahead, lookahead_steps, request_resize, pool, ...
+    def __getattr__(self, name: str) -> Any:  # lookahead, lookahead_steps, read_stats, pool, ...
         return getattr(self.inner, name)
 
     def prefetch(self, batch: Batch) -> None:
@@ -142,19 +135,13 @@ def worker_setup(cfg: RunConfig, rank: int, world: int, resume: str | Path | Non
     train_set, heldout = training_data(cfg)
     names = [d.spin.name for d in train_set.datasets]
     store = None
-    if cfg.train.mode in ("sync", "static", "async"):
+    if cfg.train.mode in STORE_MODES:
         store = FitStore.from_config(cfg.store, body.identity)  # the driver resolved the URL
         if rank == 0 and cfg.train.init_store_from_static_fits:
             static_fits_init(cfg)(store, body, train_set.datasets)  # skips datasets already in the store
     _barrier(world)  # nobody trains before the static fits are in
-    pool = None
-    if cfg.train.mode == "async":
-        assert store is not None
-        pool = PoolClient.connect(cfg, rank)
-        supervisor: FitSupervisor = AsyncFits(store, pool, cfg.fitting, cfg.camera, body.num_betas,  # type: ignore[arg-type]
-                                              cfg.store.outage_timeout_s, cfg.pipeline.lookahead_steps)
-    else:
-        supervisor = make_supervisor(cfg, store, body)
+    pool = PoolClient.connect(cfg, rank) if cfg.train.mode == "async" else None
+    supervisor = make_supervisor(cfg, store, body, pool)
     if log_steps:
         supervisor = LoggedSupervisor(supervisor, worker_dir(cfg.output_dir, rank) / "steps.jsonl")
     # Rank 0 writes where a single trainer would; the others keep their TensorBoard-free state elsewhere.
@@ -201,15 +188,8 @@ def _close(run: WorkerRun) -> None:
 
 def _run_summary(run: WorkerRun, metrics: list[StepMetrics], train_seconds: float) -> dict[str, Any]:
     """Rank 0's summary, as a single trainer writes it (run_training), evaluation and report included."""
-    trainer, cfg = run.trainer, run.cfg
-    summary = summarise_run(trainer, metrics, train_seconds, run.store, run.names, cfg.output_dir)
-    evaluated = None
-    if run.heldout is not None:
-        evaluated = evaluate_heldout(trainer, run.heldout, cfg.train.batch_size)
-        summary.evaluation, summary.baseline = evaluated[0].summary(), evaluated[1].summary()
-    from spin_ray.train.report import write_report
-    summary.report = str(write_report(trainer, Path(cfg.output_dir) / "report.png", run.heldout, evaluated))
-    return asdict(summary)
+    return asdict(finish_run(run.trainer, metrics, train_seconds, run.store, run.names, run.heldout,
+                             Path(run.cfg.output_dir)))
 
 
 def _worker_stats(run: WorkerRun, metrics: list[StepMetrics], train_seconds: float) -> dict[str, Any]:
@@ -219,9 +199,9 @@ def _worker_stats(run: WorkerRun, metrics: list[StepMetrics], train_seconds: flo
         "steps_run": len(metrics), "samples": int(sum(m.batch for m in metrics)), "train_seconds": train_seconds,
         "resumed_from_step": run.resumed_from_step,
     }
-    inner = getattr(run.supervisor, "inner", run.supervisor)
-    if isinstance(inner, AsyncFits):
-        stats["reads"] = summarise_reads(inner)
+    read_stats = getattr(run.supervisor, "read_stats", None)
+    if read_stats is not None:
+        stats["reads"] = read_stats()
     if run.pool is not None:
         stats["dropped_in_transit"] = run.pool.dropped_in_transit
         stats["lost_in_transit"] = run.pool.lost_in_transit

@@ -1,7 +1,7 @@
 """The trainer actor: the training run in a Ray process of its own (GPU on a cluster), and its status.
 
-`run` trains with the shared training step; in `async` mode its fit supervisor owns a fitter pool
-made from inside the actor. `status` answers while `run` works (the actor has two threads), so the
+`run` trains with the shared training step (`run_training`); in `async` mode the actor makes the
+fitter pool on the run's store and hands it to training as the fit queue. `status` answers while `run` works (the actor has two threads), so the
 driver can show progress without the trainer ever waiting for it.
 """
 
@@ -14,13 +14,10 @@ from typing import Any
 
 import torch
 
-from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig
-from spin_ray.pipeline.async_fits import AsyncFits, summarise_reads
 from spin_ray.pipeline.pool import FitterPool
 from spin_ray.store.fit_store import FitStore
-from spin_ray.train.run import make_supervisor, run_training
-from spin_ray.train.supervision import FitSupervisor
+from spin_ray.train.run import run_training
 from spin_ray.train.trainer import StepMetrics
 
 # Seconds the pool gets to finish in-flight fits once training ends (their results still count).
@@ -72,56 +69,52 @@ class TrainerActor:
         self._lock = threading.Lock()
         self._latest: StepMetrics | None = None
         self._steps_done = 0
-        self._async: AsyncFits | None = None
         self._pool: FitterPool | None = None
+        self._resize_to: int | None = None
         self._gauges = TrainerGauges(cfg.name)
 
-    def _supervisor(self, cfg: RunConfig, store: FitStore | None, body: BodyModel) -> FitSupervisor:
-        """The mode's supervisor; async builds the fitter pool on the run's store."""
-        if cfg.train.mode != "async":
-            return make_supervisor(cfg, store, body)
-        assert store is not None
-        pool = FitterPool(cfg, store.address)
-        self._pool = pool
-        self._async = AsyncFits(store, pool, cfg.fitting, cfg.camera, body.num_betas, cfg.store.outage_timeout_s,
-                                cfg.pipeline.lookahead_steps)
-        return self._async
+    def _fit_queue(self, store: FitStore) -> FitterPool:
+        """async mode's fit queue: a fitter pool writing to the run's store."""
+        self._pool = FitterPool(self.cfg, store.address)
+        return self._pool
 
     def _on_step(self, metrics: StepMetrics) -> None:
+        """After each step, on the training thread (the pool is not thread-safe): progress, gauges, resizes."""
         with self._lock:
             self._latest = metrics
             self._steps_done += 1
+            resize_to, self._resize_to = self._resize_to, None
         schedule = self.cfg.pipeline.fitter_schedule
-        if self._async is not None and metrics.step in schedule:
-            self._async.request_resize(schedule[metrics.step])
+        if metrics.step in schedule:
+            resize_to = schedule[metrics.step]
+        if self._pool is not None and resize_to is not None:
+            self._pool.resize(resize_to)
         self._gauges.record(metrics)
 
     def resize_fitters(self, num_fitters: int) -> int:
         """Change the pool size during a run (from `spin-ray pool resize`); applied after the current step."""
         if num_fitters < 1:
             raise ValueError(f"a pool needs at least one fitter, got {num_fitters}")
-        if self._async is None:
+        if self.cfg.train.mode != "async":
             raise RuntimeError(f"this run (mode {self.cfg.train.mode}) has no fitter pool to resize")
-        self._async.request_resize(num_fitters)
+        with self._lock:
+            self._resize_to = num_fitters
         return num_fitters
 
     def run(self, resume: str | None = None) -> dict[str, Any]:
         """Train to cfg.train.steps, evaluate, write the report; the run summary plus pipeline metrics."""
         torch.set_num_threads(self.cfg.train.num_threads)
         try:
-            summary = asdict(run_training(self.cfg, resume=resume, progress=False,
-                                          supervisor_factory=self._supervisor, on_step=self._on_step))
+            summary = asdict(run_training(self.cfg, resume=resume, progress=False, fit_queue=self._fit_queue,
+                                          on_step=self._on_step))
         finally:
-            pipeline = self._shutdown_pool()
-        summary["pipeline"] = pipeline
+            pool = self._shutdown_pool()
+        summary["pipeline"].update(pool)
         return summary
 
     def _shutdown_pool(self) -> dict[str, Any]:
         """Let in-flight fits land, then stop the fitters; their final metrics."""
         out: dict[str, Any] = {}
-        if self._async is not None:
-            out["reads"] = summarise_reads(self._async)
-            self._async.close()
         if self._pool is not None:
             self._pool.drain(DRAIN_TIMEOUT_S)
             out["fitters_at_end"] = self._pool.metrics().num_fitters

@@ -23,7 +23,9 @@ from spin_ray.store.fit_store import FitStore, resolve_url
 from spin_ray.store.server import EmbeddedRedis
 from spin_ray.train.checkpoint import initial_network
 from spin_ray.train.sampling import make_train_loader
-from spin_ray.train.supervision import FitSupervisor, NoFits, StoreFits, SyncFits
+from spin_ray.train.async_fits import FitQueue
+from spin_ray.train.modes import STORE_MODES, make_supervisor
+from spin_ray.train.supervision import FitSupervisor
 from spin_ray.train.trainer import StepMetrics, Trainer
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class RunSummary:
     evaluation: dict | None = None
     baseline: dict | None = None
     store: dict = field(default_factory=dict)
+    pipeline: dict = field(default_factory=dict)  # async: the supervisor's read statistics (the pool adds its own)
     train_seconds: float = float("nan")  # wall time of the training loop of this invocation
     steps_run: int = 0  # steps this invocation ran (fewer than `steps` after a resume)
 
@@ -112,22 +115,6 @@ def static_fits_init(cfg: RunConfig) -> StoreInit:
     return init
 
 
-def make_supervisor(cfg: RunConfig, store: FitStore | None, body: BodyModel) -> FitSupervisor:
-    """The fit supervisor of the configured mode."""
-    mode = cfg.train.mode
-    if mode == "2d":
-        return NoFits()
-    if mode == "async":
-        raise ConfigError("train.mode async needs the Ray pipeline: run `python -m spin_ray.launch CONFIG`; "
-                          "single-process training supports sync, static and 2d")
-    if store is None:
-        raise ConfigError(f"train.mode {mode} needs a fit store")
-    if mode == "static":
-        return StoreFits(store, cfg.fitting, body.num_betas)
-    from spin_ray.fitting.priors import load_pose_prior
-    return SyncFits(store, body, load_pose_prior(cfg.fitting), cfg.fitting, cfg.camera)
-
-
 def evaluate_heldout(trainer: Trainer, entry: DatasetEntry, batch_size: int) -> tuple[EvalResult, EvalResult]:
     """The trained network and the mean-parameter baseline on the held-out set."""
     dataset = evaluation_dataset(entry.npz, entry.image_root, trainer.cfg.data.img_res, name=entry.name)
@@ -161,25 +148,42 @@ def summarise_run(
         final_loss=float(np.mean([m.loss for m in tail])) if history else float("nan"),
         nan_skipped=trainer.nan_skipped, checkpoint=str(trainer.checkpoint_path), output_dir=str(output_dir),
         store=store_counts(store, names), train_seconds=train_seconds, steps_run=len(metrics),
+        pipeline={"reads": read_stats()} if (read_stats := getattr(trainer.supervisor, "read_stats", None)) else {},
     )
 
 
-SupervisorFactory = Callable[[RunConfig, "FitStore | None", BodyModel], FitSupervisor]
+def finish_run(
+    trainer: Trainer, metrics: list[StepMetrics], train_seconds: float, store: FitStore | None, names: list[str],
+    heldout: DatasetEntry | None, output_dir: Path, report: bool = True,
+) -> RunSummary:
+    """The run's summary, held-out evaluation and report: how every run ends (one trainer or rank 0 of many)."""
+    summary = summarise_run(trainer, metrics, train_seconds, store, names, output_dir)
+    evaluated = None
+    if heldout is not None:
+        evaluated = evaluate_heldout(trainer, heldout, trainer.cfg.train.batch_size)
+        summary.evaluation, summary.baseline = evaluated[0].summary(), evaluated[1].summary()
+    if report:
+        from spin_ray.train.report import write_report
+        summary.report = str(write_report(trainer, output_dir / "report.png", heldout, evaluated))
+    return summary
+
+
+# Makes `async` mode's fit queue (the Ray pipeline's fitter pool) for the run's store, once it is open.
+FitQueueFactory = Callable[[FitStore], FitQueue]
 
 
 def run_training(
     cfg: RunConfig, resume: str | Path | None = None, init_store: StoreInit | None = None, progress: bool = True,
-    report: bool = True, supervisor_factory: SupervisorFactory | None = None,
+    report: bool = True, fit_queue: FitQueueFactory | None = None,
     on_step: Callable[[StepMetrics], None] | None = None,
 ) -> RunSummary:
     """Train as the config says, evaluate on the held-out set, write a report.
 
     Single-process training supports sync, static and 2d; the Ray pipeline runs async by passing
-    its own supervisor_factory. on_step hears every step's metrics (progress in another process).
+    its fitter pool as fit_queue. on_step hears every step's metrics (progress in another process).
     """
-    factory = supervisor_factory or make_supervisor
-    if cfg.train.mode == "async" and supervisor_factory is None:
-        make_supervisor(cfg, None, None)  # type: ignore[arg-type]  # raises the explanation
+    if cfg.train.mode == "async" and fit_queue is None:
+        make_supervisor(cfg, None, None)  # type: ignore[arg-type]  # raises the explanation before any work
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.train.num_threads)
@@ -187,7 +191,7 @@ def run_training(
     body = BodyModel.from_config(cfg.body)
     train_set, heldout = training_data(cfg)
     names = [d.spin.name for d in train_set.datasets]
-    needs_store = cfg.train.mode in ("sync", "static", "async")
+    needs_store = cfg.train.mode in STORE_MODES
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(open_store(cfg, body, output_dir)) if needs_store else None
         if store is not None:
@@ -197,7 +201,9 @@ def run_training(
             if cfg.train.mode == "static" and not any(store.count(n) for n in names):
                 log.warning("static mode with an empty fit store: nothing supervises the pose until fits exist "
                             "(set train.init_store_from_static_fits or import fits with `spin-ray store import`)")
-        supervisor = factory(cfg, store, body)
+        queue = fit_queue(store) if fit_queue is not None and cfg.train.mode == "async" else None
+        supervisor = make_supervisor(cfg, store, body, queue)
+        stack.callback(supervisor.close)
         if resume is not None:
             trainer = Trainer.resume(resume, cfg, supervisor, body, output_dir)
         else:
@@ -208,13 +214,6 @@ def run_training(
         metrics = trainer.fit_loop(loader, max(0, cfg.train.steps - trainer.step), progress=progress,
                                    on_step=on_step)
         train_seconds = time.monotonic() - loop_started
-        summary = summarise_run(trainer, metrics, train_seconds, store, names, output_dir)
-        evaluated = None
-        if heldout is not None:
-            evaluated = evaluate_heldout(trainer, heldout, cfg.train.batch_size)
-            summary.evaluation, summary.baseline = evaluated[0].summary(), evaluated[1].summary()
-        if report:
-            from spin_ray.train.report import write_report
-            summary.report = str(write_report(trainer, output_dir / "report.png", heldout, evaluated))
+        summary = finish_run(trainer, metrics, train_seconds, store, names, heldout, output_dir, report)
     (output_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

@@ -6,8 +6,11 @@ frame, and hears about the step's predictions afterwards. The step never knows h
 - `StoreFits` (`static`): the best stored fit of each sample.
 - `SyncFits` (`sync`, SPIN as published): SMPLify from the step's own predictions, keep-best into
   the store, then the best stored fit.
-The Ray pipeline's `async` mode is another supervisor whose `after_step` submits predictions to the
-fitter pool and whose `targets` returns a store read started by `prefetch(next_batch)`.
+- `AsyncFits` (`async`, in `train/async_fits.py`): the best fit stored so far, read ahead; the
+  step's predictions go to a fitter queue (the Ray pipeline's pool) without waiting.
+`train/modes.py` is the one place that picks the supervisor of a mode. Every fit made from
+predictions starts from `step_predictions` (the one conversion of a network's output into SMPLify
+terms) and goes through `fitting.fit_predictions` and `FitStore.keep_best_samples`.
 
 Ground-truth SMPL (`has_smpl`) always replaces a stored fit with error 0, as in SPIN.
 """
@@ -22,12 +25,13 @@ import numpy as np
 import torch
 
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
+from spin_ray.body.frames import augment_pose
 from spin_ray.config import CameraConfig, FittingConfig
-from spin_ray.fitting.smplify import SmplifyParams, smplify
+from spin_ray.fitting.canonical_fits import fit_predictions
+from spin_ray.fitting.smplify import SmplifyParams
 from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
 from spin_ray.model.hmr import HMROutput
 from spin_ray.store.fit_store import FitStore
-from spin_ray.train.fit_frames import augmented_pose, canonical_fits, crop_pixels
 from spin_ray.train.losses import valid_fit_mask
 
 Batch = Mapping[str, Any]
@@ -133,7 +137,7 @@ def targets_from_canonical(
     dtype = batch["keypoints"].dtype
     pose, betas, error = pose.to(device, dtype), betas.to(device, dtype), error.to(device, dtype)
     has_smpl = torch.as_tensor(batch["has_smpl"], device=device).bool()
-    seen = augmented_pose(pose, batch["aug"].to(device, dtype))
+    seen = augment_pose(pose, batch["aug"].to(device, dtype))
     # The dataset already applied the augmentation to ground-truth pose.
     seen = torch.where(has_smpl[:, None], batch["pose"].to(dtype), seen)
     betas = torch.where(has_smpl[:, None], batch["betas"].to(dtype)[:, :betas.shape[1]], betas)
@@ -171,41 +175,35 @@ class StoreFits:
         """Static fits do not change."""
 
     def close(self) -> None:
-        """Close the store connection."""
-        self.store.close()
+        """Nothing to release: the store belongs to whoever opened it."""
 
 
-def smplify_from_predictions(
-    body: BodyModel, prior: torch.nn.Module, batch: Batch, pred: HMROutput,
-    fitting: FittingConfig, camera: CameraConfig,
-) -> SmplifyParams:
-    """SMPLify on the batch's augmented crop, started from the network's (detached) predictions."""
-    keypoints_px = crop_pixels(batch["keypoints"], camera)
+@dataclass(frozen=True)
+class StepPredictions:
+    """A step's detached predictions as an SMPLify start, with the batch's sample names, keypoints and augmentation."""
+
+    step: int
+    datasets: list[str]  # (B,) dataset of each row
+    indices: np.ndarray  # (B,) int64 dataset rows
+    start: SmplifyParams  # axis-angle pose, betas, camera translation, in the batch's augmented frame
+    keypoints: torch.Tensor  # (B, 49, 3) normalised in the augmented crop
+    aug: torch.Tensor  # (B, 6) augmentation records
+
+
+def step_predictions(batch: Batch, pred: HMROutput, step: int, camera: CameraConfig) -> StepPredictions:
+    """The network's output in SMPLify's terms: rotation matrices to axis-angle, weak-perspective camera to translation.
+
+    SMPLify optimises axis-angle (its pose prior is a density over axis-angle) and the store holds
+    axis-angle, so this is the one place a prediction's rotation matrices are converted.
+    """
+    datasets, indices = batch_samples(batch)
     rotmat = pred.rotmat.detach()
-    init = SmplifyParams.from_pose(
+    start = SmplifyParams.from_pose(
         matrix_to_axis_angle(rotmat).reshape(rotmat.shape[0], -1),
         pred.betas.detach(),
         weak_perspective_to_translation(pred.camera.detach(), camera.focal_length, camera.crop_size),
     )
-    return smplify(body, prior, keypoints_px, init, fitting, camera).params
-
-
-def write_fits(
-    store: FitStore, batch: Batch, pose: torch.Tensor, betas: torch.Tensor, error: torch.Tensor, step: int,
-    source: str,
-) -> np.ndarray:
-    """keep_best the batch's canonical fits (finite errors only), per dataset; mask (B,) of rows written."""
-    datasets, indices = batch_samples(batch)
-    names = np.asarray(datasets)
-    ok = torch.isfinite(error).cpu().numpy()
-    pose_np, betas_np, error_np = (t.detach().cpu().numpy() for t in (pose, betas, error))
-    written = np.zeros(len(indices), dtype=bool)
-    for name in dict.fromkeys(datasets):
-        rows = np.flatnonzero((names == name) & ok)
-        if rows.size:
-            written[rows] = store.keep_best(name, indices[rows], pose_np[rows], betas_np[rows], error_np[rows],
-                                            step, source)
-    return written
+    return StepPredictions(step, datasets, indices, start, batch["keypoints"].detach(), batch["aug"].detach())
 
 
 class SyncFits:
@@ -227,10 +225,11 @@ class SyncFits:
 
     def targets(self, batch: Batch, pred: HMROutput, step: int) -> FitTargets | None:
         """Fit the batch from the predictions, keep-best into the store, return the stored best."""
-        params = smplify_from_predictions(self.body, self.prior, batch, pred, self.fitting, self.camera)
-        fits = canonical_fits(self.body, params.pose, params.betas, batch["keypoints"], batch["aug"],
-                              self.camera, self.fitting.gmof_sigma)
-        written = write_fits(self.store, batch, fits.pose, fits.betas, fits.error, step, "loop")
+        predictions = step_predictions(batch, pred, step, self.camera)
+        fits = fit_predictions(self.body, self.prior, predictions.start, predictions.keypoints, predictions.aug,
+                               self.fitting, self.camera)
+        written = self.store.keep_best_samples(predictions.datasets, predictions.indices, fits.pose, fits.betas,
+                                               fits.error, step, "loop")
         # Read after the write: the store now holds the better of the new and the old fit, also
         # when another writer improved a sample meanwhile.
         pose, betas, error = read_stored_fits(self.store, batch, self.body.num_betas)
@@ -241,5 +240,4 @@ class SyncFits:
         """Fits were made before the step."""
 
     def close(self) -> None:
-        """Close the store connection."""
-        self.store.close()
+        """Nothing to release: the store belongs to whoever opened it."""

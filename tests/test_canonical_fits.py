@@ -8,9 +8,11 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig
 from spin_ray.body.frames import augment_keypoints
 from spin_ray.data.augment import AugParams
-from spin_ray.fitting.problems import synthetic_problems
+from spin_ray_sim.fitting_problems import synthetic_problems
 from spin_ray.geometry import axis_angle_to_matrix
-from spin_ray.train.fit_frames import augmented_pose, canonical_fits, score_fits
+from spin_ray.body.frames import augment_pose
+from spin_ray.fitting.canonical_fits import to_canonical
+from spin_ray.fitting.scoring import score_fits
 
 torch.set_num_threads(1)
 CFG = RunConfig()
@@ -28,8 +30,8 @@ def test_fit_from_augmented_view_reads_back_identical_and_scores_like_canonical(
                        for i in range(8)])
     # What a fitter sees: the batch's augmented keypoints and a fit of the augmented view.
     seen_kp = augment_keypoints(canonical_kp, aug)
-    seen_pose = augmented_pose(problem.pose, aug)
-    fits = canonical_fits(body, seen_pose, problem.betas, seen_kp, aug, CFG.camera, CFG.fitting.gmof_sigma)
+    seen_pose = augment_pose(problem.pose, aug)
+    fits = to_canonical(body, seen_pose, problem.betas, seen_kp, aug, CFG.camera, CFG.fitting.gmof_sigma)
     # Compare rotations, not axis-angle vectors: near pi, (axis, angle) and (-axis, 2 pi - angle) agree.
     as_matrices = lambda pose: axis_angle_to_matrix(pose.view(-1, 24, 3))  # noqa: E731
     assert torch.allclose(as_matrices(fits.pose), as_matrices(problem.pose), atol=1e-4)

@@ -1,5 +1,8 @@
 """`async` mode: the step supervises with the best fits stored so far and hands its predictions to
-the fitter pool without waiting; the fits the pool finds serve the next visit of those samples.
+a fitter queue without waiting; the fits the queue's fitters find serve the next visit of those samples.
+
+The queue is anything with `FitQueue`'s calls: the Ray pipeline's `FitterPool` (one trainer) or its
+`PoolClient` (data-parallel workers sharing one pool). Training never sees an actor.
 
 The store read for batch t+1 starts (on a reader thread) while step t runs, so a step waits on
 Redis only if the read is slower than a whole step. If Redis goes away, reads and the step wait for
@@ -11,23 +14,22 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
 import torch
 
 from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.errors import FitStoreUnavailable
-from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
 from spin_ray.model.hmr import HMROutput
-from spin_ray.pipeline.pool import FitterPool, PoolMetrics
-from spin_ray.pipeline.requests import FitRequest
 from spin_ray.store.fit_store import FitStore
 from spin_ray.train.supervision import (
     Batch,
     FitTargets,
+    StepPredictions,
     batch_samples,
     read_stored_fits_with_steps,
+    step_predictions,
     targets_from_canonical,
 )
 
@@ -50,23 +52,23 @@ def wait_for_store(action: Callable[[], T], timeout_s: float, what: str) -> T:
             delay = min(2 * delay, 5.0)
 
 
-def fit_request_from_step(batch: Batch, pred: HMROutput, step: int, camera: CameraConfig) -> FitRequest:
-    """The pool's request for one step: detached predictions in the batch's augmented frame."""
-    datasets, indices = batch_samples(batch)
-    rotmat = pred.rotmat.detach().cpu()
-    pose = matrix_to_axis_angle(rotmat).reshape(rotmat.shape[0], -1)
-    camera_t = weak_perspective_to_translation(pred.camera.detach().cpu(), camera.focal_length, camera.crop_size)
-    return FitRequest.build(step, datasets, indices, pose, pred.betas.detach().cpu(), camera_t,
-                            batch["keypoints"].detach().cpu(), batch["aug"].detach().cpu())
+class FitQueue(Protocol):
+    """Where `async` mode sends predictions to be fitted: bounded, never blocking a step under busy_policy drop."""
+
+    def submit_predictions(self, predictions: StepPredictions) -> bool:
+        """Queue a step's predictions for fitting; False if they were dropped."""
+
+    def poll(self) -> list[Any]:
+        """Reports (with `fitted` and `written` counts) of the fits finished since the last poll."""
 
 
 class AsyncFits:
-    """FitSupervisor of `async` mode: prefetched store reads in, predictions out to the fitter pool."""
+    """FitSupervisor of `async` mode: prefetched store reads in, predictions out to a fit queue."""
 
     name = "async"
 
     def __init__(
-        self, store: FitStore, pool: FitterPool, fitting: FittingConfig, camera: CameraConfig, num_betas: int,
+        self, store: FitStore, pool: FitQueue, fitting: FittingConfig, camera: CameraConfig, num_betas: int,
         outage_timeout_s: float, lookahead_steps: int = 0,
     ) -> None:
         self.store = store
@@ -75,7 +77,6 @@ class AsyncFits:
         # instead of from its own step's predictions (which serve only its next visit).
         self.lookahead_steps = lookahead_steps
         self._step = 0
-        self._resize_to: int | None = None
         self.fitting = fitting
         self.camera = camera
         self.num_betas = num_betas
@@ -123,21 +124,14 @@ class AsyncFits:
         return targets_from_canonical(batch, pose, betas, error, self.fitting.valid_error_threshold, counts)
 
     def after_step(self, batch: Batch, pred: HMROutput, step: int) -> None:
-        """Hand the step's predictions to the pool (never waits under busy_policy drop); apply a resize."""
-        if self._resize_to is not None:
-            target, self._resize_to = self._resize_to, None
-            self.pool.resize(target)
+        """Hand the step's predictions to the fit queue (never waits under busy_policy drop)."""
         if not self.lookahead_steps:
-            self.pool.submit(fit_request_from_step(batch, pred, step, self.camera))
+            self.pool.submit_predictions(step_predictions(batch, pred, step, self.camera))
 
     def lookahead(self, batch: Batch, predict: Callable[[Batch], HMROutput]) -> None:
         """Fit a batch that trains lookahead_steps from now, from the current weights' predictions."""
         pred = predict(batch)
-        self.pool.submit(fit_request_from_step(batch, pred, self._step, self.camera))
-
-    def request_resize(self, num_fitters: int) -> None:
-        """Ask for a new pool size; applied by the training thread after the current step."""
-        self._resize_to = int(num_fitters)
+        self.pool.submit_predictions(step_predictions(batch, pred, self._step, self.camera))
 
     def _pool_counts(self) -> dict[str, float]:
         """Fits the pool finished since the last step, for the step's metrics."""
@@ -147,25 +141,19 @@ class AsyncFits:
             "improved": float(sum(r.written for r in reports)),
         }
 
-    def metrics(self) -> PoolMetrics:
-        """The pool's metrics snapshot."""
-        return self.pool.metrics()
+    def read_stats(self) -> dict[str, float]:
+        """Prefetch hit rate, time the steps spent waiting on reads, and how many loop fits supervised."""
+        total = self.prefetch_hits + self.prefetch_misses
+        return {
+            "prefetch_hit_rate": self.prefetch_hits / total if total else float("nan"),
+            "read_wait_s": self.read_wait_s,
+            "reads": float(total),
+            "loop_fits_used": float(self.loop_fits_used),
+            "mean_loop_fit_age_steps": (self.loop_fit_age_sum / self.loop_fits_used
+                                        if self.loop_fits_used else float("nan")),
+            "mean_read_wait_ms": 1000.0 * self.read_wait_s / total if total else float("nan"),
+        }
 
     def close(self) -> None:
         """Stop the reader; the pool and store belong to whoever made them."""
         self._reader.shutdown(wait=True, cancel_futures=True)
-
-
-def summarise_reads(supervisor: AsyncFits) -> dict[str, float]:
-    """Prefetch hit rate and time the steps spent waiting on reads."""
-    total = supervisor.prefetch_hits + supervisor.prefetch_misses
-    return {
-        "prefetch_hit_rate": supervisor.prefetch_hits / total if total else float("nan"),
-        "read_wait_s": supervisor.read_wait_s,
-        "reads": float(total),
-        "loop_fits_used": float(supervisor.loop_fits_used),
-        "mean_loop_fit_age_steps": (supervisor.loop_fit_age_sum / supervisor.loop_fits_used
-                                    if supervisor.loop_fits_used else float("nan")),
-        "mean_read_wait_ms": 1000.0 * supervisor.read_wait_s / total if total else float("nan"),
-    }
-
