@@ -28,10 +28,10 @@ from spin_ray.errors import FitStoreError
 from spin_ray.fitting.problems import synthetic_problems
 from spin_ray.render.renderer import MeshRenderer, overlay
 from spin_ray.store.fit_store import FitStore
-from spin_ray.store.gallery import Selection, build_gallery
-from spin_ray.store.gallery_page import render_page, write_page
-from spin_ray.store.sample_ids import format_ids, parse_ids, read_ids
-from spin_ray.store.sample_paths import DatasetLocation, parse_data_flag
+from spin_ray.curate.gallery import Selection, build_gallery
+from spin_ray.curate.gallery_page import render_page, write_page
+from spin_ray.curate.sample_ids import format_ids, parse_ids, read_ids
+from spin_ray.curate.sample_paths import DatasetLocation, parse_data_flag
 
 N_SAMPLES = 6
 IMAGE_W, IMAGE_H = 320, 256

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from spin_ray.config import FittingConfig, StoreConfig
+from spin_ray.curate.plots import plot_fit_errors
 from spin_ray.errors import FitStoreError
+from spin_ray.store.files import read_parquet_hash
 
 URL_ENV = "SPIN_RAY_REDIS_URL"
 PASSWORD_ENV = "SPIN_RAY_REDIS_PASSWORD"
@@ -228,7 +230,7 @@ def _worst(args: argparse.Namespace) -> int:
 
 
 def _filter(args: argparse.Namespace) -> int:
-    from spin_ray.store.sample_ids import read_ids
+    from spin_ray.curate.sample_ids import read_ids
 
     if args.max_error is None and args.exclude is None:
         raise FitStoreError("filter needs --max-error E, --exclude FILE, or both")
@@ -273,7 +275,7 @@ def _export(args: argparse.Namespace) -> int:
             locations = _locations(args) if args.with_paths else None
             path = store.export_parquet(args.out, datasets=args.dataset)
             if locations is not None:
-                from spin_ray.store.sample_paths import add_image_paths
+                from spin_ray.curate.sample_paths import add_image_paths
 
                 add_image_paths(path, locations)
             print(f"wrote {path}" + (" (with image_path, center, scale)" if locations is not None else ""))
@@ -312,48 +314,10 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_parquet_hash(path: Path) -> str | None:
-    """The body-model hash recorded in a Parquet export, without reading its rows."""
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise FitStoreError(f"Parquet file {path} does not exist")
-    meta = pq.read_schema(path).metadata or {}
-    value = meta.get(b"spin_ray.body_model_hash")
-    return value.decode() if value else None
-
-
 def _plot(args: argparse.Namespace) -> int:
-    # Figure + Agg canvas directly: no pyplot global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     with _open(args) as store:
-        names = _datasets(store, args.dataset)
-        errors = {name: store.all_errors(name)[1] for name in names}
-        progress = {name: store.progress(name) for name in names}
-    fig = Figure(figsize=(11, 4.5), layout="constrained")
-    FigureCanvasAgg(fig)
-    hist, curve = fig.subplots(1, 2)
-    finite = np.concatenate([e for e in errors.values() if e.size]) if any(e.size for e in errors.values()) else np.zeros(1)
-    bins = np.linspace(0.0, max(float(np.quantile(finite, 0.995)), args.threshold) * 1.05, 60)
-    for name, e in errors.items():
-        hist.hist(np.clip(e, None, bins[-1]), bins=bins, alpha=0.55, label=f"{name} ({e.size})")
-    hist.axvline(args.threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {args.threshold:g}")
-    hist.set(xlabel="fit error (px, last bin includes higher)", ylabel="samples", title="stored fit errors per dataset")
-    hist.legend(fontsize="small")
-    if any(progress.values()):
-        for name, steps in progress.items():
-            if steps:
-                curve.plot([s for s, _, _ in steps], [m for _, _, m in steps], marker=".", label=name)
-        curve.set(xlabel="trainer step", ylabel="mean error of fits written", title="improvements over training")
-        curve.legend(fontsize="small")
-    else:
-        curve.text(0.5, 0.5, "no training steps recorded", ha="center", va="center")
-        curve.set_axis_off()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=100)
-    print(f"wrote {args.out}")
+        out = plot_fit_errors(store, _datasets(store, args.dataset), args.threshold, args.out)
+    print(f"wrote {out}")
     return 0
 
 
@@ -378,16 +342,16 @@ def _not_stored(store, names: list[str], ids: set[tuple[str, int]]) -> list[tupl
 
 
 def _locations(args: argparse.Namespace):
-    from spin_ray.store.sample_paths import locations_from_config, merge_locations, parse_data_flag
+    from spin_ray.curate.sample_paths import locations_from_config, merge_locations, parse_data_flag
 
     from_config = locations_from_config(args.config) if args.config is not None else []
     return merge_locations(from_config, [parse_data_flag(text) for text in args.data])
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    from spin_ray.store.gallery import Selection, build_gallery, load_predictor
-    from spin_ray.store.gallery_page import write_page
-    from spin_ray.store.sample_ids import read_ids
+    from spin_ray.curate.gallery import Selection, build_gallery, load_predictor
+    from spin_ray.curate.gallery_page import write_page
+    from spin_ray.curate.sample_ids import read_ids
 
     if args.ids is not None:
         if args.dataset:

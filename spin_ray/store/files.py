@@ -164,6 +164,17 @@ def read_parquet(path: Path) -> tuple[str | None, dict[str, dict[str, np.ndarray
     return file_hash, out
 
 
+def read_parquet_hash(path: Path) -> str | None:
+    """The body-model hash recorded in a Parquet export, without reading its rows."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise FitStoreError(f"Parquet file {path} does not exist")
+    meta = pq.read_schema(path).metadata or {}
+    value = meta.get(_META_HASH)
+    return value.decode() if value else None
+
+
 def _list_column(column, width: int, path: Path) -> np.ndarray:
     """(rows, width) float32 from a list column, refusing rows of another length."""
     values = column.combine_chunks() if hasattr(column, "combine_chunks") else column

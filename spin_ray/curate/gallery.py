@@ -20,8 +20,8 @@ import torch
 
 from spin_ray.config import CameraConfig
 from spin_ray.errors import FitStoreError
-from spin_ray.store.sample_ids import SampleId
-from spin_ray.store.sample_paths import DatasetCache, DatasetLocation
+from spin_ray.curate.sample_ids import SampleId
+from spin_ray.curate.sample_paths import DatasetCache, DatasetLocation
 
 # A network's prediction for canonical crops (N, S, S, 3) uint8 RGB: axis-angle pose (N, 72),
 # betas (N, 10) and camera translation (N, 3) in the crop camera of CameraConfig.
@@ -154,7 +154,7 @@ class _MeshPainter:
 
     def camera_for(self, pose: np.ndarray, betas: np.ndarray, keypoints_px: np.ndarray) -> np.ndarray:
         """Closed-form translations (N, 3) of fits to crop keypoints, as the store's ranking uses."""
-        from spin_ray.fitting.problems import typical_depth
+        from spin_ray.fitting.starts import typical_depth
         from spin_ray.fitting.smplify import camera_from_keypoints
 
         return camera_from_keypoints(

@@ -11,7 +11,7 @@ import html
 import json
 from pathlib import Path
 
-from spin_ray.store.gallery import GalleryData
+from spin_ray.curate.gallery import GalleryData
 
 PAGE_NAME = "index.html"
 
