@@ -90,3 +90,18 @@ def test_open_mean_is_upright_facing_the_camera_and_deterministic():
     assert angles[15] > 0.5 and angles[16] > 0.5  # left/right shoulder (joints 16, 17)
     assert torch.equal(open_mean_params().pose_6d, params.pose_6d)
     assert open_mean_params(num_betas=16).betas.shape == (16,)
+
+
+def test_mean_pose_axis_angle_reads_the_configured_file(tmp_path):
+    from spin_ray.config import RunConfig
+    from spin_ray.model.mean_params import mean_pose_axis_angle
+
+    aa = _random_axis_angle(24, seed=2)
+    path = tmp_path / "smpl_mean_params.npz"
+    np.savez(path, pose=aa.reshape(-1), shape=np.arange(10, dtype=np.float64), cam=np.array([0.9, 0.0, 0.0]))
+    cfg = RunConfig().model_copy(update={"network": RunConfig().network.model_copy(update={"mean_params_path": path})})
+    pose, betas = mean_pose_axis_angle(cfg)
+    assert pose.shape == (1, 72) and pose.dtype == torch.float32 and betas.shape == (1, 10)
+    same = axis_angle_to_matrix(pose.reshape(24, 3))
+    assert torch.allclose(same, axis_angle_to_matrix(torch.from_numpy(aa)), atol=1e-5)
+    assert torch.equal(betas[0], torch.arange(10, dtype=torch.float32))

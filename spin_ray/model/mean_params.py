@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from spin_ray.body.joints import NUM_SMPL_JOINTS
+from spin_ray.config import RunConfig
 from spin_ray.errors import ModelError
 from spin_ray.body.pose_sampler import sample_body_poses
-from spin_ray.geometry import axis_angle_to_matrix, matrix_to_rot6d
+from spin_ray.geometry import axis_angle_to_matrix, matrix_to_axis_angle, matrix_to_rot6d, rot6d_to_matrix
 
 # SPIN's mean camera: a person filling ~90 % of the crop, centred.
 OPEN_MEAN_CAMERA: tuple[float, float, float] = (0.9, 0.0, 0.0)
@@ -97,3 +98,10 @@ def open_mean_params(num_betas: int = 10, samples: int = OPEN_MEAN_SAMPLES, seed
 def mean_params_from_path(path: Path | None, num_betas: int = 10) -> MeanParams:
     """SPIN's file when a path is given, the open model's computed mean otherwise."""
     return open_mean_params(num_betas) if path is None else load_mean_params(path, num_betas)
+
+
+def mean_pose_axis_angle(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The regressor's mean pose (1, 72) axis-angle and betas (1, B): SPIN's file or the open model's."""
+    mean = mean_params_from_path(cfg.network.mean_params_path, cfg.body.num_betas)
+    pose = matrix_to_axis_angle(rot6d_to_matrix(mean.pose_6d.view(24, 6))).reshape(1, 72)
+    return pose.float(), mean.betas.view(1, -1).float()

@@ -29,22 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_fit)
 
 
-def mean_pose_axis_angle(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The regressor's mean pose (1, 72) axis-angle and betas (1, B): SPIN's file or the open model's."""
-    from spin_ray.geometry import matrix_to_axis_angle, rot6d_to_matrix
-    from spin_ray.model.mean_params import mean_params_from_path
-
-    mean = mean_params_from_path(cfg.network.mean_params_path, cfg.body.num_betas)
-    pose = matrix_to_axis_angle(rot6d_to_matrix(mean.pose_6d.view(24, 6))).reshape(1, 72)
-    return pose.float(), mean.betas.view(1, -1).float()
-
-
 def _fit(args: argparse.Namespace) -> int:
     from spin_ray.body.body_model import BodyModel
     from spin_ray.data.spin_format import load_spin_npz
     from spin_ray.errors import InputError
     from spin_ray.fitting.priors import load_pose_prior
     from spin_ray.fitting.static_fits import canonical_crop_keypoints, fit_static
+    from spin_ray.model.mean_params import mean_pose_axis_angle
     from spin_ray.store.files import errors_path_for, read_npy_fits
 
     torch.set_num_threads(args.threads)
