@@ -21,19 +21,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from spin_ray.config import RunConfig, load_config
-from spin_ray.errors import ConfigError, PipelineError, SpinRayError
+from spin_ray.config import RunConfig, load_config, with_overrides
+from spin_ray.errors import PipelineError, SpinRayError
+from spin_ray.store.server import store_url
 
 log = logging.getLogger("spin_ray.launch")
 STATUS_PERIOD_S = 1.0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `launch` subcommand (the same as `python -m spin_ray.launch`)."""
-    parser = subparsers.add_parser("launch", help="run training on Ray (every mode; async uses the fitter pool)",
-                                   description=__doc__)
-    add_arguments(parser)
-    parser.set_defaults(func=run_from_args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,18 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="override train.steps")
     parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def with_overrides(cfg: RunConfig, mode: str | None, steps: int | None) -> RunConfig:
-    """The config with command-line overrides applied (validated like the file)."""
-    train = cfg.train
-    if mode is not None:
-        train = train.model_copy(update={"mode": mode})
-    if steps is not None:
-        if steps < 0:
-            raise ConfigError(f"--steps must be >= 0, got {steps}")
-        train = train.model_copy(update={"steps": steps})
-    return cfg.model_copy(update={"train": train})
 
 
 @contextlib.contextmanager
@@ -81,21 +62,6 @@ def ray_session(cfg: RunConfig) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-
-
-@contextlib.contextmanager
-def store_url(cfg: RunConfig) -> Iterator[RunConfig]:
-    """The config with store.url set: the configured server, or an embedded one for the run's length."""
-    from spin_ray.store.fit_store import resolve_url
-    from spin_ray.store.server import EmbeddedRedis
-
-    url = resolve_url(cfg.store)
-    if url is not None:
-        yield cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})
-        return
-    with EmbeddedRedis(Path(cfg.output_dir) / "redis") as server:
-        log.info("embedded redis-server on %s (data in %s)", server.url, server.data_dir)
-        yield cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": server.url})})
 
 
 def _describe(status: dict[str, Any]) -> dict[str, str]:
@@ -169,7 +135,8 @@ def launch(cfg: RunConfig, resume: Path | None = None, progress: bool = True) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     prepare_data(cfg, progress)
     started = time.monotonic()
-    with store_url(cfg) as run_cfg, ray_session(run_cfg):
+    with store_url(cfg.store, output_dir / "redis") as url, ray_session(cfg):
+        run_cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})
         if run_cfg.train.workers > 1:  # data-parallel trainers on Ray Train, one shared fitter pool
             from spin_ray.pipeline.train_workers import run_train_workers
 
@@ -182,9 +149,10 @@ def launch(cfg: RunConfig, resume: Path | None = None, progress: bool = True) ->
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    """What the run did, for people."""
-    print(f"{summary['mode']}: {summary['steps']} steps in {summary['wall_s']:.0f} s, "
-          f"loss {summary['first_loss']:.3f} -> {summary['final_loss']:.3f}")
+    """What a run did, for people (every way of training ends here)."""
+    took = f" in {summary['wall_s']:.0f} s" if "wall_s" in summary else ""
+    print(f"{summary['mode']}: {summary['steps']} steps{took}, loss {summary['first_loss']:.3f} -> "
+          f"{summary['final_loss']:.3f}, {summary.get('nan_skipped', 0)} NaN samples skipped")
     for label, result in (("model", summary.get("evaluation")), ("mean pose", summary.get("baseline"))):
         if result:
             print(f"  {label:<9} on {result['dataset']}: MPJPE {result['mpjpe_mm']:.1f} mm, "

@@ -10,6 +10,9 @@ is sent again once; a request lost a second time is counted lost. Every accepted
 exactly one of completed, failed, dropped, lost or abandoned (at shutdown).
 
 Not thread-safe: call it from one thread (the trainer's).
+
+Long because the pool is one state machine (slots, requests in flight and queued, restarts, resends,
+outcome counts) whose invariant, every request ends exactly once, must be readable in one place.
 """
 
 from __future__ import annotations

@@ -19,13 +19,15 @@ from spin_ray.config import DatasetEntry, RunConfig
 from spin_ray.data.dataset import MixedDataset, SpinImageDataset, build_dataset
 from spin_ray.errors import ConfigError
 from spin_ray.eval.evaluate import EvalResult, evaluate, evaluation_dataset, mean_params_predictor, model_predictor
-from spin_ray.store.fit_store import FitStore, resolve_url
-from spin_ray.store.server import EmbeddedRedis
-from spin_ray.train.checkpoint import initial_network
-from spin_ray.train.sampling import make_train_loader
+from spin_ray.fitting.priors import load_pose_prior
+from spin_ray.fitting.static_fits import canonical_crop_keypoints, fit_static
+from spin_ray.model.mean_params import mean_pose_axis_angle
+from spin_ray.store.fit_store import FitStore
+from spin_ray.store.server import store_url
 from spin_ray.train.async_fits import FitQueue
+from spin_ray.train.checkpoint import initial_network
 from spin_ray.train.modes import STORE_MODES, make_supervisor
-from spin_ray.train.supervision import FitSupervisor
+from spin_ray.train.sampling import make_train_loader
 from spin_ray.train.trainer import StepMetrics, Trainer
 
 log = logging.getLogger(__name__)
@@ -83,23 +85,17 @@ def training_data(cfg: RunConfig) -> tuple[MixedDataset, DatasetEntry | None]:
 @contextlib.contextmanager
 def open_store(cfg: RunConfig, body: BodyModel, output_dir: Path) -> Iterator[FitStore]:
     """The run's fit store: by URL when the config names one, else an embedded Redis under output_dir/redis."""
-    url = resolve_url(cfg.store)
-    with contextlib.ExitStack() as stack:
-        if url is None:
-            server = stack.enter_context(EmbeddedRedis(output_dir / "redis"))
-            url = server.url
+    with store_url(cfg.store, output_dir / "redis") as url:
         store = FitStore.from_config(cfg.store, body.identity, url=url)
-        stack.callback(store.close)
-        yield store
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def static_fits_init(cfg: RunConfig) -> StoreInit:
     """Store initialiser: static fits from the mean pose for every dataset with no stored fit yet."""
     def init(store: FitStore, body: BodyModel, datasets: list[SpinImageDataset]) -> None:
-        from spin_ray.fitting.cli import mean_pose_axis_angle
-        from spin_ray.fitting.priors import load_pose_prior
-        from spin_ray.fitting.static_fits import canonical_crop_keypoints, fit_static
-
         prior = load_pose_prior(cfg.fitting)
         pose, betas = mean_pose_axis_angle(cfg)
         for dataset in datasets:
@@ -109,9 +105,9 @@ def static_fits_init(cfg: RunConfig) -> StoreInit:
                 continue
             keypoints = canonical_crop_keypoints(spin.keypoints49(), spin.center, spin.scale, cfg.camera.crop_size)
             fits = fit_static(body, prior, torch.from_numpy(keypoints), pose, betas, cfg.fitting, cfg.camera)
-            ok = np.flatnonzero(~fits.failed & np.isfinite(fits.error))
-            store.keep_best(spin.name, ok, fits.pose[ok], fits.betas[ok, :10], fits.error[ok], 0, "static")
-            log.info("static fits of %s: %d stored", spin.name, ok.size)
+            written = store.keep_best_samples(spin.name, np.arange(len(fits.error)), fits.pose, fits.betas[:, :10],
+                                              fits.error, 0, "static")
+            log.info("static fits of %s: %d stored", spin.name, int(written.sum()))
     return init
 
 
