@@ -20,14 +20,15 @@ from results import cpu_model, write_section  # noqa: E402
 from spin_ray.config import DataConfig, RunConfig  # noqa: E402
 from spin_ray.data.dataset import SpinImageDataset, make_loader  # noqa: E402
 from spin_ray.data.spin_format import load_spin_npz  # noqa: E402
-from spin_ray.data.synth import generate, with_overrides  # noqa: E402
+from spin_ray.config import with_overrides  # noqa: E402
+from spin_ray.data.synth import generate  # noqa: E402
 
 SECTION = "## Data (benchmarks/bench_data.py)"
 
 
 def generation_seconds(cfg: RunConfig, images: int, workers: int, folder: Path) -> float:
     """Wall seconds of a fresh `generate` of `images` synth-3d samples (process start-up included)."""
-    cfg = with_overrides(cfg, sizes={"synth-3d": images, "synth-itw": 0, "synth-test": 0})
+    cfg = with_overrides(cfg, synth={"sizes": {"synth-3d": images, "synth-itw": 0, "synth-test": 0}})
     start = time.perf_counter()
     generate(cfg, folder, workers=workers, progress=False)
     return time.perf_counter() - start

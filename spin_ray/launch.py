@@ -169,7 +169,7 @@ def print_summary(summary: dict[str, Any]) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     """Entry point shared by `python -m spin_ray.launch` and `spin-ray launch`."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = with_overrides(load_config(args.config), args.mode, args.steps)
+    cfg = with_overrides(load_config(args.config), train={"mode": args.mode, "steps": args.steps})
     print_summary(launch(cfg, args.resume, progress=not args.no_progress))
     return 0
 

@@ -45,3 +45,18 @@ def test_missing_and_malformed_files(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_validate(name):
     load_config(CONFIGS / name)
+
+
+def test_command_line_overrides_are_validated_like_the_file():
+    from spin_ray.config import with_overrides
+
+    cfg = with_overrides(RunConfig(), train={"mode": "static", "steps": 7, "init_store_from_static_fits": None},
+                         synth={"seed": 3})
+    assert (cfg.train.mode, cfg.train.steps, cfg.synth.seed) == ("static", 7, 3)
+    assert with_overrides(cfg, train={"mode": None}).train.mode == "static"  # None leaves the value alone
+    with pytest.raises(ConfigError, match="train.steps"):
+        with_overrides(cfg, train={"steps": -1})
+    with pytest.raises(ConfigError, match="train.mode"):
+        with_overrides(cfg, train={"mode": "bogus"})
+    with pytest.raises(ConfigError, match="no config section 'trian'"):
+        with_overrides(cfg, trian={"steps": 1})

@@ -26,12 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from spin_ray.data.synth import ensure_synthetic_data, parse_sizes, with_overrides, write_preview
+    from spin_ray.config import with_overrides
+    from spin_ray.data.synth import ensure_synthetic_data, parse_sizes, write_preview
 
     cfg = load_config(args.config) if args.config is not None else RunConfig()
     sizes = None if args.sizes is None else {**cfg.synth.sizes, **parse_sizes(args.sizes)}
-    cfg = with_overrides(cfg, sizes=sizes, seed=args.seed, workers=args.workers,
-                         cache_dir=None if args.out is None else str(args.out))
+    cfg = with_overrides(cfg, synth={"sizes": sizes, "seed": args.seed, "workers": args.workers,
+                                     "cache_dir": None if args.out is None else str(args.out)})
     if args.preview is not None:
         print(write_preview(cfg, args.preview))
         return 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
-from spin_ray.config import load_config
-from spin_ray.errors import ConfigError
+from spin_ray.config import load_config, with_overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,32 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from spin_ray.launch import launch, print_summary
     from spin_ray.train.run import run_training
 
-    cfg = load_config(args.config)
-    train = cfg.train
-    if args.mode is not None:
-        train = train.model_copy(update={"mode": args.mode})
-    if args.steps is not None:
-        if args.steps < 0:
-            raise ConfigError(f"--steps must be >= 0, got {args.steps}")
-        train = train.model_copy(update={"steps": args.steps})
-    if args.init_static_fits:
-        train = train.model_copy(update={"init_store_from_static_fits": True})
-    cfg = cfg.model_copy(update={"train": train})
+    cfg = with_overrides(load_config(args.config), train={
+        "mode": args.mode, "steps": args.steps, "init_store_from_static_fits": True if args.init_static_fits else None})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if cfg.train.mode == "async":
         # async needs the fitter pool: the same run on Ray, as `python -m spin_ray.launch CONFIG`.
-        from spin_ray.launch import launch, print_summary
-
-        print_summary(launch(cfg, args.resume, progress=not args.no_progress))
-        return 0
-    summary = run_training(cfg, resume=args.resume, progress=not args.no_progress)
-    print(f"{summary.mode}: {summary.steps} steps, loss {summary.first_loss:.3f} -> {summary.final_loss:.3f}, "
-          f"{summary.nan_skipped} NaN samples skipped")
-    for label, result in (("model", summary.evaluation), ("mean pose", summary.baseline)):
-        if result:
-            print(f"  {label:<9} on {result['dataset']}: MPJPE {result['mpjpe_mm']:.1f} mm, "
-                  f"PA-MPJPE {result['pa_mpjpe_mm']:.1f} mm, PVE {result['pve_mm']:.1f} mm")
-    print(f"checkpoint {summary.checkpoint}" + (f", report {summary.report}" if summary.report else ""))
+        summary = launch(cfg, args.resume, progress=not args.no_progress)
+    else:
+        summary = asdict(run_training(cfg, resume=args.resume, progress=not args.no_progress))
+    print_summary(summary)
     return 0

@@ -111,13 +111,6 @@ def parse_sizes(text: str) -> dict[str, int]:
     return sizes
 
 
-def with_overrides(cfg: RunConfig, **synth: object) -> RunConfig:
-    """A copy of cfg with synth settings replaced (None values ignored), validated like a config file."""
-    data = cfg.model_dump(mode="json")
-    data["synth"].update({k: v for k, v in synth.items() if v is not None})
-    return config_from_dict(data, source="command line")
-
-
 def _hashed_settings(cfg: RunConfig, body_identity: str) -> dict:
     """Everything that changes the generated data, and nothing else (not workers or paths)."""
     synth = cfg.synth.model_dump(mode="json", exclude={"workers", "cache_dir"})
