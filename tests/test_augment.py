@@ -8,10 +8,11 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from spin_ray.body.joints import DATASET24_FLIP_PERM, SPIN49_FLIP_PERM
 from spin_ray.body import frames as F
+from spin_ray.body.joints import DATASET24_FLIP_PERM, SPIN49_FLIP_PERM
 from spin_ray.data import augment as A
 from spin_ray.errors import InputError
+from spin_ray.geometry import normalised_to_pixels
 
 torch.set_num_threads(1)
 
@@ -131,7 +132,7 @@ def test_crop_puts_a_drawn_dot_where_the_keypoint_says(params):
     slot = SPIN49_FLIP_PERM[2] if params.flip else 2
     crop, kp = A.augment_crop(image, keypoints, center=(230.0, 140.0), scale=0.5, params=params, res=res)
     assert crop.shape == (res, res, 3) and crop.dtype == np.float32
-    xy = A.denormalise_keypoints(kp[slot, :2], res)
+    xy = normalised_to_pixels(kp[slot, :2], res)
     gray = crop[..., 0]
     ys, xs = np.nonzero(gray > 0.3 * gray.max())
     weights = gray[ys, xs]
@@ -166,7 +167,7 @@ def test_strong_zoom_out_is_antialiased_and_still_aligned():
     assert abs(stripes.mean() - 127.5) < 15 and stripes.std() < 15
     blue = crop[..., 2] - crop[..., 0]
     ys, xs = np.nonzero(blue > 0.5 * blue.max())
-    assert np.linalg.norm([xs.mean(), ys.mean()] - A.denormalise_keypoints(kp[0, :2], 64)) < 0.5
+    assert np.linalg.norm([xs.mean(), ys.mean()] - normalised_to_pixels(kp[0, :2], 64)) < 0.5
 
 
 def test_colour_noise_scales_channels_and_clips():

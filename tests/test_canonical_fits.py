@@ -5,21 +5,20 @@ import math
 import torch
 
 from spin_ray.body.body_model import BodyModel
+from spin_ray.body.frames import augment_keypoints, augment_pose
 from spin_ray.config import RunConfig
-from spin_ray.body.frames import augment_keypoints
 from spin_ray.data.augment import AugParams
-from spin_ray_sim.fitting_problems import synthetic_problems
-from spin_ray.geometry import axis_angle_to_matrix
-from spin_ray.body.frames import augment_pose
 from spin_ray.fitting.canonical_fits import to_canonical
 from spin_ray.fitting.scoring import score_fits
+from spin_ray.geometry import axis_angle_to_matrix, pixels_to_normalised
+from spin_ray_sim.fitting_problems import synthetic_problems
 
 torch.set_num_threads(1)
 CFG = RunConfig()
 
 
 def _normalised(keypoints_px, crop):
-    return torch.cat([2.0 * keypoints_px[..., :2] / crop - 1.0, keypoints_px[..., 2:]], dim=-1)
+    return torch.cat([pixels_to_normalised(keypoints_px[..., :2], crop), keypoints_px[..., 2:]], dim=-1)
 
 
 def test_fit_from_augmented_view_reads_back_identical_and_scores_like_canonical():

@@ -7,11 +7,20 @@ import numpy as np
 import pytest
 import torch
 
+from spin_ray.body import frames as F
 from spin_ray.config import DataConfig, DatasetEntry
 from spin_ray.data import augment as A
-from spin_ray.data.dataset import IMAGENET_MEAN, IMAGENET_STD, MixedDataset, SpinImageDataset, build_dataset, make_loader
+from spin_ray.data.dataset import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MixedDataset,
+    SpinImageDataset,
+    build_dataset,
+    make_loader,
+)
 from spin_ray.data.spin_format import load_spin_npz, write_spin_npz
 from spin_ray.errors import DataError
+from spin_ray.geometry import normalised_to_pixels
 
 torch.set_num_threads(1)
 RES = 32
@@ -63,7 +72,7 @@ def test_item_contents_and_normalisation(tmp_path, cfg):
     torch.testing.assert_close(item["img"][:, 1, 1], expected, atol=1e-3, rtol=0)
     # The dot is where the keypoint says, in the normalised crop.
     wrist = item["keypoints"][25 + 6]
-    u, v = A.denormalise_keypoints(wrist[:2].numpy(), RES)
+    u, v = normalised_to_pixels(wrist[:2].numpy(), RES)
     red = item["img"][0].numpy()
     ys, xs = np.nonzero(red > red.max() * 0.6)
     assert abs(xs.mean() - u) < 1.0 and abs(ys.mean() - v) < 1.0
@@ -80,8 +89,8 @@ def test_training_items_canonicalise_back_to_the_unaugmented_item(tmp_path, cfg)
     aug = torch.stack([b["aug"] for b in batch]).double()
     assert aug[:, 0].min() == 0 and aug[:, 0].max() == 1 and (aug[:, 1] != 0).all()
     ref = [plain[i % 6] for i in range(12)]
-    for key, inverse in (("keypoints", A.canonicalise_keypoints), ("S", A.canonicalise_joints3d),
-                         ("pose", A.canonicalise_pose)):
+    for key, inverse in (("keypoints", F.canonicalise_keypoints), ("S", F.canonicalise_joints3d),
+                         ("pose", F.canonicalise_pose)):
         got = inverse(torch.stack([b[key] for b in batch]).double(), aug)
         want = torch.stack([r[key] for r in ref]).double()
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)

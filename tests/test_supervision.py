@@ -7,17 +7,22 @@ import pytest
 import torch
 
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
+from spin_ray.body.frames import augment_keypoints, augment_pose
 from spin_ray.config import FittingConfig, RunConfig
-from spin_ray.body.frames import augment_keypoints
 from spin_ray.data.augment import IDENTITY_AUG, AugParams
+from spin_ray.fitting.canonical_fits import to_canonical
 from spin_ray.fitting.priors import load_pose_prior
-from spin_ray_sim.fitting_problems import synthetic_problems
-from spin_ray.geometry import matrix_to_rot6d
+from spin_ray.geometry import matrix_to_rot6d, pixels_to_normalised
 from spin_ray.model.hmr import HMROutput
 from spin_ray.store.fit_store import FitStore
-from spin_ray.body.frames import augment_pose
-from spin_ray.fitting.canonical_fits import to_canonical
-from spin_ray.train.supervision import FitSupervisor, NoFits, StoreFits, SyncFits, batch_samples
+from spin_ray.train.supervision import (
+    FitSupervisor,
+    NoFits,
+    StoreFits,
+    SyncFits,
+    batch_samples,
+)
+from spin_ray_sim.fitting_problems import synthetic_problems
 
 torch.set_num_threads(1)
 CFG = RunConfig()
@@ -45,7 +50,7 @@ def store(redis_server, body, fit_store):
 
 def _normalised(keypoints_px):
     crop = CFG.camera.crop_size
-    return torch.cat([2.0 * keypoints_px[..., :2] / crop - 1.0, keypoints_px[..., 2:]], dim=-1)
+    return torch.cat([pixels_to_normalised(keypoints_px[..., :2], crop), keypoints_px[..., 2:]], dim=-1)
 
 
 def _augs(n, flip_rot):

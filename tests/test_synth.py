@@ -12,10 +12,11 @@ from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
 from spin_ray.cli import main as cli_main
 from spin_ray.config import DataConfig, RunConfig, config_from_dict
 from spin_ray.data import synth
-from spin_ray.data.augment import crop_image, crop_matrix, denormalise_keypoints
+from spin_ray.data.augment import crop_image, crop_matrix
 from spin_ray.data.dataset import SpinImageDataset
 from spin_ray.data.spin_format import load_spin_npz
 from spin_ray.errors import ConfigError
+from spin_ray.geometry import normalised_to_pixels
 from spin_ray.render.renderer import MeshRenderer
 
 SIZES = {"synth-3d": 5, "synth-itw": 4, "synth-test": 3}
@@ -177,7 +178,7 @@ def test_crop_through_the_dataset_puts_keypoints_on_the_person(generated, body):
         crop_mask = crop_image(masks[i].astype(np.uint8) * 255, matrix, res) > 127
         keypoints = item["keypoints"].numpy()
         visible = keypoints[25:, 2] > 0
-        xy = denormalise_keypoints(keypoints[25:, :2], res)[visible]
+        xy = normalised_to_pixels(keypoints[25:, :2], res)[visible]
         assert visible.any() and _near_mask(crop_mask, xy).all(), f"sample {i}"
         # The person fills a good part of the crop.
         assert 0.05 < crop_mask.mean() < 0.9

@@ -23,6 +23,7 @@ import numpy as np
 from spin_ray.body.frames import AUG_DIM, AUG_FIELDS
 from spin_ray.body.joints import DATASET24_FLIP_PERM, SPIN49_FLIP_PERM
 from spin_ray.errors import InputError
+from spin_ray.geometry import pixels_to_normalised
 
 # Box size in pixels of scale 1 (SPIN's 'scale' key is the person box divided by 200).
 SCALE_UNIT_PX = 200.0
@@ -116,16 +117,6 @@ def crop_image(image: np.ndarray, matrix: np.ndarray, res: int) -> np.ndarray:
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def normalise_keypoints(xy: np.ndarray, res: int) -> np.ndarray:
-    """Crop pixels to SPIN's [-1, 1] keypoint coordinates (2 * x / res - 1)."""
-    return 2.0 * np.asarray(xy) / res - 1.0
-
-
-def denormalise_keypoints(xy: np.ndarray, res: int) -> np.ndarray:
-    """Inverse of `normalise_keypoints`."""
-    return (np.asarray(xy) + 1.0) * (res / 2.0)
-
-
 def apply_colour_noise(image: np.ndarray, noise) -> np.ndarray:
     """Multiply RGB channels by their gains, clipped to [0, 255]; returns float32."""
     gains = np.asarray(noise, dtype=np.float32).reshape(1, 1, 3)
@@ -143,7 +134,7 @@ def augment_crop(
     matrix = crop_matrix(center, scale * params.scale, res, params.rot, params.flip)
     crop = apply_colour_noise(crop_image(image, matrix, res), params.noise)
     out = keypoints.copy()
-    out[:, :2] = normalise_keypoints(transform_points(keypoints[:, :2], matrix), res)
+    out[:, :2] = pixels_to_normalised(transform_points(keypoints[:, :2], matrix), res)
     if params.flip:
         perm = _flip_perm_for(len(out))
         out = out[list(perm)]

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig
 from spin_ray.errors import DataError, ModelError
-from spin_ray.geometry import perspective_projection, weak_perspective_to_translation
+from spin_ray.geometry import perspective_projection, pixels_to_normalised, weak_perspective_to_translation
 from spin_ray.model.hmr import HMR, HMROutput
 from spin_ray.train.checkpoint import (
     check_identity,
@@ -90,7 +90,7 @@ def projected_keypoints(keypoints_3d: torch.Tensor, camera: torch.Tensor, focal_
     """Model keypoints (B,49,3) through the weak-perspective camera (B,3), normalised to [-1, 1] over the crop."""
     translation = weak_perspective_to_translation(camera, focal_length, crop_size)
     pixels = perspective_projection(keypoints_3d, translation, focal_length, crop_size=crop_size)
-    return pixels / (crop_size / 2.0) - 1.0
+    return pixels_to_normalised(pixels, crop_size)
 
 
 class Trainer:
