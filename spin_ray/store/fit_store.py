@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import redis
-from pydantic import ValidationError
 
 from spin_ray.errors import FitStoreError
 from spin_ray.store import files
@@ -83,15 +82,7 @@ class FitStore:
         connect_timeout_s: float = 30.0,
     ) -> "FitStore":
         """Connect to the namespace at `url`; with a body-model hash the store can write."""
-        try:
-            address = FitStoreAddress(
-                url=url, namespace=namespace, body_model_hash=body_model_hash, connect_timeout_s=connect_timeout_s
-            )
-        except ValidationError as err:
-            # Field messages only: the input values could include the URL's password.
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-            raise FitStoreError(f"bad fit-store address: {problems}") from None
-        return cls(address)
+        return cls(rec.make_address(url, namespace, body_model_hash, connect_timeout_s))
 
     @classmethod
     def from_config(cls, config: "StoreConfig", body_model_hash: str | None, url: str | None = None) -> "FitStore":

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from spin_ray.errors import FitStoreError
 
@@ -104,6 +104,17 @@ class FitStoreAddress(BaseModel):
         if value is not None and not re.fullmatch(r"[0-9a-fA-F]{8,128}", value):
             raise ValueError(f"body_model_hash must be 8-128 hex digits, got {value!r}")
         return value.lower() if value is not None else None
+
+
+def make_address(url: str, namespace: str, body_model_hash: str | None, connect_timeout_s: float) -> FitStoreAddress:
+    """A checked FitStoreAddress; FitStoreError names the bad fields (never their values: a URL may hold a password)."""
+    try:
+        return FitStoreAddress(
+            url=url, namespace=namespace, body_model_hash=body_model_hash, connect_timeout_s=connect_timeout_s
+        )
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise FitStoreError(f"bad fit-store address: {problems}") from None
 
 
 class NamespaceMeta(BaseModel):
