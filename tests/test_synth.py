@@ -11,7 +11,7 @@ import torch
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
 from spin_ray.cli import main as cli_main
 from spin_ray.config import DataConfig, RunConfig, config_from_dict
-from spin_ray.data import synth
+from spin_ray.data import synth, synth_generator, synth_scene
 from spin_ray.data.augment import crop_image, crop_matrix
 from spin_ray.data.dataset import SpinImageDataset
 from spin_ray.data.spin_format import load_spin_npz
@@ -93,12 +93,12 @@ def test_same_seed_same_data_whatever_the_worker_count_and_cache_hits_skip_work(
 
 
 def test_different_seeds_and_splits_differ(tmp_path, body):
-    gen = synth.SyntheticGenerator(tiny_config(tmp_path), body)
-    other = synth.SyntheticGenerator(tiny_config(tmp_path, seed=4), body)
+    gen = synth_generator.SyntheticGenerator(tiny_config(tmp_path), body)
+    other = synth_generator.SyntheticGenerator(tiny_config(tmp_path, seed=4), body)
     try:
-        spec = synth.ChunkSpec("synth-3d", 0, 2, 0)
+        spec = synth_generator.ChunkSpec("synth-3d", 0, 2, 0)
         a, b = gen.render_chunk(spec), other.render_chunk(spec)
-        test = gen.render_chunk(synth.ChunkSpec("synth-test", 0, 2, 0))
+        test = gen.render_chunk(synth_generator.ChunkSpec("synth-test", 0, 2, 0))
     finally:
         gen.close()
         other.close()
@@ -191,18 +191,18 @@ def test_occlusion_marks_hidden_keypoints_invisible():
     uv = np.array([[[3.0, 3.0], [3.0, 3.0], [3.0, 3.0], [6.0, 6.0], [20.0, 3.0]]])
     depth = np.array([[3.1, 3.5, 3.1, 9.0, 9.0]])
     own = np.array([[True, False], [True, False], [False, True], [True, False], [True, False]])
-    occluded = synth.occluded_keypoints(uv, depth, depth_maps, parts, own, threshold=0.05, self_threshold=0.3)
+    occluded = synth_scene.occluded_keypoints(uv, depth, depth_maps, parts, own, threshold=0.05, self_threshold=0.3)
     # own surface a little closer: visible; own surface far closer: hidden; another part: hidden;
     # nothing at the pixel: visible; outside the image: not "occluded" (that is truncation).
     assert occluded.tolist() == [[False, True, True, False, False]]
-    assert synth.inside_image(uv, 8).tolist() == [[True, True, True, True, False]]
+    assert synth_scene.inside_image(uv, 8).tolist() == [[True, True, True, True, False]]
 
 
 def test_keypoint_parts_cover_a_joint_and_its_neighbours(body):
     from spin_ray.body.joints import SMPL_JOINT_NAMES, SMPL_PARENTS, SPIN49_NAMES
 
     labels = body.smpl.lbs_weights.argmax(dim=1).numpy()
-    own = synth.keypoint_parts(list(SMPL_PARENTS), labels, body.keypoint_regressor.numpy())
+    own = synth_scene.keypoint_parts(list(SMPL_PARENTS), labels, body.keypoint_regressor.numpy())
     assert own.shape == (49, 24)
     names = lambda k: {SMPL_JOINT_NAMES[j] for j in np.flatnonzero(own[SPIN49_NAMES.index(k)])}  # noqa: E731
     assert names("Right Knee") == {"right_hip", "right_knee", "right_ankle"}
@@ -216,7 +216,7 @@ def test_detector_keypoints_are_noisy_confident_and_miss_outside_the_image():
     in_image = np.ones((n, 25), bool)
     in_image[:, 0] = False
     cfg = RunConfig().synth.model_copy(update={"detector_swap_prob": 0.0})
-    det = synth.detector_keypoints(uv, in_image, np.zeros((n, 25), bool), np.full(n, 200.0), rng, cfg)
+    det = synth_scene.detector_keypoints(uv, in_image, np.zeros((n, 25), bool), np.full(n, 200.0), rng, cfg)
     assert np.all(det[:, 0] == 0)
     kept = det[..., 2] > 0
     assert 0.9 < kept[:, 1:].mean() < 0.99  # ~5 % dropouts

@@ -8,7 +8,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from spin_ray.body.joints import OPENPOSE25_NAMES, SMPL_JOINT_NAMES, SPIN49_FROM_JOINTS_AND_EXTRAS
+from spin_ray.body.joints import (
+    OPENPOSE25_NAMES,
+    SMPL_JOINT_NAMES,
+    SPIN49_FROM_JOINTS_AND_EXTRAS,
+)
 from spin_ray.config import SynthConfig
 from spin_ray.data.augment import SCALE_UNIT_PX
 from spin_ray.errors import DataError
