@@ -18,9 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spin_ray.config import DataConfig
 from spin_ray.body.frames import augment_joints3d, augment_pose
-from spin_ray.data.augment import IDENTITY_AUG, AugParams, augment_crop, sample_aug_params
+from spin_ray.config import DataConfig
+from spin_ray.data.augment import (
+    IDENTITY_AUG,
+    AugParams,
+    augment_crop,
+    sample_aug_params,
+)
 from spin_ray.data.spin_format import SpinDataset, load_spin_npz
 from spin_ray.errors import DataError
 
