@@ -20,7 +20,7 @@ from results import machine_line, write_section  # noqa: E402
 from spin_ray.body.body_model import BodyModel  # noqa: E402
 from spin_ray.config import RunConfig  # noqa: E402
 from spin_ray.fitting.priors import load_pose_prior  # noqa: E402
-from spin_ray.fitting.problems import network_like_init, synthetic_problems  # noqa: E402
+from spin_ray_sim.fitting_problems import network_like_init, synthetic_problems  # noqa: E402
 from spin_ray.fitting.smplify import smplify  # noqa: E402
 
 SECTION = "## SMPLify (benchmarks/bench_smplify.py)"

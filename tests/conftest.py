@@ -45,7 +45,7 @@ def _render_tiny_split(body, renderer, size: int, seed: int, folder, name: str, 
     from spin_ray.body.body_model import axis_angle_pose_to_rotmats
     from spin_ray.config import CameraConfig
     from spin_ray.data.spin_format import write_spin_npz
-    from spin_ray.fitting.problems import synthetic_problems
+    from spin_ray_sim.fitting_problems import synthetic_problems
 
     camera = CameraConfig()
     problem = synthetic_problems(body, size, torch.Generator().manual_seed(seed), camera)

@@ -17,7 +17,7 @@ from spin_ray.config import CameraConfig, RunConfig
 from spin_ray.demo.inputs import box_from_keypoints, select_person
 from spin_ray.demo.predict import fitting_keypoints
 from spin_ray.demo.views import rotate_about_vertical
-from spin_ray.fitting.problems import synthetic_problems
+from spin_ray_sim.fitting_problems import synthetic_problems
 from spin_ray.geometry import perspective_projection
 from spin_ray.model.hmr import HMR
 from spin_ray.render.renderer import MeshRenderer

@@ -25,7 +25,7 @@ from spin_ray.cli import main
 from spin_ray.config import CameraConfig
 from spin_ray.data.spin_format import write_spin_npz
 from spin_ray.errors import FitStoreError
-from spin_ray.fitting.problems import synthetic_problems
+from spin_ray_sim.fitting_problems import synthetic_problems
 from spin_ray.render.renderer import MeshRenderer, overlay
 from spin_ray.store.fit_store import FitStore
 from spin_ray.curate.gallery import Selection, build_gallery

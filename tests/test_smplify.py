@@ -10,15 +10,10 @@ from spin_ray.body.joints import SPIN49_NAMES, SPIN49_TORSO
 from spin_ray.config import RunConfig
 from spin_ray.errors import InputError
 from spin_ray.fitting.priors import load_pose_prior
-from spin_ray.fitting.problems import (
-    mean_body_pose,
-    mean_pose_init,
-    network_like_init,
-    posed_joints,
-    synthetic_problems,
-)
 from spin_ray.fitting.smplify import camera_stage_loss, model_keypoints, smplify
+from spin_ray.fitting.starts import mean_body_pose, mean_pose_init
 from spin_ray.geometry import similarity_procrustes
+from spin_ray_sim.fitting_problems import network_like_init, posed_joints, synthetic_problems
 
 torch.set_num_threads(1)
 CFG = RunConfig()

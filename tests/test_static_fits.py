@@ -9,7 +9,7 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.cli import main
 from spin_ray.config import RunConfig
 from spin_ray.data.spin_format import write_spin_npz
-from spin_ray.fitting.problems import synthetic_problems
+from spin_ray_sim.fitting_problems import synthetic_problems
 from spin_ray.fitting.static_fits import SCALE_UNIT_PX, canonical_crop_keypoints
 from spin_ray.store.fit_store import FitStore
 

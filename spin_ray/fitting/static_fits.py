@@ -16,7 +16,7 @@ from tqdm import tqdm
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.errors import InputError
-from spin_ray.fitting.problems import typical_depth
+from spin_ray.fitting.starts import typical_depth
 from spin_ray.fitting.scoring import score_fits
 from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, rejected_samples, smplify
 

@@ -1,8 +1,8 @@
-"""Synthetic fitting problems with known truth, and the initialisations SMPLify starts from.
+"""Synthetic fitting problems with known truth, and the network-like start a regressor would give.
 
-Used by the tests, the SMPLify benchmark and `spin-ray fit`: people posed by the open pose sampler,
-facing the camera, projected into the crop camera; a "network-like" initialisation (the truth with
-noise, as a regressor would give) and the mean-pose initialisation of the paper's static fits.
+Used by the tests and the SMPLify benchmark: people posed by the open pose sampler, facing the
+camera, projected into the crop camera; a "network-like" initialisation is the truth with noise.
+Production starts (the mean pose, the typical depth) live in `spin_ray.fitting.starts`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
-from spin_ray.config import CameraConfig
 from spin_ray.body.pose_sampler import sample_body_poses, sample_global_orient
-from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, project
-
-# Typical SPIN weak-perspective scale: the person's box spans ~0.9 of the crop.
-TYPICAL_CAMERA_SCALE = 0.9
+from spin_ray.config import CameraConfig
+from spin_ray.fitting.smplify import SmplifyParams, project
+from spin_ray.fitting.starts import TYPICAL_CAMERA_SCALE
 
 
 @dataclass(frozen=True)
@@ -35,11 +33,6 @@ class FittingProblem:
     def params(self) -> SmplifyParams:
         """The truth as SMPLify parameters."""
         return SmplifyParams.from_pose(self.pose, self.betas, self.camera_t)
-
-
-def typical_depth(camera: CameraConfig, scale: float = TYPICAL_CAMERA_SCALE) -> float:
-    """Depth of a person whose weak-perspective scale is `scale` (2f / (crop * s))."""
-    return 2.0 * camera.focal_length / (camera.crop_size * scale)
 
 
 def synthetic_problems(
@@ -78,21 +71,3 @@ def network_like_init(
     camera_t = problem.camera_t.clone()
     camera_t[:, 2] = camera_t[:, 2] * (1.0 + depth_error)
     return SmplifyParams.from_pose(pose, torch.zeros_like(problem.betas), camera_t)
-
-
-def mean_body_pose(generator: torch.Generator, samples: int = 20000) -> torch.Tensor:
-    """Mean 72-d pose of the open pose sampler, upright and facing the camera."""
-    pose = sample_body_poses(samples, generator).mean(dim=0)
-    pose[:3] = torch.tensor([math.pi, 0.0, 0.0])
-    return pose
-
-
-def mean_pose_init(
-    body: BodyModel, mean_pose: torch.Tensor, keypoints_2d: torch.Tensor, camera: CameraConfig,
-) -> SmplifyParams:
-    """The paper's static-fit start: mean pose, mean shape, camera from the closed-form translation."""
-    n = keypoints_2d.shape[0]
-    pose = mean_pose.to(keypoints_2d.dtype).expand(n, -1).clone()
-    betas = torch.zeros(n, body.num_betas, dtype=keypoints_2d.dtype)
-    camera_t = camera_from_keypoints(body, pose, betas, keypoints_2d, camera, typical_depth(camera))
-    return SmplifyParams.from_pose(pose, betas, camera_t)
