@@ -22,7 +22,7 @@ from results import RESULTS, machine_line, write_section  # noqa: E402
 
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats  # noqa: E402
 from spin_ray.body.model_file import embedded_model_path  # noqa: E402
-from spin_ray.body.random_model import random_model_arrays  # noqa: E402
+from spin_ray_sim.random_model import random_model_arrays  # noqa: E402
 
 SECTION = "## Body model (benchmarks/bench_body.py)"
 COMMAND = ".venv/bin/python benchmarks/bench_body.py"

@@ -32,7 +32,7 @@ from results import cpu_busy_fraction, machine_cpu_s, machine_summary, write_sec
 from spin_ray.body.body_model import BodyModel  # noqa: E402
 from spin_ray.config import RunConfig  # noqa: E402
 from spin_ray.pipeline.pool import FitterPool  # noqa: E402
-from spin_ray.pipeline.synthetic import synthetic_request  # noqa: E402
+from spin_ray_sim.synthetic import synthetic_request  # noqa: E402
 from spin_ray.store.fit_store import FitStore  # noqa: E402
 from spin_ray.store.records import FitStoreAddress  # noqa: E402
 from spin_ray.store.server import EmbeddedRedis  # noqa: E402

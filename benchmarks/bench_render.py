@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import RESULTS, machine_line, write_section  # noqa: E402
 
-from spin_ray.render.benchmark import measure_renders_per_second  # noqa: E402
+from spin_ray_sim.render_bench import measure_renders_per_second  # noqa: E402
 
 SECTION = "## Renderer (benchmarks/bench_render.py)"
 

@@ -3,9 +3,9 @@
 Usage: python benchmarks/bench_scale.py [--fitters 8 16 32 64] [--sweep 0.125 0.0625] [--seconds 20]
        [--autoscale] [--write-results]
 
-Each pool size runs in a child process (`python -m spin_ray.scale.load_run`) with a Ray of its own:
-stand-in fitters on 0.25 of a declared GPU each, whose time per batch is the config's
-`pipeline.standin_gpu_s_per_batch` over that share; one embedded redis-server; this machine's one
+Each pool size runs in a child process (`python -m spin_ray_sim.scale.load_run`) with a Ray of its own:
+stand-in fitters on 0.25 of a declared GPU each, whose time per batch is the stand-in cost model's
+GPU-seconds per batch (0.25) over that share; one embedded redis-server; this machine's one
 trainer loop. `--sweep` reruns the largest pool with cheaper fits (GPU-seconds per batch) to push the
 demand up until this machine's trainer loop or Redis stops keeping up. With --write-results the
 tables replace their sections in benchmarks/SCALING.md and RESULTS.md, and a plot goes to
@@ -34,7 +34,7 @@ RESULTS_SECTION = "## Scale, cost model (benchmarks/bench_scale.py)"
 
 
 def run_child(module: str, args: list[str]) -> object:
-    """Run a spin_ray.scale module in a child process and return its JSON output."""
+    """Run a spin_ray_sim.scale module in a child process and return its JSON output."""
     with tempfile.TemporaryDirectory(prefix="srbench-") as tmp:
         out = Path(tmp) / "out.json"
         proc = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out)], capture_output=True,
@@ -121,10 +121,10 @@ def main() -> None:
     window = ["--warmup", str(args.warmup), "--seconds", str(args.seconds)]
     rows = []
     for fitters in args.fitters:
-        rows += run_child("spin_ray.scale.load_run", ["--fitters", str(fitters), *window])
+        rows += run_child("spin_ray_sim.scale.load_run", ["--fitters", str(fitters), *window])
         print(json.dumps(rows[-1]), flush=True)
     for gpu_s in args.sweep:
-        rows += run_child("spin_ray.scale.load_run",
+        rows += run_child("spin_ray_sim.scale.load_run",
                           ["--fitters", str(max(args.fitters)), "--gpu-s-per-batch", str(gpu_s), *window])
         print(json.dumps(rows[-1]), flush=True)
     table = load_table(rows)
@@ -143,7 +143,7 @@ def main() -> None:
             from spin_ray.store.server import EmbeddedRedis
 
             with EmbeddedRedis(Path(root) / "redis") as server:
-                result = run_child("spin_ray.scale.autoscale_run", ["--redis-url", server.url,
+                result = run_child("spin_ray_sim.scale.autoscale_run", ["--redis-url", server.url,
                                                                     "--root", str(Path(root) / "c")])
         text = autoscale_table(result)
         print(text)

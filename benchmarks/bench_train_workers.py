@@ -71,11 +71,11 @@ def measure_pool_service(url: str, requests: int, in_transit: int) -> dict:
     """Requests per second one PoolService takes from a client that never waits (its fitter is busy)."""
     from spin_ray.body.body_model import BodyModel
     from spin_ray.pipeline.pool_service import start_pool_service, stop_pool_service
-    from spin_ray.pipeline.synthetic import synthetic_request
+    from spin_ray_sim.synthetic import synthetic_request
 
     cfg = RunConfig.model_validate({
         "name": "bench-pool-service", "store": {"url": url, "namespace": "bench-pool-service"},
-        "pipeline": {"num_fitters": 1, "artificial_delay_s": 600.0, "busy_policy": "drop",
+        "pipeline": {"num_fitters": 1, "fitter_class": "spin_ray_sim.fitters:StalledFitter", "busy_policy": "drop",
                      "submits_in_transit": in_transit, "startup_timeout_s": 300},
     })
     body = BodyModel.from_config(cfg.body)

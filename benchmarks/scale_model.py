@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--steps-per-s", type=float, default=10.0,
                         help="trainer steps/s per GPU, resnet50 @ 224 batch 64 (assumption: ~640 images/s)")
     parser.add_argument("--gpu-s-per-batch", type=float, default=0.25,
-                        help="GPU-seconds of SMPLify 50+50 per batch of 64 (config pipeline.standin_gpu_s_per_batch)")
+                        help="GPU-seconds of SMPLify 50+50 per batch of 64 (the stand-in's DEFAULT_GPU_S_PER_BATCH)")
     parser.add_argument("--fitter-gpu-share", type=float, default=0.25, help="pipeline.fitter_num_gpus")
     parser.add_argument("--in-flight-per-fitter", type=int, default=2, help="pipeline.max_in_flight_per_fitter")
     parser.add_argument("--redis-us-per-sample", type=float, default=33.0,

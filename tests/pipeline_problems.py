@@ -7,11 +7,11 @@ import torch
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import CameraConfig, RunConfig
-from spin_ray.fitting.problems import synthetic_problems
+from spin_ray_sim.fitting_problems import synthetic_problems
 from spin_ray.pipeline.requests import FitRequest
-from spin_ray.pipeline.synthetic import synthetic_request
+from spin_ray_sim.synthetic import synthetic_request
 from spin_ray.store.fit_store import FitStore
-from spin_ray.train.fit_frames import score_fits
+from spin_ray.fitting.scoring import score_fits
 
 
 def fast_config(**pipeline) -> RunConfig:

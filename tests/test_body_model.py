@@ -15,7 +15,7 @@ import torch
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
 from spin_ray.body.joints import EXTRA_KEYPOINT_NAMES, SMPL_EXTRA_VERTEX_IDS
 from spin_ray.body.model_file import embedded_model_path, load_body_model_arrays
-from spin_ray.body.random_model import random_model_arrays
+from spin_ray_sim.random_model import random_model_arrays
 from spin_ray.config import BodyConfig
 from spin_ray.errors import BodyModelError, InputError
 

@@ -15,6 +15,7 @@ from spin_ray.errors import PipelineError
 from spin_ray.pipeline.pool import FitterPool
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
+from spin_ray_sim.fitters import slow_fitter_class
 
 BATCH = 4
 
@@ -36,8 +37,11 @@ def store(redis_server, body):
 def make_pool(ray_local, store):
     pools = []
 
-    def make(**pipeline) -> FitterPool:
-        pools.append(FitterPool(fast_config(**pipeline), store.address, name=f"test{len(pools)}"))
+    def make(delay_s: float = 0.0, **pipeline) -> FitterPool:
+        """A pool of real fitters that each sleep delay_s before a fit (0: plain FitterActors)."""
+        fitter_class = slow_fitter_class(delay_s) if delay_s > 0 else None
+        pools.append(FitterPool(fast_config(**pipeline), store.address, name=f"test{len(pools)}",
+                                fitter_class=fitter_class))
         return pools[-1]
 
     yield make
@@ -88,7 +92,7 @@ def test_requests_land_improved_fits_in_the_store(make_pool, store, body):
 
 
 def test_drop_policy_bounds_in_flight_drops_the_oldest_and_never_blocks(make_pool, body):
-    pool = make_pool(num_fitters=2, max_in_flight_per_fitter=2, max_pending=3, artificial_delay_s=0.6)
+    pool = make_pool(num_fitters=2, max_in_flight_per_fitter=2, max_pending=3, delay_s=0.6)
     camera = fast_config().camera
     requests = [make_request(body, camera, BATCH, seed, step=seed) for seed in range(16)]
     durations, samples = [], []
@@ -111,7 +115,7 @@ def test_drop_policy_bounds_in_flight_drops_the_oldest_and_never_blocks(make_poo
 
 
 def test_drop_with_no_queue_refuses_the_new_request_and_failed_fits_are_counted(make_pool, store, body):
-    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, max_pending=0, artificial_delay_s=0.5)
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, max_pending=0, delay_s=0.5)
     camera = fast_config().camera
     assert pool.submit(make_request(body, camera, BATCH, 0))
     assert not pool.submit(make_request(body, camera, BATCH, 1))
@@ -129,7 +133,7 @@ def test_drop_with_no_queue_refuses_the_new_request_and_failed_fits_are_counted(
 
 
 def test_block_policy_waits_for_a_free_fitter(make_pool, body):
-    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, busy_policy="block", artificial_delay_s=0.4)
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, busy_policy="block", delay_s=0.4)
     camera = fast_config().camera
     durations = []
     for seed in range(3):
@@ -153,7 +157,7 @@ def _pid(handle) -> int:
 
 
 def test_a_killed_fitter_is_replaced_and_its_request_sent_again_once(make_pool, store, body):
-    pool = make_pool(num_fitters=2, max_in_flight_per_fitter=1, artificial_delay_s=1.0, max_restarts=3)
+    pool = make_pool(num_fitters=2, max_in_flight_per_fitter=1, delay_s=1.0, max_restarts=3)
     camera = fast_config().camera
     before = np.concatenate([seed_store(store, body, camera, BATCH, s, first_index=BATCH * s) for s in range(3)])
     requests = [make_request(body, camera, BATCH, s, first_index=BATCH * s) for s in range(3)]
@@ -179,7 +183,7 @@ def test_a_killed_fitter_is_replaced_and_its_request_sent_again_once(make_pool, 
 
 
 def test_a_request_is_never_sent_a_third_time_and_restarts_are_capped(make_pool, body):
-    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, artificial_delay_s=2.0, max_restarts=2)
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, delay_s=2.0, max_restarts=2)
     camera = fast_config().camera
     request = make_request(body, camera, BATCH, 0)
     pool.submit(request)
@@ -203,7 +207,7 @@ def test_a_request_is_never_sent_a_third_time_and_restarts_are_capped(make_pool,
 
 
 def test_resize_grows_and_shrinks_without_losing_work(make_pool, body):
-    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, artificial_delay_s=0.5)
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, delay_s=0.5)
     camera = fast_config().camera
     pool.resize(3)
     pool.wait_ready(60)
@@ -233,7 +237,7 @@ def test_a_fitter_that_cannot_start_is_reported(ray_local, redis_server):
 
 def test_a_replacement_that_dies_before_answering_does_not_cost_the_request_its_resend(make_pool, body):
     """After a node dies, a replacement can land on it and die at once: the re-sent request waits for a live one."""
-    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, artificial_delay_s=2.0, max_restarts=3)
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, delay_s=2.0, max_restarts=3)
     camera = fast_config().camera
     pool.submit(make_request(body, camera, BATCH, 0))
     os.kill(_pid(next(iter(pool.fitter_handles().values()))), signal.SIGKILL)

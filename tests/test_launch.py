@@ -64,7 +64,8 @@ def test_async_run_end_to_end_then_resume(tmp_path, tiny_spin_data, redis_server
 def test_slow_fitters_never_hold_back_the_trainer(tmp_path, tiny_spin_data, redis_server, ray_local):
     cfg = tiny_config(tmp_path, tiny_spin_data, redis_server.url,
                       train={"steps": 12, "init_store_from_static_fits": False, "report_images": 0},
-                      pipeline={"artificial_delay_s": 10.0, "max_in_flight_per_fitter": 1, "busy_policy": "drop"})
+                      pipeline={"fitter_class": "spin_ray_sim.fitters:BusyFitter", "max_in_flight_per_fitter": 1,
+                                "busy_policy": "drop"})
     summary = launch(cfg, progress=False)
     pool = summary["pipeline"]["pool"]
     assert summary["steps"] == 12

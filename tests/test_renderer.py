@@ -10,7 +10,7 @@ import pytest
 
 from spin_ray.errors import RenderError
 from spin_ray.render import renderer as R
-from spin_ray.render.primitives import icosphere, torus
+from spin_ray_sim.primitives import icosphere, torus
 
 OPEN_MODEL = Path(__file__).resolve().parents[1] / "spin_ray" / "body" / "assets" / "open_body_model.npz"
 

@@ -19,7 +19,8 @@ import pytest
 
 from spin_ray.config import RunConfig
 from spin_ray.pipeline.requests import FitReport, FitRequest
-from spin_ray.pipeline.standin import (
+from spin_ray_sim.standin import (
+    DEFAULT_GPU_S_PER_BATCH,
     HEALTH_GROUP,
     StandinReport,
     WireRequest,
@@ -28,7 +29,7 @@ from spin_ray.pipeline.standin import (
     standin_error,
     standin_seconds_per_request,
 )
-from spin_ray.scale.fake_cluster import FakeClusterSpec, NodeType, autoscaler_config
+from spin_ray_sim.scale.fake_cluster import FakeClusterSpec, NodeType, autoscaler_config
 
 # Generous: other engineers' jobs share the 2 cores, and each fake node starts a raylet and agents.
 CHILD_TIMEOUT_S = 900
@@ -48,13 +49,14 @@ def test_health_group_matches_the_pools():
 
 
 def test_cost_model_scales_with_gpu_share_and_batch():
-    pipeline = RunConfig().pipeline.model_copy(update={"standin_gpu_s_per_batch": 0.25, "fitter_num_gpus": 0.25})
-    assert standin_seconds_per_request(pipeline, 64, 64) == pytest.approx(1.0)  # a quarter GPU, time-sliced
-    assert standin_seconds_per_request(pipeline, 32, 64) == pytest.approx(0.5)
+    pipeline = RunConfig().pipeline.model_copy(update={"fitter_num_gpus": 0.25})
+    assert standin_seconds_per_request(pipeline, 64, 64, 0.25) == pytest.approx(1.0)  # a quarter GPU, time-sliced
+    assert standin_seconds_per_request(pipeline, 32, 64, 0.25) == pytest.approx(0.5)
     whole = pipeline.model_copy(update={"fitter_num_gpus": 2.0})
-    assert standin_seconds_per_request(whole, 64, 64) == pytest.approx(0.25)
+    assert standin_seconds_per_request(whole, 64, 64, 0.25) == pytest.approx(0.25)
     cpu = pipeline.model_copy(update={"fitter_num_gpus": 0.0})
-    assert standin_seconds_per_request(cpu, 64, 64) == pytest.approx(0.25)
+    assert standin_seconds_per_request(cpu, 64, 64, 0.25) == pytest.approx(0.25)
+    assert standin_seconds_per_request(pipeline, 64, 64) == pytest.approx(4 * DEFAULT_GPU_S_PER_BATCH)
     assert standin_error(10) < standin_error(9) < standin_error(0)
 
 
@@ -80,7 +82,7 @@ def test_standin_process_never_imports_torch():
     """A stand-in process must stay small: unpickling a request or report there must not pull in torch."""
     code = (
         "import pickle, sys\n"
-        "from spin_ray.pipeline.standin import StandinFitter, request_from_wire, report_from_wire\n"
+        "from spin_ray_sim.standin import StandinFitter, request_from_wire, report_from_wire\n"
         "wire = pickle.loads(sys.stdin.buffer.read())\n"
         "req = request_from_wire(wire)\n"
         "print(type(req).__name__, req.batch_size, [n for n, _ in req.groups()], 'torch' in sys.modules)\n"
@@ -118,7 +120,7 @@ def test_autoscaler_adds_and_removes_gpu_nodes_and_no_fit_is_lost_when_a_node_di
     """Real autoscaler, fake GPU nodes: 2 -> 6 half-GPU fitters, one node killed under load, back to 1."""
     root = tempfile.mkdtemp(prefix="srfc-", dir="/tmp")  # short: Ray's socket paths live under it
     try:
-        result = _run_child("spin_ray.scale.autoscale_run",
+        result = _run_child("spin_ray_sim.scale.autoscale_run",
                             ["--redis-url", redis_server.url, "--namespace", f"as-{uuid.uuid4().hex[:8]}",
                              "--root", root], tmp_path / "autoscale.json")
     finally:
@@ -155,7 +157,7 @@ def _check_load(result: dict, fitters: int) -> None:
 
 
 def test_cost_model_run_with_8_fitters_meets_demand_within_its_in_flight_bound(tmp_path):
-    results = _run_child("spin_ray.scale.load_run", ["--fitters", "8", "--warmup", "5", "--seconds", "10"],
+    results = _run_child("spin_ray_sim.scale.load_run", ["--fitters", "8", "--warmup", "5", "--seconds", "10"],
                          tmp_path / "load.json")
     _check_load(results[0], 8)
 
@@ -163,6 +165,6 @@ def test_cost_model_run_with_8_fitters_meets_demand_within_its_in_flight_bound(t
 @pytest.mark.slow
 def test_cost_model_run_with_64_fitters_meets_demand_within_its_in_flight_bound(tmp_path):
     """The issue's check: 64 stand-ins (16 declared GPUs) on one store and one trainer; ~2 minutes."""
-    results = _run_child("spin_ray.scale.load_run", ["--fitters", "64", "--warmup", "10", "--seconds", "20"],
+    results = _run_child("spin_ray_sim.scale.load_run", ["--fitters", "64", "--warmup", "10", "--seconds", "20"],
                          tmp_path / "load.json")
     _check_load(results[0], 64)

@@ -1,7 +1,7 @@
 """The autoscaling scenario: a stand-in fitter pool on fake GPU nodes grows, loses a node mid-run, shrinks.
 
 Run it in a process of its own (it connects the process to the fake cluster's Ray):
-`python -m spin_ray.scale.autoscale_run --redis-url URL --namespace NS --root DIR --out result.json`.
+`python -m spin_ray_sim.scale.autoscale_run --redis-url URL --namespace NS --root DIR --out result.json`.
 The result records the GPU-node count over time, the pool's outcome counts, and which samples the
 store holds, so a test can assert that nodes were added and removed and that no fit was lost.
 """
@@ -22,9 +22,9 @@ import ray
 from spin_ray.config import RunConfig
 from spin_ray.errors import PipelineError
 from spin_ray.pipeline.requests import FitRequest
-from spin_ray.pipeline.standin_pool import StandinPool
-from spin_ray.scale.fake_cluster import FakeAutoscalingCluster, FakeClusterSpec, NodeType
 from spin_ray.store.fit_store import FitStore
+from spin_ray_sim.scale.fake_cluster import FakeAutoscalingCluster, FakeClusterSpec, NodeType
+from spin_ray_sim.standin_pool import StandinPool
 
 DATASET = "scale"
 BODY_HASH = "5ca1e0000000000d"
@@ -87,7 +87,6 @@ def scenario_config(sizes: ScenarioSizes) -> RunConfig:
     pipeline.fitter_num_gpus = sizes.fitter_num_gpus
     pipeline.fitter_num_cpus = 0.0
     pipeline.busy_policy = "block"
-    pipeline.standin_gpu_s_per_batch = sizes.gpu_s_per_batch
     pipeline.startup_timeout_s = sizes.phase_timeout_s
     pipeline.block_timeout_s = sizes.phase_timeout_s
     config.fitting.batch_size = sizes.batch
@@ -125,13 +124,13 @@ def _node_of_fewest_fitters(pool: StandinPool) -> tuple[str, int]:
     return node, counts[node]
 
 
-def _start_pool(config: RunConfig, store: FitStore) -> StandinPool:
+def _start_pool(config: RunConfig, store: FitStore, gpu_s_per_batch: float) -> StandinPool:
     """The scenario's pool; on a loaded machine a fake node's first worker can die while starting, so try twice."""
     try:
-        return StandinPool(config, store.address, name="autoscale")
+        return StandinPool(config, store.address, name="autoscale", gpu_s_per_batch=gpu_s_per_batch)
     except PipelineError as err:
         print(f"pool start failed once ({err}); retrying", flush=True)
-        return StandinPool(config, store.address, name="autoscale-retry")
+        return StandinPool(config, store.address, name="autoscale-retry", gpu_s_per_batch=gpu_s_per_batch)
 
 
 def run_scenario(cluster: FakeAutoscalingCluster, store: FitStore, sizes: ScenarioSizes) -> ScenarioResult:
@@ -154,7 +153,7 @@ def run_scenario(cluster: FakeAutoscalingCluster, store: FitStore, sizes: Scenar
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    pool = _start_pool(scenario_config(sizes), store)
+    pool = _start_pool(scenario_config(sizes), store, sizes.gpu_s_per_batch)
     try:
         result.nodes_small = mark(f"pool ready with {sizes.fitters_small} fitters")
         pool.resize(sizes.fitters_large)

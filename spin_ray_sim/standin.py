@@ -12,6 +12,8 @@ small machine.
 Requests reach it in a wire form (`request_to_wire`/`request_from_wire`, registered as Ray's
 serializer for `FitRequest` by `StandinPool`); a process that has imported the real request module
 (a real fitter) still gets a real `FitRequest` from the same bytes.
+The cost model's GPU time per batch is the stand-in's own setting (`StandinFitter.gpu_s_per_batch`,
+changed with `standin_fitter_class`), not product config.
 """
 
 from __future__ import annotations
@@ -34,17 +36,21 @@ from spin_ray.store.records import FitStoreAddress
 # Must equal spin_ray.pipeline.fitter.HEALTH_GROUP (a test checks): the pool declares that group.
 HEALTH_GROUP = "health"
 REQUESTS_MODULE = "spin_ray.pipeline.requests"
+# GPU-seconds one SMPLify batch of fitting.batch_size takes on a whole GPU: an assumption
+# (~100 Adam steps at ~2.5 ms each), see benchmarks/SCALING.md.
+DEFAULT_GPU_S_PER_BATCH = 0.25
 # Error of a stand-in fit made at trainer step s: ERROR_START / (1 + s), strictly falling with s.
 ERROR_START = 100.0
 REQUEST_FIELDS = ("request_id", "step", "datasets", "dataset_code", "indices", "pose", "betas", "camera_t",
                   "keypoints", "aug")
 
 
-def standin_seconds_per_request(pipeline: PipelineConfig, batch_size: int, fit_batch_size: int) -> float:
+def standin_seconds_per_request(pipeline: PipelineConfig, batch_size: int, fit_batch_size: int,
+                                gpu_s_per_batch: float = DEFAULT_GPU_S_PER_BATCH) -> float:
     """Wall seconds a stand-in takes for a request: GPU time of the batch over the fitter's GPU share."""
     # Processes sharing a GPU without MPS are time-sliced: a 0.25-GPU fitter gets a quarter of its time.
     share = min(pipeline.fitter_num_gpus, 1.0) if pipeline.fitter_num_gpus > 0 else 1.0
-    return pipeline.standin_gpu_s_per_batch * (batch_size / fit_batch_size) / share
+    return gpu_s_per_batch * (batch_size / fit_batch_size) / share
 
 
 def standin_error(step: int) -> float:
@@ -124,6 +130,8 @@ def report_from_wire(wire: dict[str, Any]) -> Any:
 class StandinFitter:
     """One stand-in fitter process: sleeps for the cost model's time per request, then keep-best writes."""
 
+    gpu_s_per_batch: float = DEFAULT_GPU_S_PER_BATCH
+
     def __init__(self, config: RunConfig, store: FitStoreAddress, actor_id: str) -> None:
         if store.body_model_hash is None:
             raise PipelineError(
@@ -138,8 +146,8 @@ class StandinFitter:
     def fit(self, request: WireRequest) -> StandinReport:
         """Wait the cost model's time, write the prediction of every sample as its fit, report."""
         start, cpu_start = time.perf_counter(), time.process_time()
-        delay = standin_seconds_per_request(self.pipeline, request.batch_size, self.fit_batch_size)
-        time.sleep(delay + self.pipeline.artificial_delay_s)
+        time.sleep(standin_seconds_per_request(self.pipeline, request.batch_size, self.fit_batch_size,
+                                               self.gpu_s_per_batch))
         error = np.full(request.batch_size, standin_error(request.step))
         written = 0
         for dataset, rows in request.groups():
@@ -173,3 +181,13 @@ class StandinFitter:
     def node_id(self) -> str:
         """The Ray node this fitter runs on (for node-failure tests)."""
         return ray.get_runtime_context().get_node_id()
+
+
+def standin_fitter_class(gpu_s_per_batch: float = DEFAULT_GPU_S_PER_BATCH) -> type[StandinFitter]:
+    """StandinFitter, or a subclass of it whose cost model takes gpu_s_per_batch GPU-seconds per batch."""
+    if not gpu_s_per_batch > 0:
+        raise PipelineError(f"stand-in cost model: gpu_s_per_batch must be > 0 GPU-seconds, got {gpu_s_per_batch}")
+    if gpu_s_per_batch == StandinFitter.gpu_s_per_batch:
+        return StandinFitter
+    # Made here, so Ray ships it by value; its base is imported by name in the stand-in processes.
+    return type("CostModelStandinFitter", (StandinFitter,), {"gpu_s_per_batch": gpu_s_per_batch})

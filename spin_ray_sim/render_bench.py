@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from spin_ray.render.primitives import torus
 from spin_ray.render.renderer import MeshRenderer
+from spin_ray_sim.primitives import torus
 
 
 def measure_renders_per_second(

@@ -7,7 +7,7 @@ pool takes requests: the pool is kept saturated). The store's write rate is coun
 compared with the cost model's demand: N fitters x batch / seconds per request.
 
 Run it in a process of its own (it starts a local Ray with declared GPUs):
-`python -m spin_ray.scale.load_run --fitters 8 --seconds 20 --out result.json`.
+`python -m spin_ray_sim.scale.load_run --fitters 8 --seconds 20 --out result.json`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import ray
 from spin_ray.config import RunConfig
 from spin_ray.errors import PipelineError
 from spin_ray.pipeline.requests import FitRequest
-from spin_ray.pipeline.standin import standin_seconds_per_request
-from spin_ray.pipeline.standin_pool import StandinPool
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.server import EmbeddedRedis
+from spin_ray_sim.standin import DEFAULT_GPU_S_PER_BATCH, standin_seconds_per_request
+from spin_ray_sim.standin_pool import StandinPool
 
 DATASET = "load"
 BODY_HASH = "10ad000000000000"
@@ -152,7 +152,7 @@ def run_load(pool: StandinPool, store: FitStore, config: RunConfig, warmup_s: fl
     metrics = pool.metrics()
     span = t1 - t0
     share = config.pipeline.fitter_num_gpus
-    seconds_per_request = standin_seconds_per_request(config.pipeline, batch, batch)
+    seconds_per_request = standin_seconds_per_request(config.pipeline, batch, batch, pool.gpu_s_per_batch)
     expected = config.pipeline.num_fitters * batch / seconds_per_request
     measured = (writes1 - writes0) / span
     steps_per_s = (step - steps0) / span
@@ -160,7 +160,7 @@ def run_load(pool: StandinPool, store: FitStore, config: RunConfig, warmup_s: fl
     return LoadResult(
         fitters=config.pipeline.num_fitters,
         gpus=config.pipeline.num_fitters * share,
-        gpu_s_per_batch=config.pipeline.standin_gpu_s_per_batch,
+        gpu_s_per_batch=pool.gpu_s_per_batch,
         seconds_per_request=seconds_per_request,
         batch=batch,
         expected_writes_per_s=expected,
@@ -192,11 +192,9 @@ def run_load(pool: StandinPool, store: FitStore, config: RunConfig, warmup_s: fl
 
 
 def measure(fitters: int, fitter_num_gpus: float, batch: int, warmup_s: float, window_s: float,
-            redis_url: str | None = None, gpu_s_per_batch: float | None = None) -> LoadResult:
+            redis_url: str | None = None, gpu_s_per_batch: float = DEFAULT_GPU_S_PER_BATCH) -> LoadResult:
     """Start Ray (declared GPUs) and Redis (unless given), a StandinPool of `fitters`, and run the load."""
     config = load_config(fitters, fitter_num_gpus, batch)
-    if gpu_s_per_batch is not None:
-        config.pipeline.standin_gpu_s_per_batch = gpu_s_per_batch
     gpus = math.ceil(fitters * fitter_num_gpus)
     with tempfile.TemporaryDirectory(prefix="srload-") as tmp:
         server = EmbeddedRedis(Path(tmp)) if redis_url is None else None
@@ -210,7 +208,7 @@ def measure(fitters: int, fitter_num_gpus: float, batch: int, warmup_s: float, w
                      object_store_memory=256 * 2**20, log_to_driver=False, configure_logging=False)
             try:
                 tic = time.monotonic()
-                pool = StandinPool(config, store.address, name=f"load{fitters}")
+                pool = StandinPool(config, store.address, name=f"load{fitters}", gpu_s_per_batch=gpu_s_per_batch)
                 startup_s = time.monotonic() - tic
                 try:
                     result = run_load(pool, store, config, warmup_s, window_s,
@@ -233,7 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fitters", type=int, nargs="+", default=[8])
     parser.add_argument("--fitter-num-gpus", type=float, default=0.25)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--gpu-s-per-batch", type=float, default=None, help="default: the config's")
+    parser.add_argument("--gpu-s-per-batch", type=float, default=DEFAULT_GPU_S_PER_BATCH,
+                        help="the cost model's GPU-seconds per batch on a whole GPU (default %(default)s)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the measured window")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured window")
     parser.add_argument("--redis-url", default=None, help="default: an embedded redis-server")

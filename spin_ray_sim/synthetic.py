@@ -6,19 +6,19 @@ import numpy as np
 import torch
 
 from spin_ray.body.body_model import BodyModel
+from spin_ray.body.frames import augment_keypoints, augment_pose
 from spin_ray.config import CameraConfig
-from spin_ray.body.frames import augment_keypoints
 from spin_ray.data.augment import AugParams
-from spin_ray.fitting.problems import network_like_init, synthetic_problems, typical_depth
 from spin_ray.fitting.smplify import camera_from_keypoints
+from spin_ray.fitting.starts import typical_depth
 from spin_ray.pipeline.requests import FitRequest
-from spin_ray.train.fit_frames import augmented_pose, crop_pixels
+from spin_ray.geometry import keypoints_to_pixels, pixels_to_normalised
+from spin_ray_sim.fitting_problems import network_like_init, synthetic_problems
 
 
 def normalise_keypoints(keypoints_px: torch.Tensor, camera: CameraConfig) -> torch.Tensor:
     """Crop-pixel keypoints (B, J, 3) to the normalised [-1, 1] crop coordinates a batch carries."""
-    xy = 2.0 * keypoints_px[..., :2] / camera.crop_size - 1.0
-    return torch.cat([xy, keypoints_px[..., 2:]], dim=-1)
+    return torch.cat([pixels_to_normalised(keypoints_px[..., :2], camera.crop_size), keypoints_px[..., 2:]], dim=-1)
 
 
 def synthetic_request(
@@ -42,8 +42,8 @@ def synthetic_request(
             for i in range(batch)
         ])
         keypoints = augment_keypoints(keypoints, aug)
-        pose = augmented_pose(init.pose, aug)
-        camera_t = camera_from_keypoints(body, pose, init.betas, crop_pixels(keypoints, camera), camera,
+        pose = augment_pose(init.pose, aug)
+        camera_t = camera_from_keypoints(body, pose, init.betas, keypoints_to_pixels(keypoints, camera.crop_size), camera,
                                          typical_depth(camera))
     else:
         aug = torch.from_numpy(np.tile(AugParams().as_array(), (batch, 1)))
