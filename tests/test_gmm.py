@@ -4,9 +4,13 @@ import torch
 
 from spin_ray.config import FittingConfig
 from spin_ray.errors import InputError
-from spin_ray.fitting.gmm import OPEN_PRIOR_SEED, fit_gmm, main, mean_log_likelihood
+from spin_ray.fitting.gmm import fit_gmm, mean_log_likelihood
 from spin_ray.body.pose_sampler import sample_body_poses
 from spin_ray.fitting.priors import MaxMixturePrior, load_gmm, load_pose_prior, open_prior_path
+from tools_loader import load_tool
+
+build_open_gmm = load_tool("build_open_gmm")
+OPEN_PRIOR_SEED, main = build_open_gmm.OPEN_PRIOR_SEED, build_open_gmm.main
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from spin_ray.body import build_open_model as builder
 from spin_ray.body.joints import (
     EXTRA_KEYPOINT_NAMES,
     H36M17_NAMES,
@@ -20,6 +19,9 @@ from spin_ray.body.joints import (
     SMPL_PARENTS,
 )
 from spin_ray.errors import BodyModelError
+from tools_loader import load_tool
+
+builder = load_tool("build_open_model")
 
 torch.set_num_threads(1)
 

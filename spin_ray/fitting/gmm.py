@@ -1,30 +1,20 @@
-"""Full-covariance Gaussian mixtures by EM, and the command that builds the open pose prior.
+"""Full-covariance Gaussian mixtures by EM: fit (means, covars, weights) in the layout of SMPLify's gmm_08.pkl.
 
-    python -m spin_ray.fitting.gmm --out spin_ray/fitting/assets/open_gmm_08.npz
-
-fits 8 components to poses from `pose_sampler.sample_body_poses` (the 69-d body pose) and writes
-them in the layout of SMPLify's gmm_08.pkl (means, covars, weights) for `priors.load_gmm`.
+The open pose prior asset is built with it by `python tools/build_open_gmm.py` and read by
+`priors.load_gmm`.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from spin_ray.errors import InputError
 
-# Seed of the open prior's training poses: kept apart from every seed the synthetic data and the
-# runs use (those count up from 0), so the prior never scores the evaluation poses it was fit on.
-OPEN_PRIOR_SEED = 8_080_808
-OPEN_PRIOR_SAMPLES = 50_000
-OPEN_PRIOR_COMPONENTS = 8
-OPEN_PRIOR_ITERATIONS = 100
+# SMPLify's gmm_08 has 8 components.
+DEFAULT_COMPONENTS = 8
 # Added to every covariance's diagonal (rad^2): some sampled angles are nearly constant (a hinge's
 # off-axis rotations), and a floor of ~0.01 rad keeps their precision finite and the prior smooth.
 COVARIANCE_FLOOR = 1e-4
@@ -65,7 +55,7 @@ def _kmeans_init(x: torch.Tensor, k: int, generator: torch.Generator, rounds: in
 
 def fit_gmm(
     samples: np.ndarray | torch.Tensor,
-    k: int = OPEN_PRIOR_COMPONENTS,
+    k: int = DEFAULT_COMPONENTS,
     seed: int = 0,
     iterations: int = 200,
     tolerance: float = 1e-6,
@@ -107,41 +97,3 @@ def mean_log_likelihood(samples: np.ndarray, means: np.ndarray, covars: np.ndarr
     x = torch.as_tensor(samples, dtype=torch.float64)
     joint = _log_component_densities(x, torch.as_tensor(means), torch.as_tensor(covars))
     return torch.logsumexp(joint + torch.as_tensor(weights).log(), dim=1).mean().item()
-
-
-def build_open_prior(out: Path, samples: int, seed: int, k: int, iterations: int) -> dict:
-    """Sample poses, fit the mixture and write the .npz; returns a summary for the log."""
-    from spin_ray.body.pose_sampler import sample_body_poses  # the sampler is only needed here
-
-    start = time.perf_counter()
-    poses = sample_body_poses(samples, torch.Generator().manual_seed(seed), dtype=torch.float64)[:, 3:]
-    means, covars, weights = fit_gmm(poses, k=k, seed=seed + 1, iterations=iterations)
-    loglik = mean_log_likelihood(poses.numpy(), means, covars, weights)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        out, means=means.astype(np.float32), covars=covars.astype(np.float32), weights=weights.astype(np.float32),
-        seed=np.int64(seed), num_samples=np.int64(samples), covariance_floor=np.float64(COVARIANCE_FLOOR),
-        mean_log_likelihood=np.float64(loglik),
-    )
-    return {"out": str(out), "samples": samples, "seed": seed, "components": k,
-            "mean_log_likelihood": round(loglik, 3), "seconds": round(time.perf_counter() - start, 1),
-            "bytes": out.stat().st_size}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line: fit and write the open pose prior."""
-    parser = argparse.ArgumentParser(prog="python -m spin_ray.fitting.gmm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="output .npz path")
-    parser.add_argument("--samples", type=int, default=OPEN_PRIOR_SAMPLES, help="poses to fit on")
-    parser.add_argument("--seed", type=int, default=OPEN_PRIOR_SEED, help="seed of the sampled poses")
-    parser.add_argument("--components", type=int, default=OPEN_PRIOR_COMPONENTS, help="mixture components")
-    parser.add_argument("--iterations", type=int, default=OPEN_PRIOR_ITERATIONS, help="maximum EM iterations")
-    args = parser.parse_args(argv)
-    summary = build_open_prior(args.out, args.samples, args.seed, args.components, args.iterations)
-    print(" ".join(f"{key}={value}" for key, value in summary.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

