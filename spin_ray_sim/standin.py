@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -78,12 +77,10 @@ class WireRequest:
         """Number of samples."""
         return int(self.indices.shape[0])
 
-    def groups(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(dataset name, row positions of its samples) for each dataset in the request."""
-        for code, name in enumerate(self.datasets):
-            rows = np.flatnonzero(self.dataset_code == code)
-            if rows.size:
-                yield name, rows
+    @property
+    def row_datasets(self) -> np.ndarray:
+        """(B,) the dataset name of each row."""
+        return np.asarray(self.datasets, dtype=object)[self.dataset_code]
 
 
 def request_to_wire(request: Any) -> dict[str, Any]:
@@ -149,11 +146,8 @@ class StandinFitter:
         time.sleep(standin_seconds_per_request(self.pipeline, request.batch_size, self.fit_batch_size,
                                                self.gpu_s_per_batch))
         error = np.full(request.batch_size, standin_error(request.step))
-        written = 0
-        for dataset, rows in request.groups():
-            mask = self.store.keep_best(dataset, request.indices[rows], request.pose[rows], request.betas[rows],
-                                        error[rows], request.step, source="loop")
-            written += int(mask.sum())
+        written = int(self.store.keep_best_samples(request.row_datasets, request.indices, request.pose,
+                                                   request.betas, error, request.step, "loop").sum())
         return StandinReport(
             request_id=request.request_id,
             step=request.step,

@@ -31,8 +31,7 @@ def test_build_converts_tensors_to_float32_copies_and_codes_datasets():
     assert req.pose.dtype == np.float32 and req.indices.dtype == np.int64 and req.keypoints.dtype == np.float32
     assert req.datasets == ("coco", "mpii", "h36m")
     assert [req.datasets[c] for c in req.dataset_code] == names
-    groups = dict(req.groups())
-    assert groups["coco"].tolist() == [0, 2, 5] and groups["mpii"].tolist() == [1, 4] and groups["h36m"].tolist() == [3]
+    assert req.row_datasets.tolist() == names
     # A copy: the trainer may overwrite its buffers while the request is in flight.
     a["pose"].fill_(5.0)
     assert np.abs(req.pose).max() < 5.0

@@ -9,7 +9,7 @@ Non-finite predictions or keypoints are allowed: SMPLify flags such samples and 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,12 +169,6 @@ class FitRequest:
         """(B,) the dataset name of each row."""
         return np.asarray(self.datasets, dtype=object)[self.dataset_code]
 
-    def groups(self) -> Iterator[tuple[str, np.ndarray]]:
-        """(dataset name, row positions of its samples) for each dataset in the request."""
-        for code, name in enumerate(self.datasets):
-            rows = np.flatnonzero(self.dataset_code == code)
-            if rows.size:
-                yield name, rows
 
 
 @dataclass(frozen=True)
