@@ -6,7 +6,7 @@ child process whose PYTHONPATH puts that tree's packages first, alternating base
 (A B A B ...) so that load from other work hits both alike. Prints every headline number of each
 run, then the current/baseline ratio of the medians.
 
-Run: .venv/bin/python benchmarks/compare_revisions.py --baseline REV [--repeats 2] [--only smplify store pipeline]
+Run: .venv/bin/python benchmarks/compare_revisions.py --baseline REV [--repeats 2] [--only smplify store pipeline trainer]
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ BENCHMARKS: dict[str, tuple[list[str], dict[str, str]]] = {
     "pipeline": (["bench_pipeline.py", "--requests-per-fitter", "4", "--trainer-steps", "0"], {
         "pool fits/s, 1 fitter": r"^1 fitter\(s\): ([0-9.]+) fits/s",
         "pool fits/s, 2 fitters": r"^2 fitter\(s\): ([0-9.]+) fits/s",
+    }),
+    "trainer": (["bench_pipeline.py", "--fitters", "1", "--requests-per-fitter", "1", "--trainer-steps", "30"], {
+        "static steps/s": r"^static: ([0-9.]+) steps/s",
+        "async steps/s": r"^async: ([0-9.]+) steps/s",
+        "async + lookahead 2 steps/s": r"^async \+ lookahead 2: ([0-9.]+) steps/s",
+        "sync steps/s": r"^sync: ([0-9.]+) steps/s",
     }),
 }
 
@@ -76,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", required=True, help="git revision to compare against (e.g. a commit hash)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per benchmark and revision, interleaved")
-    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=sorted(BENCHMARKS))
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=["smplify", "store", "pipeline"],
+                        help="benchmarks to run (trainer: steps/s per mode, ~4 min a run, not by default)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one benchmark run may take")
     args = parser.parse_args(argv)
     started = time.monotonic()
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(machine_line())
     print(f"Command: `.venv/bin/python benchmarks/compare_revisions.py --baseline {args.baseline} "
-          f"--repeats {args.repeats}` ({time.monotonic() - started:.0f} s)")
+          f"--repeats {args.repeats} --only {' '.join(args.only)}` ({time.monotonic() - started:.0f} s)")
     print()
     print("| benchmark | metric | baseline (runs) | current (runs) | current / baseline (medians) |")
     print("| --- | --- | --- | --- | --- |")

@@ -11,8 +11,9 @@ import ray
 
 from pipeline_problems import fast_config, make_request, seed_store
 from spin_ray.body.body_model import BodyModel
-from spin_ray.errors import PipelineError
-from spin_ray.pipeline.pool import FitterPool
+from spin_ray.config import RunConfig
+from spin_ray.errors import ConfigError, PipelineError
+from spin_ray.pipeline.pool import FitterPool, import_fitter_class
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
 from spin_ray_sim.fitters import slow_fitter_class
@@ -225,8 +226,12 @@ def test_resize_grows_and_shrinks_without_losing_work(make_pool, body):
     retired = [h for name, h in handles.items() if name not in pool.fitter_handles()]
     assert len(retired) == 2
     for handle in retired:
+        # ray.kill is asynchronous: a ping sent at once may still be answered on a loaded machine.
+        deadline = time.monotonic() + 30
         with pytest.raises(ray.exceptions.RayActorError):
-            ray.get(handle.ping.remote(), timeout=30)
+            while time.monotonic() < deadline:
+                ray.get(handle.ping.remote(), timeout=30)
+                time.sleep(0.2)
 
 
 def test_a_fitter_that_cannot_start_is_reported(ray_local, redis_server):
@@ -249,3 +254,20 @@ def test_a_replacement_that_dies_before_answering_does_not_cost_the_request_its_
     assert pool.drain(120)
     m = pool.metrics()
     assert m.completed == 1 and m.lost == 0 and m.resubmitted == 1 and m.restarts == 2
+
+
+@pytest.mark.parametrize("path, message", [
+    ("spin_ray.pipeline.fitter.FitterActor", "must be 'module:Class'"),
+    ("spin_ray.no_such_module:Fitter", "cannot import spin_ray.no_such_module"),
+    ("spin_ray.pipeline.fitter:fitter_device", "is not a fitter actor class"),
+    ("spin_ray.config:RunConfig", "missing fit, ping, pid"),
+])
+def test_a_bad_fitter_class_is_one_clear_config_error(path, message):
+    with pytest.raises(ConfigError, match=message):
+        import_fitter_class(path)
+
+
+def test_the_default_fitter_class_is_the_smplify_fitter():
+    from spin_ray.pipeline.fitter import FitterActor
+
+    assert import_fitter_class(RunConfig().pipeline.fitter_class) is FitterActor
