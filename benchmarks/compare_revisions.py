@@ -3,7 +3,7 @@
 Checks that a change which must not change behaviour (a refactor) gives the same numbers within
 noise. The baseline revision is checked out into a temporary git worktree; each benchmark runs in a
 child process whose PYTHONPATH puts that tree's packages first, alternating baseline and current
-(A B A B ...) so that load from other work hits both alike. Prints every headline number of each
+(A B, B A, ...) so that load from other work and drift hit both alike. Prints every headline number of each
 run, then the current/baseline ratio of the medians.
 
 Run: .venv/bin/python benchmarks/compare_revisions.py --baseline REV [--repeats 2] [--only smplify store pipeline trainer]
@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 bench_args, patterns = BENCHMARKS[name]
                 per_tree: dict[str, dict[str, list[float]]] = {label: {m: [] for m in patterns} for label in trees}
                 for repeat in range(args.repeats):
-                    for label, tree in trees.items():
+                    # A B, then B A: a drift in the machine's speed does not favour the one that runs first.
+                    order = list(trees.items()) if repeat % 2 == 0 else list(reversed(trees.items()))
+                    for label, tree in order:
                         found = numbers(run_benchmark(tree, bench_args, args.timeout), patterns)
                         print(f"{name} #{repeat + 1} {label}: " + ", ".join(f"{m} {v:g}" for m, v in found.items()),
                               flush=True)

@@ -23,8 +23,8 @@ from spin_ray.data.augment import IDENTITY_AUG
 from spin_ray.errors import PipelineError
 from spin_ray.fitting.canonical_fits import CanonicalFits, fit_predictions
 from spin_ray.fitting.priors import load_pose_prior
-from spin_ray.fitting.starts import typical_depth
 from spin_ray.fitting.smplify import SmplifyParams
+from spin_ray.fitting.starts import typical_depth
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress

@@ -22,6 +22,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import ray
 from pydantic import BaseModel, Field
@@ -33,7 +34,9 @@ from spin_ray.errors import ConfigError, PipelineError
 from spin_ray.pipeline.fitter import HEALTH_GROUP
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.store.records import FitStoreAddress
-from spin_ray.train.supervision import StepPredictions
+
+if TYPE_CHECKING:  # fitter and pool-service processes need not import the training stack
+    from spin_ray.train.supervision import StepPredictions
 
 log = logging.getLogger(__name__)
 

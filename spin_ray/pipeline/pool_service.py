@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.actor import ActorHandle
@@ -23,7 +23,9 @@ from spin_ray.config import RunConfig
 from spin_ray.errors import PipelineError
 from spin_ray.pipeline.pool import REPORTS_KEPT, FitterPool, PoolMetrics
 from spin_ray.pipeline.requests import FitReport, FitRequest
-from spin_ray.train.supervision import StepPredictions
+
+if TYPE_CHECKING:  # fitter and pool-service processes need not import the training stack
+    from spin_ray.train.supervision import StepPredictions
 
 log = logging.getLogger(__name__)
 

@@ -31,11 +31,20 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig, config_from_dict
 from spin_ray.errors import ConfigError, PipelineError, SpinRayError
 from spin_ray.model.hmr import HMROutput
-from spin_ray.pipeline.pool_service import PoolClient, start_pool_service, stop_pool_service
+from spin_ray.pipeline.pool_service import (
+    PoolClient,
+    start_pool_service,
+    stop_pool_service,
+)
 from spin_ray.store.fit_store import FitStore
 from spin_ray.train.checkpoint import initial_network
 from spin_ray.train.modes import STORE_MODES, make_supervisor
-from spin_ray.train.run import finish_run, seed_everything, static_fits_init, training_data
+from spin_ray.train.run import (
+    finish_run,
+    seed_everything,
+    static_fits_init,
+    training_data,
+)
 from spin_ray.train.sampling import make_train_loader
 from spin_ray.train.supervision import Batch, FitSupervisor, FitTargets, batch_samples
 from spin_ray.train.trainer import StepMetrics, Trainer
@@ -300,7 +309,8 @@ def shared_pool(cfg: RunConfig) -> Iterator[dict[str, Any]]:
 
 def run_train_workers(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train with train.workers Ray Train workers (inside a Ray session, store URL resolved); the run summary."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = cfg.device.startswith("cuda")
