@@ -53,8 +53,11 @@ BENCHMARKS: dict[str, tuple[list[str], dict[str, str]]] = {
 def checkout(revision: str, folder: Path) -> Path:
     """A detached worktree of revision under folder."""
     tree = folder / "baseline"
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), revision], check=True,
-                   capture_output=True, text=True)
+    done = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), revision],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["git worktree add failed"])[-1]
+        raise SystemExit(f"compare_revisions: cannot check out --baseline {revision!r}: {last}")
     return tree
 
 
