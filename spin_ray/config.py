@@ -113,6 +113,14 @@ class PipelineConfig(Section):
     ray_address: str | None = Field(None, description="Ray cluster to join (or RAY_ADDRESS); None starts a local Ray")
     ray_namespace: str = Field("spin-ray", min_length=1, description="Ray namespace of the run's actors")
 
+    @field_validator("fitter_class")
+    @classmethod
+    def _module_and_class(cls, value: str) -> str:
+        module, _, name = value.partition(":")
+        if not module or not name.isidentifier():
+            raise ValueError(f"give the fitter actor class as 'module:Class', got {value!r}")
+        return value
+
     @field_validator("fitter_schedule")
     @classmethod
     def _schedule_ok(cls, value: dict[int, int]) -> dict[int, int]:

@@ -60,3 +60,9 @@ def test_command_line_overrides_are_validated_like_the_file():
         with_overrides(cfg, train={"mode": "bogus"})
     with pytest.raises(ConfigError, match="no config section 'trian'"):
         with_overrides(cfg, trian={"steps": 1})
+
+
+def test_fitter_class_must_name_a_module_and_a_class():
+    with pytest.raises(ConfigError, match="pipeline.fitter_class.*'module:Class'"):
+        config_from_dict({"pipeline": {"fitter_class": "spin_ray.pipeline.fitter.FitterActor"}})
+    assert config_from_dict({"pipeline": {"fitter_class": "a.b:C"}}).pipeline.fitter_class == "a.b:C"
