@@ -66,3 +66,13 @@ def test_fitter_class_must_name_a_module_and_a_class():
     with pytest.raises(ConfigError, match="pipeline.fitter_class.*'module:Class'"):
         config_from_dict({"pipeline": {"fitter_class": "spin_ray.pipeline.fitter.FitterActor"}})
     assert config_from_dict({"pipeline": {"fitter_class": "a.b:C"}}).pipeline.fitter_class == "a.b:C"
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "cluster.yaml", "paper.yaml"])
+def test_an_override_changes_only_its_value(name):
+    from spin_ray.config import with_overrides
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    changed = with_overrides(cfg, train={"steps": cfg.train.steps + 1})
+    assert changed.train.steps == cfg.train.steps + 1
+    assert changed.model_copy(update={"train": cfg.train}) == cfg

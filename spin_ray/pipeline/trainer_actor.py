@@ -1,8 +1,9 @@
 """The trainer actor: the training run in a Ray process of its own (GPU on a cluster), and its status.
 
 `run` trains with the shared training step (`run_training`); in `async` mode the actor makes the
-fitter pool on the run's store and hands it to training as the fit queue. `status` answers while `run` works (the actor has two threads), so the
-driver can show progress without the trainer ever waiting for it.
+fitter pool on the run's store and hands it to training as the fit queue. `status` answers while
+`run` works (the actor has two threads), so the driver can show progress without the trainer ever
+waiting for it.
 """
 
 from __future__ import annotations

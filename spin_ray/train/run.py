@@ -138,13 +138,14 @@ def summarise_run(
     """The run's summary before evaluation: steps, first and final loss (mean of the last tenth), store counts."""
     history = trainer.history or metrics
     tail = history[-max(1, len(history) // 10):]
+    read_stats = getattr(trainer.supervisor, "read_stats", None)  # async: prefetch hits, loop fits used
     return RunSummary(
         mode=trainer.cfg.train.mode, steps=trainer.step,
         first_loss=history[0].loss if history else float("nan"),
         final_loss=float(np.mean([m.loss for m in tail])) if history else float("nan"),
         nan_skipped=trainer.nan_skipped, checkpoint=str(trainer.checkpoint_path), output_dir=str(output_dir),
         store=store_counts(store, names), train_seconds=train_seconds, steps_run=len(metrics),
-        pipeline={"reads": read_stats()} if (read_stats := getattr(trainer.supervisor, "read_stats", None)) else {},
+        pipeline={"reads": read_stats()} if read_stats is not None else {},
     )
 
 
