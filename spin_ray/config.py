@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spin_ray.errors import ConfigError
+from spin_ray.redact import redact_url
 
 
 class Section(BaseModel):
@@ -317,7 +318,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if item["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{path}' (typo? see spin_ray/config.py for the keys)")
         else:
-            lines.append(f"{source}: {path}: {item['msg']} (got {item.get('input')!r})")
+            # An echoed URL may hold a password: shown redacted, whatever it looks like.
+            shown = redact_url(item.get("input")) if "url" in path else repr(item.get("input"))
+            lines.append(f"{source}: {path}: {item['msg']} (got {shown})")
     return "\n".join(lines)
 
 

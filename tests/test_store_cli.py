@@ -155,3 +155,10 @@ def test_serve_with_password_never_prints_it(tmp_path):
             proc.kill()
     for text in (export, out, err, (tmp_path / "redis.log").read_text()):
         assert "s3rve-Pw" not in text and "needs%25quoting" not in text
+
+
+def test_import_of_a_file_that_is_not_parquet_is_one_line(capsys, fit_store, tmp_path):
+    bad = tmp_path / "fits.parquet"
+    bad.write_bytes(b"not parquet at all")
+    code, out, err = _run(capsys, fit_store, "import", str(bad))
+    assert code == 1 and "is not a readable Parquet file" in err and "Traceback" not in err

@@ -166,11 +166,15 @@ def read_parquet(path: Path) -> tuple[str | None, dict[str, dict[str, np.ndarray
 
 def read_parquet_hash(path: Path) -> str | None:
     """The body-model hash recorded in a Parquet export, without reading its rows."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not path.is_file():
         raise FitStoreError(f"Parquet file {path} does not exist")
-    meta = pq.read_schema(path).metadata or {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, OSError) as err:
+        raise FitStoreError(f"{path} is not a readable Parquet file: {err}") from None
     value = meta.get(_META_HASH)
     return value.decode() if value else None
 

@@ -24,11 +24,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 import redis
 
 from spin_ray.errors import FitStoreError, FitStoreUnavailable
+from spin_ray.redact import redact_url, scrub
 
 if TYPE_CHECKING:
     from spin_ray.config import StoreConfig
@@ -71,33 +72,6 @@ def free_port() -> int:
             return port
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by '***', safe for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable Redis URL>"
-    if parts.password is None:
-        return url
-    user = quote(parts.username or "", safe="")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _scrub(text: str, url: str) -> str:
-    """Remove the URL's password from a message that might echo it."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    if password:
-        text = text.replace(password, "***").replace(quote(password, safe=""), "***")
-    return text.replace(url, redact_url(url))
-
-
 def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
     """Open a client for `url` (redis:// or rediss://), retrying with backoff until it answers PING."""
     try:
@@ -113,7 +87,8 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
             url, socket_connect_timeout=min(timeout_s, 5.0), socket_timeout=max(timeout_s, 5.0)
         )
     except ValueError as err:
-        raise FitStoreError(f"bad Redis URL {redact_url(url)!r}: {_scrub(str(err), url)}") from None
+        raise FitStoreError(f"bad Redis URL {redact_url(url)!r}: {scrub(err, url)} (in a password, percent-encode "
+                            f"# / ? @ and other URL characters, e.g. # as %23)") from None
     deadline = time.monotonic() + timeout_s
     delay = 0.05
     while True:
@@ -123,7 +98,7 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
         except redis.AuthenticationError as err:
             # Retrying a wrong password only delays the message.
             raise FitStoreError(
-                f"Redis at {redact_url(url)} refused the credentials ({_scrub(str(err), url)}): "
+                f"Redis at {redact_url(url)} refused the credentials ({scrub(err, url)}): "
                 f"check the user and password in the URL"
             ) from None
         except (redis.ConnectionError, redis.TimeoutError) as err:
@@ -132,12 +107,18 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
                 client.close()
                 raise FitStoreError(
                     f"cannot reach Redis at {redact_url(url)} after {timeout_s:g} s "
-                    f"({_scrub(str(err), url)}): is the server running and the URL right? "
+                    f"({scrub(err, url)}): is the server running and the URL right? "
                     f"(start one with `spin-ray store serve`)"
                 ) from None
             log.debug("Redis at %s not answering yet, retrying in %.2f s", redact_url(url), delay)
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
+        except redis.RedisError as err:  # e.g. InvalidResponse: something else listens on that port
+            client.close()
+            raise FitStoreError(
+                f"the server at {redact_url(url)} does not answer as Redis does ({type(err).__name__}: "
+                f"{scrub(first_line(err), url)}): is that the right host and port?"
+            ) from None
 
 
 def first_line(err: BaseException) -> str:
@@ -154,10 +135,13 @@ def redis_errors(url: str, what: str) -> Iterator[None]:
     except (redis.ConnectionError, redis.TimeoutError) as err:
         raise FitStoreUnavailable(
             f"lost Redis at {redact_url(url)} while {what}: {type(err).__name__}: "
-            f"{first_line(err)} (is the server still running?)"
+            f"{scrub(first_line(err), url)} (is the server still running?)"
         ) from None
     except redis.ResponseError as err:
-        raise FitStoreError(f"Redis refused a command while {what}: {first_line(err)}") from None
+        raise FitStoreError(f"Redis refused a command while {what}: {scrub(first_line(err), url)}") from None
+    except redis.RedisError as err:
+        raise FitStoreError(f"Redis at {redact_url(url)} failed while {what}: {type(err).__name__}: "
+                            f"{scrub(first_line(err), url)}") from None
 
 
 def _server_config(port: int, data_dir: Path, password: str | None) -> str:
