@@ -5,6 +5,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import settings
+
+# -- hypothesis: the same examples on every run, so CI fails only on a change; explore with ----------
+# `pytest --hypothesis-profile=explore` (random, more examples) and add what it finds as @example.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=2000, database=None)
+settings.load_profile("ci")
 
 # -- fit store: a real redis-server for the session, a fresh namespace per test ----------------------
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from spin_ray.cli import main
@@ -80,6 +80,7 @@ def _store_commands(tmp_path) -> list[list[str]]:
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(urls_with_a_password())
+@example(("redis://:" + MARKER + "@.", MARKER))  # a host that cannot be IDNA-encoded (once a traceback)
 def test_no_store_command_prints_or_logs_the_password(tmp_path, capsys, caplog, case):
     url, _ = case
     (tmp_path / "in.parquet").write_bytes(b"not parquet")

@@ -113,6 +113,12 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
             log.debug("Redis at %s not answering yet, retrying in %.2f s", redact_url(url), delay)
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 1.0)
+        except ValueError as err:  # e.g. UnicodeError: a host name that cannot be encoded, such as "."
+            client.close()
+            raise FitStoreError(
+                f"bad host in Redis URL {redact_url(url)!r} ({type(err).__name__}: {scrub(first_line(err), url)}): "
+                f"give a host name or IP address, and percent-encode # / ? @ in a password"
+            ) from None
         except redis.RedisError as err:  # e.g. InvalidResponse: something else listens on that port
             client.close()
             raise FitStoreError(
