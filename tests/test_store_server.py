@@ -67,7 +67,7 @@ def test_acknowledged_writes_survive_kill_9(tmp_path):
     pose = rng.normal(size=(512, 72)).astype(np.float32)
     betas = rng.normal(size=(512, 10)).astype(np.float32)
     err = rng.uniform(1, 100, size=512)
-    server = EmbeddedRedis(tmp_path).start()
+    server = EmbeddedRedis(tmp_path, max_restarts=0).start()  # no watchdog: this test restarts it itself
     store = FitStore.open(server.url, "durable", body_model_hash=TEST_BODY_HASH)
     for start in range(0, 512, 64):
         rows = np.arange(start, start + 64)
