@@ -77,7 +77,6 @@ def _write_config(tmp_path, cfg) -> object:
     return path
 
 
-@pytest.mark.slow
 def test_embedded_store_killed_three_times_the_run_heals_and_keeps_every_acknowledged_fit(tmp_path, tiny_spin_data):
     """No operator: the run restarts its own redis-server from the AOF each time and finishes."""
     cfg = tiny_config(tmp_path, tiny_spin_data, None,
@@ -117,3 +116,52 @@ def test_embedded_store_killed_three_times_the_run_heals_and_keeps_every_acknowl
                 assert new.found[old.found].all()
                 assert (new.error[old.found] <= old.error[old.found] + 1e-9).all()
         after.close()
+
+
+def _redis_servers_in(data_dir) -> list[int]:
+    """Pids of live redis-server processes whose working directory is `data_dir`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if "redis-server" in open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace") \
+                    and os.readlink(f"/proc/{entry}/cwd") == str(data_dir):
+                if open(f"/proc/{entry}/stat").read().rsplit(") ", 1)[1][0] not in "ZX":
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_from_its_checkpoint_and_its_store(tmp_path, tiny_spin_data):
+    cfg = tiny_config(tmp_path, tiny_spin_data, None, train={"steps": 40, "report_images": 0, "checkpoint_every": 8})
+    config_file = _write_config(tmp_path, cfg)
+    checkpoint = tmp_path / "out" / "checkpoints" / "last.pt"
+    run = RunProcess(config_file)
+    try:
+        run.wait_for(r"embedded Redis \(pid \d+\)")
+        deadline = time.monotonic() + 240
+        while not checkpoint.is_file() and time.monotonic() < deadline:
+            assert run.process.poll() is None, run.output[-3000:]
+            time.sleep(0.2)
+        time.sleep(1.5)
+        run.process.send_signal(signal.SIGKILL)  # no handler, no clean-up: the run's redis-server is left
+        run.finish()
+    finally:
+        run.kill()
+    data_dir = (tmp_path / "out" / "redis").resolve()
+    assert len(_redis_servers_in(data_dir)) == 1
+    resumed = RunProcess(config_file, "--resume", str(checkpoint))
+    try:
+        assert resumed.finish() == 0, resumed.output[-3000:]
+    finally:
+        resumed.kill()
+    assert "left running by an earlier run" in resumed.output
+    assert "40 steps" in resumed.output
+    assert _redis_servers_in(data_dir) == []  # neither the leftover nor the resumed run's own server
+    with EmbeddedRedis(data_dir) as again:
+        store = FitStore.open(again.url, cfg.store.namespace)
+        assert all(store.read(n, np.arange(96)).found.all() for n in DATASETS)  # static fits + loop fits kept
+        store.close()

@@ -82,6 +82,7 @@ def test_bad_config_exits_with_a_message(tmp_path, capsys):
     assert "train.mode" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the embedded server heals itself in the default run: tests/test_faults.py
 def test_redis_killed_mid_run_the_run_waits_and_finishes(tmp_path, tiny_spin_data):
     """kill -9 the store's server mid-run, restart it on the same data dir: the run completes."""
     data_dir = tmp_path / "redis"

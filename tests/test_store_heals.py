@@ -81,3 +81,21 @@ def test_a_stop_is_not_a_crash(tmp_path, caplog):
     assert server.pid is None and server.restarts == 0
     assert not any("restarting" in r.getMessage() for r in caplog.records)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[-1].startswith("Z")
+
+
+def test_a_server_left_by_a_killed_owner_is_stopped_before_a_new_one_starts(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="spin_ray.store.embedded")
+    left = EmbeddedRedis(tmp_path, max_restarts=0).start()  # stands for a run that was SIGKILLed
+    store = FitStore.open(left.url, "left", body_model_hash=TEST_BODY_HASH)
+    pose = np.ones((4, 72), np.float32)
+    assert store.keep_best("coco", np.arange(4), pose, np.zeros((4, 10), np.float32), np.ones(4), 1, "loop").all()
+    store.close()
+    leftover_pid = left.pid
+    with EmbeddedRedis(tmp_path) as server:
+        assert left._process.wait(5) == 0  # stopped with SIGTERM: a clean exit that flushed the AOF
+        assert server.pid != leftover_pid
+        assert any(f"pid {leftover_pid}" in r.getMessage() and "left running" in r.getMessage() for r in caplog.records)
+        again = FitStore.open(server.url, "left", body_model_hash=TEST_BODY_HASH)
+        assert again.read("coco", np.arange(4)).found.all()
+        again.close()
+    left.stop()

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 RAY_GCS_PORT = 6379  # Ray's GCS takes this port by default; an embedded Redis there breaks `ray start`
 _PORT_ATTEMPTS = 5  # a free port can be taken between probing and binding; try a few
 _WATCH_PERIOD_S = 0.1  # how often the watchdog looks at the server process
+PIDFILE = "redis.pid"  # in the data dir, written by redis-server, removed on a clean exit
 
 
 def find_redis_server() -> Path:
@@ -80,6 +81,8 @@ def _server_config(port: int, data_dir: Path, password: str | None) -> str:
         "daemonize no",
         f'dir "{data_dir}"',
         'logfile "redis.log"',
+        # Lets a later run find a server that outlived its owner (a SIGKILLed run) on this data dir.
+        f'pidfile "{data_dir / PIDFILE}"',
         "appendonly yes",
         "appendfsync everysec",
         # The AOF is the durable copy; RDB snapshots would only add fork pauses.
@@ -150,6 +153,7 @@ class EmbeddedRedis:
         if self.running:
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        stop_leftover_server(self.data_dir)
         attempts = 1 if self.requested_port is not None else _PORT_ATTEMPTS
         last_error = ""
         for _ in range(attempts):
@@ -328,3 +332,34 @@ def describe_exit(status: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-status}"
     return f"exited with status {status}"
+
+
+def stop_leftover_server(data_dir: Path, timeout_s: float = 10.0) -> int | None:
+    """Stop a redis-server that an earlier owner left running on `data_dir` (SIGTERM: AOF flushed); its pid, if any."""
+    try:
+        pid = int((data_dir / PIDFILE).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except (OSError, ValueError):
+        return None
+    # Redis rewrites its command line to "redis-server 127.0.0.1:PORT"; it runs in its data dir.
+    if "redis-server" not in cmdline or Path(cwd) != data_dir:
+        return None  # the pid was reused by another process
+    log.warning("a redis-server (pid %d) left running by an earlier run owns %s; stopping it (its AOF is flushed) "
+                "before starting this run's", pid, data_dir)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state not in "ZX"
