@@ -335,15 +335,30 @@ def config_from_dict(data: dict, source: str = "config") -> RunConfig:
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML run config."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a folder; give a YAML file (see configs/ for examples)")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (a run config is YAML in UTF-8)") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
+    if data is None:
+        # An empty file is more often a mistake than a wish for a full default run (GBs of data and outputs).
+        raise ConfigError(f"{path} is empty or only comments: start from configs/local.yaml, or write `{{}}` in it "
+                          f"to run every default on purpose")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     return config_from_dict(data, source=str(path))
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: what was wrong and where (line:column, 1-based)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def with_overrides(cfg: RunConfig, **sections: dict) -> RunConfig:

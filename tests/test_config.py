@@ -29,17 +29,50 @@ def test_bad_value_names_the_key_and_value():
         config_from_dict({"camera": {"focal_length": -1}})
 
 
-def test_missing_and_malformed_files(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path / "nope.yaml")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("fitting: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(bad)
-    scalar = tmp_path / "scalar.yaml"
-    scalar.write_text("3\n")
-    with pytest.raises(ConfigError, match="mapping"):
-        load_config(scalar)
+BAD_CONFIG_FILES = {  # id: (file content, or None for no file / "DIR" for a folder; what the message says)
+    "missing": (None, "does not exist"),
+    "folder": ("DIR", "is a folder"),
+    "not-yaml": ("fitting: [1, 2\n", "not valid YAML"),
+    "scalar": ("3\n", "mapping"),
+    "empty": ("", "empty or only comments"),
+    "comments-only": ("# name: mine\n# train: {steps: 3}\n", "empty or only comments"),
+    "binary": (b"\x89PNG\r\n\x1a\n\xff\xfe", "not a text file"),
+    "typo": ("fitting: {iteration_body: 3}\n", "unknown key 'fitting.iteration_body'"),
+    "bad-value": ("camera: {focal_length: -1}\n", "camera.focal_length"),
+    "bad-mode": ("train: {mode: asink}\n", "train.mode"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_CONFIG_FILES))
+def test_a_bad_config_file_is_one_line_that_names_the_fault(tmp_path, capsys, kind):
+    from spin_ray.launch import main as launch_main
+
+    content, message = BAD_CONFIG_FILES[kind]
+    path = tmp_path / "run.yaml"
+    if content == "DIR":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+    assert launch_main([str(path)]) == 1
+    err = capsys.readouterr().err
+    assert message.split("'")[0] in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_explicit_empty_mapping_is_every_default():
+    assert load_config_text("{}\n") == RunConfig()
+
+
+def load_config_text(text: str) -> RunConfig:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "run.yaml"
+        path.write_text(text)
+        return load_config(path)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
