@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
 from spin_ray.cli import main as cli_main
@@ -252,3 +253,20 @@ def test_cli_generates_into_out_and_draws_a_preview(tmp_path, capsys):
     assert cli_main(["synth", "--preview", str(preview)]) == 0
     image = cv2.imread(str(preview))
     assert image is not None and image.shape == (3 * 160, 4 * 160, 3) and image.std() > 10
+
+
+def test_a_config_on_the_embedded_default_finds_its_generated_data_and_says_when_there_is_none(generated, tmp_path):
+    from spin_ray.curate.sample_paths import locations_from_config
+    from spin_ray.errors import DataError
+
+    cfg, paths = generated
+    config_file = tmp_path / "run.yaml"
+    config_file.write_text(yaml.safe_dump({"synth": cfg.synth.model_dump(mode="json")}))
+    found = {loc.name: loc for loc in locations_from_config(config_file)}
+    assert set(found) == set(SIZES)
+    assert all(found[s].npz == paths[s] and found[s].image_root == paths[s].parent for s in SIZES)
+    assert synth.cached_synthetic_data(cfg) == paths
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"synth": cfg.synth.model_dump(mode="json") | {"seed": 99}}))
+    with pytest.raises(DataError, match="not generated yet.*spin-ray synth"):
+        locations_from_config(other)

@@ -48,7 +48,17 @@ def locations_from_config(path: str | Path) -> list[DatasetLocation]:
     from spin_ray.config import load_config
 
     cfg = load_config(path)
-    return [DatasetLocation(entry.name, Path(entry.npz), Path(entry.image_root)) for entry in cfg.data.datasets]
+    if cfg.data.datasets:
+        return [DatasetLocation(entry.name, Path(entry.npz), Path(entry.image_root)) for entry in cfg.data.datasets]
+    # The embedded default: the synthetic splits that the run generated into its cache.
+    from spin_ray.data.synth import cached_synthetic_data, synthetic_data_folder
+
+    paths = cached_synthetic_data(cfg)
+    if paths is None:
+        raise DataError(f"{path} trains on the synthetic data, which is not generated yet in "
+                        f"{synthetic_data_folder(cfg)}: run `make run` or `spin-ray synth --config {path}` first, "
+                        f"or pass --data NAME=NPZ:IMAGE_ROOT")
+    return [DatasetLocation(name, npz, npz.parent) for name, npz in paths.items()]
 
 
 def merge_locations(*groups: Iterable[DatasetLocation]) -> dict[str, DatasetLocation]:

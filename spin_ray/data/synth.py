@@ -225,6 +225,19 @@ def load_hidden_truth(npz: str | Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
+def synthetic_data_folder(cfg: RunConfig) -> Path:
+    """The cache folder of this config's synthetic data (it may not be generated yet)."""
+    return cache_root(cfg) / settings_hash(cfg, BodyModel.from_config(cfg.body).identity)
+
+
+def cached_synthetic_data(cfg: RunConfig) -> dict[str, Path] | None:
+    """Paths of the synthetic splits' npz files when they were generated already, else None; never generates."""
+    final = synthetic_data_folder(cfg)
+    if not (final / SETTINGS_FILE).is_file():
+        return None
+    return {split: final / f"{split}.npz" for split in split_sizes(cfg.synth)}
+
+
 def ensure_synthetic_data(cfg: RunConfig, workers: int | None = None, progress: bool = True) -> dict[str, Path]:
     """Paths of the synthetic splits' npz files, generating them on first use; images are relative to
     the folder holding the npz files (the image root)."""
@@ -234,8 +247,9 @@ def ensure_synthetic_data(cfg: RunConfig, workers: int | None = None, progress: 
     sizes = split_sizes(cfg.synth)
     if not sizes:
         raise ConfigError("synth.sizes are all 0: give at least one split a size, e.g. synth-3d=1000")
-    if (final / SETTINGS_FILE).is_file():
-        return {split: final / f"{split}.npz" for split in sizes}
+    cached = cached_synthetic_data(cfg)
+    if cached is not None:
+        return cached
     partial = final.with_name(f"{digest}.partial-{uuid.uuid4().hex[:8]}")
     try:
         paths = generate(cfg, partial, workers=workers, progress=progress)
