@@ -110,20 +110,22 @@ def test_bad_rows_are_counted_skips_or_errors(tmp_path, cfg):
     (tmp_path / spin.imgname[2]).write_bytes(b"\x89PNG broken")  # unreadable image
     spin.center[3] = (500.0, 45.0)  # outside the 120x90 image
     spin.part[4, 0, 0] = np.nan  # NaN keypoint
-    ds = SpinImageDataset(spin, cfg, train=False)
+    with pytest.warns(UserWarning, match=r"skipping 1 of 6 rows .*row 4"):  # annotations: once, when built
+        ds = SpinImageDataset(spin, cfg, train=False)
     with pytest.warns(UserWarning) as caught:
         item = ds[1]
     messages = [str(w.message) for w in caught]
-    assert len(messages) == 4 and "toy_1.png does not exist" in messages[0] and "decoded" in messages[1]
+    assert len(messages) == 3 and "toy_1.png does not exist" in messages[0] and "decoded" in messages[1]
     # Rows 1-4 are bad, so the item comes from row 5, with the skips recorded.
     assert int(item["index"]) == 5 and int(item["skipped"]) == 4
-    assert ds.skip_counts == {"missing image": 1, "unreadable image": 1, "center outside image": 1,
+    assert ds.skip_counts == {"missing image": 1, "unreadable image": 1, "box outside image": 1,
                               "bad annotations": 1}
+    with pytest.raises(DataError, match=r"row 4 .*NaN"):  # bad annotations refuse the dataset when built
+        SpinImageDataset(spin, cfg.model_copy(update={"bad_samples": "raise"}), train=False)
+    spin.part[4, 0, 0] = 50.0
     strict = SpinImageDataset(spin, cfg.model_copy(update={"bad_samples": "raise"}), train=False)
     with pytest.raises(DataError, match=r"row 3 .*outside the 120x90 image"):
         strict[3]
-    with pytest.raises(DataError, match=r"row 4 .*NaN"):
-        strict[4]
     with pytest.raises(DataError, match="toy_1.png does not exist"):
         strict[1]
 

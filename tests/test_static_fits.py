@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from spin_ray.body.body_model import BodyModel
@@ -68,5 +69,6 @@ def test_fit_cli_refuses_bad_input(tmp_path, capsys):
 
 def test_fit_cli_refuses_empty_work(tmp_path, capsys):
     path, _ = _dataset(tmp_path, n=2)
-    assert main(["fit", str(path), "--out", str(tmp_path / "x.npy"), "--limit", "0"]) == 1
-    assert "nothing to fit" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # refused when parsed (tests/test_cli_numbers.py has the others)
+        main(["fit", str(path), "--out", str(tmp_path / "x.npy"), "--limit", "0"])
+    assert exit_.value.code == 2 and "--limit: must be a whole number >= 1" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from spin_ray.cli import demo, fit, launch, pool, store, synth, train
+from spin_ray.cli.arg_types import OneLineParser
 from spin_ray.cli import eval as evaluate
 from spin_ray.errors import SpinRayError
 
@@ -16,7 +17,7 @@ SUBCOMMAND_MODULES = (store, fit, synth, train, evaluate, demo, pool, launch)
 
 def build_parser() -> argparse.ArgumentParser:
     """Parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="spin-ray", description=__doc__)
+    parser = OneLineParser(prog="spin-ray", description=__doc__)  # subcommand parsers inherit the class
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in SUBCOMMAND_MODULES:
         module.register(subparsers)

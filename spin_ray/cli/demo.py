@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spin_ray.cli.arg_types import finite_float, non_negative_int
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand."""
@@ -18,12 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("image", type=Path, help="the photo (any format OpenCV reads)")
     parser.add_argument("--keypoints", type=Path, required=True,
                         help="OpenPose --write_json output for the image (BODY_25 pose_keypoints_2d)")
-    parser.add_argument("--bbox", type=float, nargs=4, metavar=("X", "Y", "W", "H"), default=None,
+    parser.add_argument("--bbox", type=finite_float, nargs=4, metavar=("X", "Y", "W", "H"), default=None,
                         help="person box in pixels: top-left corner, width, height (default: from the keypoints)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint written by `spin-ray train`")
     parser.add_argument("--refine", action="store_true", help="refine the estimate with SMPLify on the keypoints")
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
-    parser.add_argument("--person", type=int, default=None,
+    parser.add_argument("--person", type=non_negative_int, default=None,
                         help="index into the JSON's people (default: the highest total confidence)")
     parser.set_defaults(func=_demo)
 

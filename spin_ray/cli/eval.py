@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from spin_ray.config import DatasetEntry, RunConfig, load_config
+from spin_ray.cli.arg_types import positive_int
+from spin_ray.config import DatasetEntry, RunConfig, load_config, with_overrides
 from spin_ray.errors import ConfigError
 
 
@@ -27,8 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", type=Path, default=None, help="run config (default: the checkpoint's own)")
     parser.add_argument("--image-root", type=Path, default=None, help="image folder of a .npz path (default: its folder)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass")
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N samples")
+    parser.add_argument("--bad-samples", choices=("skip", "raise"), default=None,
+                        help="rows with bad annotations or images: leave them out (counted in the report) or "
+                             "stop (default: data.bad_samples of the config)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the mean-pose baseline")
     parser.set_defaults(func=_eval)
 
@@ -68,6 +72,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     payload = load_checkpoint(args.checkpoint)
     cfg = load_config(args.config) if args.config else checkpoint_config(payload, args.checkpoint)
+    cfg = with_overrides(cfg, data={"bad_samples": args.bad_samples})
     body = BodyModel.from_config(cfg.body)
     saved_body = payload.get("identity", {}).get("body_model")
     if saved_body is not None and saved_body != body.identity:
@@ -79,7 +84,8 @@ def _eval(args: argparse.Namespace) -> int:
     except RuntimeError as err:
         raise ModelError(f"{args.checkpoint}: weights do not fit the configured network: {err}") from None
     entry = resolve_dataset(args.dataset, cfg, args.image_root)
-    dataset = evaluation_dataset(entry.npz, entry.image_root, cfg.data.img_res, name=entry.name)
+    dataset = evaluation_dataset(entry.npz, entry.image_root, cfg.data.img_res, name=entry.name,
+                                 bad_samples=cfg.data.bad_samples)
     with torch.no_grad():
         results = [evaluate(model_predictor(model), body, dataset, args.batch_size, args.limit, name="model")]
         if not args.no_baseline:

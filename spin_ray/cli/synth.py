@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from spin_ray.cli.arg_types import non_negative_int
 from spin_ray.config import RunConfig, load_config
 
 
@@ -17,8 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", type=Path, default=None, help="cache folder (default: synth.cache_dir or <cache_dir>/synth)")
     synth.add_argument("--sizes", default=None, metavar="SPLIT=N,...",
                        help="split sizes, e.g. synth-3d=1000,synth-itw=1000,synth-test=200 (others from the config)")
-    synth.add_argument("--seed", type=int, default=None, help="seed of the synthetic data")
-    synth.add_argument("--workers", type=int, default=None, help="generator processes (0: every core)")
+    synth.add_argument("--seed", type=non_negative_int, default=None, help="seed of the synthetic data")
+    synth.add_argument("--workers", type=non_negative_int, default=None, help="generator processes (0: every core)")
     synth.add_argument("--preview", type=Path, default=None, metavar="PNG",
                        help="only draw a grid of samples with their keypoints to this image file")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")

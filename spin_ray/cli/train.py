@@ -7,6 +7,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+from spin_ray.cli.arg_types import non_negative_int
 from spin_ray.config import load_config, with_overrides
 
 
@@ -20,11 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("config", type=Path, help="run config YAML (see configs/)")
     parser.add_argument("--mode", choices=("sync", "async", "static", "2d"), default=None, help="override train.mode")
-    parser.add_argument("--steps", type=int, default=None, help="override train.steps")
+    parser.add_argument("--steps", type=non_negative_int, default=None, help="override train.steps")
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue from this checkpoint (e.g. OUTPUT_DIR/checkpoints/last.pt)")
     parser.add_argument("--init-static-fits", action="store_true",
                         help="fit datasets without stored fits from the mean pose before training")
+    parser.add_argument("--bad-samples", choices=("skip", "raise"), default=None,
+                        help="override data.bad_samples: rows with bad annotations or images are skipped or stop the run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_train)
 
@@ -34,7 +37,8 @@ def _train(args: argparse.Namespace) -> int:
     from spin_ray.train.run import run_training
 
     cfg = with_overrides(load_config(args.config), train={
-        "mode": args.mode, "steps": args.steps, "init_store_from_static_fits": True if args.init_static_fits else None})
+        "mode": args.mode, "steps": args.steps, "init_store_from_static_fits": True if args.init_static_fits else None},
+        data={"bad_samples": args.bad_samples})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if cfg.train.mode == "async":
         # async needs the fitter pool: the same run on Ray, as `python -m spin_ray.launch CONFIG`.

@@ -1,9 +1,11 @@
 """Torch datasets over SPIN-format data: augmented crops and targets per sample, and a ratio mix.
 
-Bad samples (missing or unreadable image, center outside the image, non-finite annotations) are
-never cropped silently: with `bad_samples="skip"` they are counted, warned about and replaced by the
-next valid row (the item's `index` is the row actually used, `skipped` how many were passed over);
-with `"raise"` they raise a DataError naming the dataset, row and reason.
+Bad samples are never cropped silently. Annotations are checked for every row when the dataset is
+built (data/row_checks.py, the same check as `spin-ray fit` and eval); missing or unreadable images
+and boxes outside the image are found when a row is loaded. With `bad_samples="raise"` the first one
+raises a DataError naming the dataset, row and reason; with `"skip"` they are counted, warned about
+(bad annotations once, in one warning, when the dataset is built) and replaced by the next valid row
+(the item's `index` is the row actually used, `skipped` how many were passed over).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from spin_ray.data.augment import (
     augment_crop,
     sample_aug_params,
 )
+from spin_ray.data.row_checks import SKIP_HINT, box_overlaps_image, check_rows, describe
 from spin_ray.data.spin_format import SpinDataset, load_spin_npz
 from spin_ray.errors import DataError
 
@@ -50,6 +53,9 @@ class SpinImageDataset(Dataset):
         self.train = train
         self.max_skips = max_skips
         self._keypoints = spin.keypoints49()
+        # Bad annotations refuse the dataset now (raise) or are announced once and passed over (skip).
+        self.rows = check_rows(spin)
+        self.usable = self.rows.enforce(cfg.bad_samples)
         # Per-process counts of skipped rows by reason (each DataLoader worker keeps its own; the
         # trainer sums the items' `skipped` field for a global count).
         self.skip_counts: Counter[str] = Counter()
@@ -69,18 +75,7 @@ class SpinImageDataset(Dataset):
 
     def annotation_problem(self, index: int) -> str | None:
         """Why row `index`'s annotations cannot be used, or None (no file access)."""
-        s = self.spin
-        if not np.isfinite(s.center[index]).all():
-            return f"center is {s.center[index].tolist()}"
-        if not (np.isfinite(s.scale[index]) and s.scale[index] > 0):
-            return f"scale is {float(s.scale[index])} (must be a positive box size / 200)"
-        if not np.isfinite(self._keypoints[index]).all():
-            return "keypoints contain NaN or inf"
-        if s.has_3d[index] and not np.isfinite(s.S[index]).all():
-            return "S (3D joints) contains NaN or inf"
-        if s.has_smpl[index] and not (np.isfinite(s.pose[index]).all() and np.isfinite(s.betas[index]).all()):
-            return "pose or shape contains NaN or inf"
-        return None
+        return self.rows.detail(index) if self.rows.bad[index] else None
 
     def _read_image(self, index: int) -> np.ndarray:
         path = self.spin.image_path(index)
@@ -99,9 +94,9 @@ class SpinImageDataset(Dataset):
         image = self._read_image(index)
         s = self.spin
         h, w = image.shape[:2]
-        cx, cy = s.center[index]
-        if not (0 <= cx < w and 0 <= cy < h):
-            raise _BadSample("center outside image", f"center ({cx:.1f}, {cy:.1f}) is outside the {w}x{h} image")
+        size = np.array([[w, h]], np.float64)
+        if not box_overlaps_image(s.center[index][None], s.scale[index][None], size)[0]:
+            raise _BadSample("box outside image", describe(s, index, "box", size[0]))
         res = self.cfg.img_res
         crop, keypoints = augment_crop(image, self._keypoints[index], s.center[index], float(s.scale[index]), params, res)
         aug = torch.from_numpy(params.as_array())[None]
@@ -135,9 +130,10 @@ class SpinImageDataset(Dataset):
             except _BadSample as bad:
                 where = f"dataset '{self.spin.name}' row {row} ({self.spin.imgname[row]})"
                 if self.cfg.bad_samples == "raise":
-                    raise DataError(f"{where}: {bad.detail} (set data.bad_samples: skip to skip such rows)") from None
+                    raise DataError(f"{where}: {bad.detail} ({SKIP_HINT})") from None
                 self.skip_counts[bad.reason] += 1
-                warnings.warn(f"skipping {where}: {bad.detail}", stacklevel=2)
+                if bad.reason != "bad annotations":  # those were announced when the dataset was built
+                    warnings.warn(f"skipping {where}: {bad.detail}", stacklevel=2)
                 continue
             item["skipped"] = torch.tensor(skipped)
             return item

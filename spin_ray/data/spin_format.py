@@ -4,13 +4,15 @@ Keys (N samples): imgname (N,) str, center (N,2), scale (N,) = box size / 200, p
 [x, y, visibility] in image pixels; optional openpose (N,25,3), S (N,24,4) [x, y, z, conf] in
 metres, pose (N,72) axis-angle, shape (N,10), has_smpl (N,), gender (N,) 'm'/'f'.
 A missing optional key means "not available": it is recorded in explicit masks (`has_openpose`,
-`has_smpl`, `has_3d`, gender -1), never as zeros that could pass for data.
+`has_smpl`, `has_3d`, gender -1), never as zeros that could pass for data. A keypoint with confidence
+0 is not annotated: NaN coordinates there are read as 0. Values of single rows (NaN, scale <= 0, a box
+outside its image) are judged by data/row_checks.py, not here.
 """
 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,12 @@ class SpinDataset:
 
     def __len__(self) -> int:
         return len(self.imgname)
+
+    def head(self, count: int) -> SpinDataset:
+        """The first `count` rows (all of them when count >= len)."""
+        arrays = {f.name: getattr(self, f.name)[:count] for f in fields(self)
+                  if isinstance(getattr(self, f.name), np.ndarray)}
+        return replace(self, **arrays)
 
     def keypoints49(self) -> np.ndarray:
         """(N,49,3) [x, y, conf] in original image pixels, SPIN's order: openpose(25) then part(24)."""
@@ -128,8 +136,20 @@ def _validate(arrays: dict[str, np.ndarray], path) -> dict[str, np.ndarray]:
     return out
 
 
+def _unannotated_to_zero(keypoints: np.ndarray) -> np.ndarray:
+    """Keypoints [x, y, conf] with NaN/inf coordinates zeroed where conf is 0 (not annotated, never used)."""
+    unused = (keypoints[..., 2] == 0)[..., None] & ~np.isfinite(keypoints[..., :2])
+    if not unused.any():
+        return keypoints
+    return np.concatenate([np.where(unused, 0.0, keypoints[..., :2]), keypoints[..., 2:]], axis=-1).astype(np.float32)
+
+
 def _from_arrays(arrays: dict[str, np.ndarray], name: str, image_root: Path, source) -> SpinDataset:
     a = _validate(arrays, source)
+    # A confidence-0 keypoint is "not annotated": NaN there is allowed in the file but must not reach a loss.
+    for key in ("part", "openpose"):
+        if key in a:
+            a[key] = _unannotated_to_zero(a[key])
     n = len(a["imgname"])
     has_openpose = np.full(n, "openpose" in a)
     has_smpl = a.get("has_smpl", np.ones(n, bool)) if "pose" in a else np.zeros(n, bool)

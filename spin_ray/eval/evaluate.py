@@ -26,6 +26,7 @@ from spin_ray.body.joints import H36M17_TO_LSP14, SPIN49_TO_LSP14
 from spin_ray.body.model_file import embedded_model_path
 from spin_ray.config import DataConfig
 from spin_ray.data.dataset import SpinImageDataset
+from spin_ray.data.row_checks import BadSamples
 from spin_ray.data.spin_format import load_spin_npz
 from spin_ray.errors import InputError
 from spin_ray.eval.metrics import LSP14_PELVIS, mpjpe, pa_mpjpe, pelvis_centred, pve
@@ -45,6 +46,7 @@ class EvalResult:
     mpjpe: np.ndarray  # (N,)
     pa_mpjpe: np.ndarray  # (N,)
     pve: np.ndarray  # (N,) NaN without ground-truth SMPL
+    skipped: int = 0  # rows of the evaluated range left out as bad samples (data.bad_samples: skip)
 
     def summary(self) -> dict[str, float | int | str]:
         """Means in mm and sample counts, for tables and JSON."""
@@ -53,7 +55,7 @@ class EvalResult:
             return float(finite.mean()) if finite.size else float("nan")
         return {"name": self.name, "dataset": self.dataset, "samples": int(len(self.index)),
                 "mpjpe_mm": mean(self.mpjpe), "pa_mpjpe_mm": mean(self.pa_mpjpe), "pve_mm": mean(self.pve),
-                "pve_samples": int(np.isfinite(self.pve).sum())}
+                "pve_samples": int(np.isfinite(self.pve).sum()), "skipped": self.skipped}
 
 
 def uses_h36m_regressor(body: BodyModel) -> bool:
@@ -105,14 +107,27 @@ def evaluate(
     predict: Predictor, body: BodyModel, dataset: SpinImageDataset, batch_size: int = 32,
     limit: int | None = None, name: str = "model",
 ) -> EvalResult:
-    """Per-sample MPJPE, PA-MPJPE and PVE (mm) of predict over dataset (unaugmented crops)."""
+    """Per-sample MPJPE, PA-MPJPE and PVE (mm) of predict over dataset (unaugmented crops).
+
+    Bad rows (only possible under data.bad_samples: skip) are left out and counted in `skipped`: rows
+    with bad annotations are never loaded, and an item the dataset took from a later row because its
+    own image was unusable (`skipped` > 0) is dropped, so no row is evaluated twice.
+    """
     if dataset.train:
         raise InputError("evaluate needs an unaugmented dataset: build it with SpinImageDataset(..., train=False)")
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    subset = torch.utils.data.Subset(dataset, range(count))
+    selected = np.flatnonzero(dataset.usable[:count])
+    skipped = count - len(selected)
     rows, errors, aligned, vertex_errors = [], [], [], []
     device = next(body.buffers()).device
-    for batch in DataLoader(subset, batch_size=batch_size, shuffle=False):
+    loader = DataLoader(torch.utils.data.Subset(dataset, selected.tolist()), batch_size=batch_size, shuffle=False)
+    for batch in loader:
+        own = batch["skipped"] == 0
+        skipped += int((~own).sum())
+        if not bool(own.any()):
+            continue
+        batch = {k: v[own] if isinstance(v, torch.Tensor) else [x for x, o in zip(v, own) if o]
+                 for k, v in batch.items()}
         pred = predict(batch["img"].to(device))
         joints, vertices = lsp14_joints(body, pred.rotmat, pred.betas)
         pred_joints = pelvis_centred(joints, LSP14_PELVIS)
@@ -130,20 +145,29 @@ def evaluate(
             per_sample = pve(vertices - pred_pelvis, gt_vertices - gt_pelvis).cpu()
             vertex_error = torch.where(batch["has_smpl"].bool(), per_sample, vertex_error)
         vertex_errors.append(vertex_error.numpy()[keep])
+    if skipped == count:
+        raise InputError(f"dataset '{dataset.spin.name}': all {count} rows in the evaluated range are bad samples "
+                         "(see the warnings): nothing to evaluate")
     if not rows or sum(len(r) for r in rows) == 0:
         raise InputError(f"dataset '{dataset.spin.name}' has no sample with 3D ground truth (S or SMPL pose/shape) "
                          "in the evaluated range: nothing to evaluate")
     return EvalResult(name, dataset.spin.name, np.concatenate(rows), np.concatenate(errors),
-                      np.concatenate(aligned), np.concatenate(vertex_errors))
+                      np.concatenate(aligned), np.concatenate(vertex_errors), skipped)
 
 
-def evaluation_dataset(npz: str | Path, image_root: str | Path | None, img_res: int, name: str | None = None) -> SpinImageDataset:
-    """An unaugmented SpinImageDataset of a SPIN-format .npz (image root defaults to the npz's folder)."""
+def evaluation_dataset(
+    npz: str | Path, image_root: str | Path | None, img_res: int, name: str | None = None,
+    bad_samples: BadSamples = "raise",
+) -> SpinImageDataset:
+    """An unaugmented SpinImageDataset of a SPIN-format .npz (image root defaults to the npz's folder).
+
+    `bad_samples` is data.bad_samples: "raise" stops at the first bad row; "skip" leaves bad rows out
+    of `evaluate`, which counts them (never replaced by another row).
+    """
     npz = Path(npz)
     root = Path(image_root) if image_root is not None else npz.parent
-    # Evaluation must see every sample: a bad one is an error, never silently replaced.
-    return SpinImageDataset(load_spin_npz(npz, root, name=name), DataConfig(img_res=img_res, bad_samples="raise"),
-                            train=False)
+    return SpinImageDataset(load_spin_npz(npz, root, name=name),
+                            DataConfig(img_res=img_res, bad_samples=bad_samples), train=False)
 
 
 def format_table(results: list[EvalResult]) -> str:
@@ -155,4 +179,8 @@ def format_table(results: list[EvalResult]) -> str:
         lines.append(f"{s['name']:<12} {s['dataset']:<16} {s['samples']:>7} {s['mpjpe_mm']:>8.1f} "
                      f"{s['pa_mpjpe_mm']:>9.1f} {s['pve_mm']:>8.1f}")
     lines.append("(mm; LSP-14 joints, pelvis-centred; PA = after Procrustes alignment)")
+    for r in results[:1]:  # every predictor sees the same rows
+        if r.skipped:
+            lines.append(f"{r.skipped} row(s) of {r.dataset} skipped as bad samples (data.bad_samples: skip; "
+                         "see the warnings)")
     return "\n".join(lines)

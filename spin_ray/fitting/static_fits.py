@@ -27,10 +27,11 @@ SCALE_UNIT_PX = 200.0  # SPIN's `scale` is the person box in pixels divided by 2
 class StaticFits:
     """Fits of a dataset in SPIN's static-fits layout plus their ranking errors."""
 
-    pose: np.ndarray  # (N, 72) float32 axis-angle, canonical frame
-    betas: np.ndarray  # (N, num_betas) float32
-    error: np.ndarray  # (N,) float64; inf where the sample could not be fitted
-    failed: np.ndarray  # (N,) bool
+    pose: np.ndarray  # (N, 72) float32 axis-angle, canonical frame; NaN where not fitted
+    betas: np.ndarray  # (N, num_betas) float32; NaN where not fitted
+    error: np.ndarray  # (N,) float64; inf where the sample could not be fitted or was not fitted
+    failed: np.ndarray  # (N,) bool: fitted, but the fit failed
+    fitted: np.ndarray  # (N,) bool: fitted at all (False for rows left out, e.g. bad annotations)
 
     def table(self) -> np.ndarray:
         """SPIN's (N, 82) static-fits array: pose 72 then betas 10 per row."""
@@ -47,8 +48,11 @@ def canonical_crop_keypoints(
             f"keypoints (N, J, 3), center (N, 2), scale (N,) expected; got {keypoints.shape}, "
             f"{center.shape}, {scale.shape}"
         )
-    zoom = crop_size / (SCALE_UNIT_PX * scale.astype(np.float64))
-    xy = (keypoints[..., :2] - center[:, None, :]) * zoom[:, None, None] + crop_size / 2.0
+    # A row with a non-positive or NaN scale comes out non-finite (and is rejected by the fit) without a
+    # numpy warning; data/row_checks.py names such rows to the user before they get here.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        zoom = crop_size / (SCALE_UNIT_PX * scale.astype(np.float64))
+        xy = (keypoints[..., :2] - center[:, None, :]) * zoom[:, None, None] + crop_size / 2.0
     return np.concatenate([xy, keypoints[..., 2:]], axis=-1).astype(np.float32)
 
 
@@ -61,23 +65,32 @@ def fit_static(
     fitting: FittingConfig,
     camera: CameraConfig,
     progress: bool = True,
+    fit_rows: np.ndarray | None = None,
 ) -> StaticFits:
-    """Fit every sample of keypoints_px (N, 49, 3) in crop pixels from (N or 1, 72) poses and betas."""
+    """Fit the samples of keypoints_px (N, 49, 3) in crop pixels from (N or 1, 72) poses and betas.
+
+    `fit_rows` (N,) bool leaves the False rows unfitted (pose and betas NaN, error inf); default all.
+    """
     n = keypoints_px.shape[0]
     init_pose = init_pose.expand(n, -1) if init_pose.shape[0] == 1 else init_pose
     init_betas = init_betas.expand(n, -1) if init_betas.shape[0] == 1 else init_betas
     if init_pose.shape != (n, 72) or init_betas.shape != (n, body.num_betas):
         raise InputError(f"init pose {tuple(init_pose.shape)} and betas {tuple(init_betas.shape)} must be "
                          f"(N or 1, 72) and (N or 1, {body.num_betas}) for N = {n}")
-    pose = np.zeros((n, 72), np.float32)
-    betas = np.zeros((n, body.num_betas), np.float32)
+    fitted = np.ones(n, bool) if fit_rows is None else np.asarray(fit_rows, bool).copy()
+    if fitted.shape != (n,):
+        raise InputError(f"fit_rows has shape {fitted.shape}, expected ({n},) for {n} samples")
+    todo = np.flatnonzero(fitted)
+    pose = np.full((n, 72), np.nan, np.float32)
+    betas = np.full((n, body.num_betas), np.nan, np.float32)
     error = np.full(n, np.inf)
     failed = np.zeros(n, bool)
-    bar = tqdm(total=n, desc="fitting", unit="fit", disable=not progress)
-    for start in range(0, n, fitting.batch_size):
-        rows = slice(start, min(start + fitting.batch_size, n))
-        kp = keypoints_px[rows]
-        p0, b0 = init_pose[rows].clone(), init_betas[rows].clone()
+    bar = tqdm(total=len(todo), desc="fitting", unit="fit", disable=not progress)
+    for start in range(0, len(todo), fitting.batch_size):
+        rows = todo[start:start + fitting.batch_size]
+        index = torch.from_numpy(rows)
+        kp = keypoints_px[index]
+        p0, b0 = init_pose[index].clone(), init_betas[index].clone()
         safe_kp = torch.where(rejected_samples(kp)[:, None, None], torch.zeros_like(kp), kp)
         cam = camera_from_keypoints(body, p0, b0, safe_kp, camera, typical_depth(camera))
         result = smplify(body, pose_prior, kp, SmplifyParams.from_pose(p0, b0, cam), fitting, camera)
@@ -88,7 +101,8 @@ def fit_static(
         betas[rows] = result.params.betas.numpy()
         error[rows] = torch.where(bad, torch.full_like(scored, float("inf")), scored).double().numpy()
         failed[rows] = bad.numpy()
-        bar.update(rows.stop - rows.start)
-        bar.set_postfix(median_error=f"{np.median(error[:rows.stop][~failed[:rows.stop]]) if (~failed[:rows.stop]).any() else float('nan'):.1f}")
+        bar.update(len(rows))
+        done = np.isfinite(error)
+        bar.set_postfix(median_error=f"{np.median(error[done]) if done.any() else float('nan'):.1f}")
     bar.close()
-    return StaticFits(pose, betas, error, failed)
+    return StaticFits(pose, betas, error, failed, fitted)

@@ -104,7 +104,8 @@ def static_fits_init(cfg: RunConfig) -> StoreInit:
                 log.info("store already holds %d fits of %s: no static fits", store.count(spin.name), spin.name)
                 continue
             keypoints = canonical_crop_keypoints(spin.keypoints49(), spin.center, spin.scale, cfg.camera.crop_size)
-            fits = fit_static(body, prior, torch.from_numpy(keypoints), pose, betas, cfg.fitting, cfg.camera)
+            fits = fit_static(body, prior, torch.from_numpy(keypoints), pose, betas, cfg.fitting, cfg.camera,
+                              fit_rows=dataset.usable)  # rows with bad annotations get no fit
             written = store.keep_best_samples(spin.name, np.arange(len(fits.error)), fits.pose, fits.betas[:, :10],
                                               fits.error, 0, "static")
             log.info("static fits of %s: %d stored", spin.name, int(written.sum()))
@@ -113,7 +114,8 @@ def static_fits_init(cfg: RunConfig) -> StoreInit:
 
 def evaluate_heldout(trainer: Trainer, entry: DatasetEntry, batch_size: int) -> tuple[EvalResult, EvalResult]:
     """The trained network and the mean-parameter baseline on the held-out set."""
-    dataset = evaluation_dataset(entry.npz, entry.image_root, trainer.cfg.data.img_res, name=entry.name)
+    dataset = evaluation_dataset(entry.npz, entry.image_root, trainer.cfg.data.img_res, name=entry.name,
+                                 bad_samples=trainer.cfg.data.bad_samples)
     model = evaluate(model_predictor(trainer.model), trainer.body, dataset, batch_size, name="model")
     baseline = evaluate(mean_params_predictor(trainer.model), trainer.body, dataset, batch_size, name="mean-pose")
     trainer.model.train()

@@ -1,0 +1,85 @@
+"""Argument types of the `spin-ray` command line: numbers and paths checked when parsed, one-line parse errors.
+
+Use them as `type=` of `add_argument` (e.g. `type=positive_int`): a bad value ends the command with
+`spin-ray fit: error: argument --threads: must be a whole number >= 1, got '0' (see spin-ray fit --help)`
+and exit code 2, before anything is loaded. `OneLineParser` is the parser class of `spin-ray` and,
+through it, of every subcommand's parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit code 2), pointing at --help."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's hook
+        """Print `<prog>: error: <message> (see <prog> --help)` and exit with code 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(text: str, kind: type, what: str) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1 (counts, sizes, threads)."""
+    value = _number(text, int, "a whole number >= 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (seeds, indices, counts where 0 means something)."""
+    value = _number(text, int, "a whole number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (no nan, inf)."""
+    return _number(text, float, "a finite number")
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (sizes, timeouts, thresholds)."""
+    value = _number(text, float, "a finite number > 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (errors, thresholds where 0 means something)."""
+    value = _number(text, float, "a finite number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def path_with_suffix(suffix: str) -> Callable[[str], Path]:
+    """A path type that appends `suffix` to a name without one and refuses any other suffix."""
+    def parse(text: str) -> Path:
+        path = Path(text)
+        if path.name in ("", ".", "..") or path.is_dir():
+            raise argparse.ArgumentTypeError(f"must name a {suffix} file, got the folder {text!r}")
+        if path.suffix == "":
+            return path.with_name(path.name + suffix)
+        if path.suffix != suffix:  # exact: numpy would append .npy to '.NPY'
+            raise argparse.ArgumentTypeError(f"must be a {suffix} file, got {text!r} (name it e.g. "
+                                             f"{path.with_suffix(suffix).name})")
+        return path
+    parse.__name__ = f"{suffix.lstrip('.')}_path"
+    return parse
