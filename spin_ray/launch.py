@@ -13,7 +13,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,9 @@ from tqdm import tqdm
 
 from spin_ray.config import RunConfig, load_config, with_overrides
 from spin_ray.errors import PipelineError, SpinRayError
+from spin_ray.pipeline.ray_connect import live_recorded_head
+from spin_ray.pipeline.ray_errors import spin_error
+from spin_ray.pipeline.resources import check_run_resources
 from spin_ray.store.server import store_url
 
 log = logging.getLogger("spin_ray.launch")
@@ -38,25 +43,73 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived: the run unwinds (actors, Ray, Redis stop) and exits 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 @contextlib.contextmanager
-def ray_session(cfg: RunConfig) -> Iterator[None]:
-    """Join the configured Ray cluster, or start a local one; shut down what we started."""
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise Stopped, also where a shell started us in the background with SIGINT ignored."""
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in stops}
+
+    def stop(signum: int, frame: object) -> None:
+        for other in stops:  # a second signal must not cut the clean-up short and leave processes behind
+            signal.signal(other, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    for signum in stops:
+        signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _init_ray(**options: Any) -> None:
+    """ray.init, keeping our SIGTERM handler: Ray's driver replaces it with a bare sys.exit."""
     import ray
 
-    address = cfg.pipeline.ray_address or os.environ.get("RAY_ADDRESS")
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        ray.init(**options)
+    finally:
+        if main_thread and handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def ray_session(cfg: RunConfig) -> Iterator[None]:
+    """Join the configured Ray cluster or a live local head, else start a local Ray; shut down what we started.
+
+    Without a configured address a head named by Ray's address file is joined only if it is alive
+    (checked in a second); a dead one is ignored and a local Ray started (`address="local"`).
+    """
+    import ray
+
+    address = cfg.pipeline.ray_address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         yield
         return
+    if address in (None, "auto"):
+        address = live_recorded_head()
     try:
-        if address:
-            ray.init(address=address, namespace=cfg.pipeline.ray_namespace, log_to_driver=True)
+        if address and address != "local":
+            _init_ray(address=address, namespace=cfg.pipeline.ray_namespace, log_to_driver=True)
         else:
-            ray.init(namespace=cfg.pipeline.ray_namespace, include_dashboard=False,
-                     configure_logging=False)
+            _init_ray(address="local", namespace=cfg.pipeline.ray_namespace, include_dashboard=False,
+                      configure_logging=False)
     except Exception as err:  # Ray raises ConnectionError, RuntimeError, ... with long texts
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        joining = address and address != "local"
+        where = f"the Ray cluster at {address}" if joining else "a local Ray"
         hint = (" (Ray 2.60 uses token auth: set RAY_AUTH_MODE=token with the cluster's token, "
-                "see deploy/README.md)" if address else "")
+                "see deploy/README.md)" if joining else "")
         raise PipelineError(f"could not start or join {where}: {str(err).splitlines()[0]}{hint}") from None
     try:
         yield
@@ -93,6 +146,7 @@ def run_on_ray(cfg: RunConfig, resume: Path | None = None, progress: bool = True
         max_restarts=0, name=trainer_actor_name(cfg.name), namespace=cfg.pipeline.ray_namespace,
     )
     trainer = actor_class.remote(cfg)
+    _wait_started(trainer, cfg)
     done_ref = trainer.run.remote(str(resume) if resume else None)
     bar = tqdm(total=cfg.train.steps, desc=f"train {cfg.train.mode}", unit="step", disable=not progress)
     shown = 0
@@ -109,15 +163,28 @@ def run_on_ray(cfg: RunConfig, resume: Path | None = None, progress: bool = True
                 break
         return ray.get(done_ref)
     except ray.exceptions.RayTaskError as err:
-        cause = err.as_instanceof_cause()
-        if isinstance(cause, SpinRayError):
-            raise type(cause)(str(cause).splitlines()[-1]) from None
-        raise PipelineError(f"the trainer failed: {str(err).strip().splitlines()[-1]}") from None
+        raise spin_error(err, "the trainer failed") from None
     except ray.exceptions.ActorDiedError as err:
         raise PipelineError(f"the trainer actor died ({str(err).splitlines()[0]}); resume from the last "
                             f"checkpoint with --resume {Path(cfg.output_dir) / 'checkpoints' / 'last.pt'}") from None
     finally:
         bar.close()
+
+
+def _wait_started(trainer: Any, cfg: RunConfig) -> None:
+    """Wait (at most pipeline.startup_timeout_s) until the trainer actor answers; its own failure as a one-line error."""
+    import ray
+
+    try:
+        ray.get(trainer.status.remote(), timeout=cfg.pipeline.startup_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(trainer, no_restart=True)
+        raise PipelineError(
+            f"the trainer actor did not start within {cfg.pipeline.startup_timeout_s:.0f} s "
+            f"(pipeline.startup_timeout_s); it asks for pipeline.trainer_num_cpus: {cfg.pipeline.trainer_num_cpus:g} "
+            f"and pipeline.trainer_num_gpus: {cfg.pipeline.trainer_num_gpus:g} (see `ray status`)") from None
+    except ray.exceptions.RayError as err:
+        raise spin_error(err, "the trainer actor failed to start") from None
 
 
 def prepare_data(cfg: RunConfig, progress: bool) -> None:
@@ -137,6 +204,7 @@ def launch(cfg: RunConfig, resume: Path | None = None, progress: bool = True) ->
     started = time.monotonic()
     with store_url(cfg.store, output_dir / "redis") as url, ray_session(cfg):
         run_cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})
+        check_run_resources(run_cfg)  # fail in seconds on what can never be placed, before anything waits
         if run_cfg.train.workers > 1:  # data-parallel trainers on Ray Train, one shared fitter pool
             from spin_ray.pipeline.train_workers import run_train_workers
 
@@ -167,10 +235,19 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Entry point shared by `python -m spin_ray.launch` and `spin-ray launch`."""
+    """Entry point shared by `python -m spin_ray.launch` and `spin-ray launch`; SIGINT/SIGTERM exit 130/143."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = with_overrides(load_config(args.config), train={"mode": args.mode, "steps": args.steps})
-    print_summary(launch(cfg, args.resume, progress=not args.no_progress))
+    try:
+        with stop_on_signals():
+            summary = launch(cfg, args.resume, progress=not args.no_progress)
+    except Stopped as stopped:
+        name = signal.Signals(stopped.signum).name
+        print(f"{getattr(args, 'prog', 'spin_ray.launch')}: stopped by {name}; actors, Ray and the embedded Redis "
+              f"were shut down; resume with --resume {Path(cfg.output_dir) / 'checkpoints' / 'last.pt'}",
+              file=sys.stderr)
+        return 128 + stopped.signum
+    print_summary(summary)
     return 0
 
 

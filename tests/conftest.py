@@ -94,8 +94,9 @@ def tiny_spin_data(tmp_path_factory):
 def _start_local_ray():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False,
-             configure_logging=False)
+    # address="local": our own Ray, whatever Ray's address file or RAY_ADDRESS name (a dead head's, say).
+    ray.init(address="local", num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20,
+             log_to_driver=False, configure_logging=False)
 
 
 @pytest.fixture

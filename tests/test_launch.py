@@ -149,6 +149,7 @@ def test_lookahead_gives_fresh_fits_and_the_schedule_resizes_the_pool(tmp_path, 
 def test_pool_resize_cli_reaches_the_cluster_and_names_a_missing_run(ray_local):
     """From another process, like an operator's shell on the head node."""
     done = subprocess.run([sys.executable, "-m", "spin_ray.cli", "pool", "resize", "2", "--run", "no-such-run"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": "auto"})
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address})
     assert done.returncode == 1
     assert "no running trainer named 'trainer:no-such-run'" in done.stderr, done.stderr[-2000:]

@@ -12,4 +12,4 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("launch", help="run training on Ray (every mode; async uses the fitter pool)",
                                    description=launcher.__doc__)
     launcher.add_arguments(parser)
-    parser.set_defaults(func=launcher.run_from_args)
+    parser.set_defaults(func=launcher.run_from_args, prog="spin-ray launch")

@@ -32,7 +32,10 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from spin_ray.config import RunConfig
 from spin_ray.errors import ConfigError, PipelineError
 from spin_ray.pipeline.fitter import HEALTH_GROUP
+from spin_ray.pipeline.ray_errors import cause_line as _cause
+from spin_ray.pipeline.ray_errors import spin_error
 from spin_ray.pipeline.requests import FitReport, FitRequest
+from spin_ray.pipeline.resources import check_placeable, fitter_request
 from spin_ray.store.records import FitStoreAddress
 
 if TYPE_CHECKING:  # fitter and pool-service processes need not import the training stack
@@ -206,6 +209,7 @@ class FitterPool:
         self._last_error: str | None = None
         self._closed = False
         self._ray_metrics = _RayMetrics(name)
+        check_placeable([fitter_request(config)])  # in seconds, before any fitter waits for what cannot come
         self.resize(self._pipeline.num_fitters)
         if wait_ready:
             try:
@@ -238,7 +242,7 @@ class FitterPool:
                 "(see `ray status`), or raise pipeline.startup_timeout_s"
             ) from None
         except RayError as err:
-            raise PipelineError(f"pool {self.name}: a fitter failed to start: {_cause(err)}") from None
+            raise spin_error(err, f"pool {self.name}: a fitter failed to start") from None
 
     def fitter_handles(self) -> dict[str, ActorHandle]:
         """Actor handles by fitter id (for health checks and fault tests; the pool still owns them)."""
@@ -576,12 +580,3 @@ def _kill(actor: ActorHandle) -> None:
     except (RayError, ValueError):  # already gone
         pass
 
-
-def _cause(err: BaseException) -> str:
-    """The most useful short line of a Ray error: the user exception's message when there is one."""
-    text = str(err).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error:" in line and not line.startswith("File "):
-            return line[:500]
-    return (lines[0] if lines else type(err).__name__)[:500]

@@ -22,6 +22,8 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 from spin_ray.config import RunConfig
 from spin_ray.errors import PipelineError
 from spin_ray.pipeline.pool import REPORTS_KEPT, FitterPool, PoolMetrics
+from spin_ray.pipeline.ray_errors import cause_line as _cause
+from spin_ray.pipeline.ray_errors import spin_error
 from spin_ray.pipeline.requests import FitReport, FitRequest
 
 if TYPE_CHECKING:  # fitter and pool-service processes need not import the training stack
@@ -129,7 +131,7 @@ def start_pool_service(cfg: RunConfig) -> ActorHandle:
                             f"{cfg.pipeline.startup_timeout_s + 60:.0f} s (see `ray status`)") from None
     except RayError as err:
         ray.kill(service, no_restart=True)
-        raise PipelineError(f"the shared fitter pool of run {cfg.name} failed to start: {_cause(err)}") from None
+        raise spin_error(err, f"the shared fitter pool of run {cfg.name} failed to start") from None
     return service
 
 
@@ -238,8 +240,3 @@ class PoolClient:
             ray.wait(self._in_transit, num_returns=len(self._in_transit), timeout=timeout_s)
         self._settle()
 
-
-def _cause(err: BaseException) -> str:
-    """The last meaningful line of a Ray error."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(err).__name__)[:500]

@@ -31,6 +31,7 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig, config_from_dict
 from spin_ray.errors import ConfigError, PipelineError, SpinRayError
 from spin_ray.model.hmr import HMROutput
+from spin_ray.pipeline.ray_errors import cause_line, remote_spin_error
 from spin_ray.pipeline.pool_service import (
     PoolClient,
     start_pool_service,
@@ -344,7 +345,10 @@ def run_train_workers(cfg: RunConfig, resume: Path | None = None, progress: bool
         except SpinRayError:
             raise
         except Exception as err:  # Ray Train raises TrainingFailedError with the workers' tracebacks
-            raise PipelineError(f"data-parallel training failed: {_last_line(err)}; resume from the last "
+            remote = remote_spin_error(err)
+            if remote is not None:
+                raise remote from None
+            raise PipelineError(f"data-parallel training failed: {cause_line(err)}; resume from the last "
                                 f"checkpoint with --resume {output_dir / 'checkpoints' / CHECKPOINT_FILE}") from None
     summary = _final_summary(result)
     summary["pipeline"] = {**pipeline, "workers": cfg.train.workers, "ray_train_run": str(output_dir / "ray_train" / run_name)}
@@ -364,7 +368,3 @@ def _final_summary(result: Any) -> dict[str, Any]:
         raise PipelineError("data-parallel training ended without rank 0's summary (did it report its final checkpoint?)")
     return dict(summary)
 
-
-def _last_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__
