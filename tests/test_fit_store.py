@@ -183,13 +183,14 @@ def test_corrupt_record_bytes_name_the_key(fit_store):
     fit_store.keep_best("coco", [17, 18], pose, betas, err, 0, "loop")
     key = fit_store.record_key("coco", 17)
     fit_store.client.hset(key, "pose", b"\0" * 300)
-    with pytest.raises(FitStoreError, match=rf"record {key} has 300 bytes of pose, expected 288 \(store written by another schema"):
+    with pytest.raises(FitStoreError, match=rf"{key} \(pose: wrong length: 300 bytes, expected 288\)") as caught:
         fit_store.read("coco", [18, 17])
+    assert "schema" not in str(caught.value)  # say what was found, do not guess why
     fit_store.client.hset(key, mapping={"pose": pose[0].tobytes(), "error": b"not-a-number"})
-    with pytest.raises(FitStoreError, match=rf"record {key} has field error="):
+    with pytest.raises(FitStoreError, match=rf"{key} \(error: not a number: b'not-a-number'\)"):
         fit_store.read("coco", [17])
     fit_store.client.hset(key, mapping={"error": b"1.5", "source": b"oracle"})
-    with pytest.raises(FitStoreError, match=rf"record {key} has source 'oracle'"):
+    with pytest.raises(FitStoreError, match=rf"{key} \(source: unknown: 'oracle'"):
         fit_store.read("coco", [17])
 
 

@@ -1,4 +1,7 @@
-"""`spin-ray store ...`: serve an embedded Redis, and curate a namespace's fits (stats, worst, filter, files, plot)."""
+"""`spin-ray store ...`: serve an embedded Redis, and curate a namespace's fits (stats, worst, filter, plot, gallery).
+
+Import, export and check live in `cli/store_admin.py`.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +10,16 @@ import csv
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 from spin_ray.config import FittingConfig, StoreConfig
 from spin_ray.curate.plots import plot_fit_errors
+from spin_ray.cli.store_common import URL_ENV, add_location_flags, data_locations, open_store
 from spin_ray.errors import FitStoreError
-from spin_ray.store.files import read_parquet_hash
 
-URL_ENV = "SPIN_RAY_REDIS_URL"
 PASSWORD_ENV = "SPIN_RAY_REDIS_PASSWORD"
 _DEFAULT_THRESHOLD = FittingConfig().valid_error_threshold
 _DEFAULT_STORE = StoreConfig()
@@ -24,6 +27,8 @@ _DEFAULT_STORE = StoreConfig()
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `store` and its subcommands to the spin-ray parser."""
+    from spin_ray.cli import store_admin
+
     store = subparsers.add_parser("store", help="the Redis fit store: serve, inspect, curate, import/export")
     sub = store.add_subparsers(dest="store_command", metavar="SUBCOMMAND", required=True)
 
@@ -67,28 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     filt.add_argument("--out", type=Path, default=None, help="CSV file dataset,index,error (default: stdout)")
     filt.set_defaults(func=_filter)
 
-    export = connected("export", "write fits to SPIN's .npy (one dataset) or Parquet (all fields)")
-    export.add_argument("out", type=Path, help="output .npy or .parquet file")
-    export.add_argument("--dataset", action="append", help="dataset(s) to export; .npy needs exactly one")
-    export.add_argument("--size", type=int, default=None, help=".npy rows (dataset length; default max index + 1)")
-    export.add_argument(
-        "--with-paths", action="store_true", help="Parquet: add image_path, center, scale columns (needs --data or --config)"
-    )
-    _add_location_flags(export)
-    export.set_defaults(func=_export)
-
-    imp = connected("import", "import SPIN .npy fits (N, 82) or a Parquet export, keeping the better fit per sample")
-    imp.add_argument("path", type=Path, help="input .npy or .parquet file")
-    imp.add_argument("--dataset", default=None, help="dataset the .npy rows belong to")
-    imp.add_argument("--errors", type=Path, default=None, help="errors .npy (N,) for a .npy import (NaN = no fit)")
-    imp.add_argument("--error", type=float, default=None, help="one error for every row of a .npy import")
-    imp.add_argument("--source", default="static", choices=("static", "loop", "gt"), help="source of .npy fits")
-    imp.add_argument("--step", type=int, default=0, help="trainer step recorded for .npy fits")
-    imp.add_argument(
-        "--body-model-hash", default=None,
-        help="hex identity of the body model of these fits (default: the namespace's, or the Parquet file's)",
-    )  # fmt: skip
-    imp.set_defaults(func=_import)
+    store_admin.register(sub, connected)
 
     plot = connected("plot", "PNG: histogram of errors per dataset and mean error over training steps")
     plot.add_argument("--out", type=Path, default=Path("fit_errors.png"), help="PNG file to write")
@@ -107,35 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gallery.add_argument(
         "--checkpoint", type=Path, default=None, help="training checkpoint: show the network's prediction beside the fit"
     )
-    _add_location_flags(gallery)
+    add_location_flags(gallery)
     gallery.set_defaults(func=_gallery)
-
-
-def _add_location_flags(parser: argparse.ArgumentParser) -> None:
-    """--config / --data: where each dataset's npz and images are (the store holds no paths)."""
-    parser.add_argument("--config", type=Path, default=None, help="run config whose data.datasets name the npz files and image roots")
-    parser.add_argument(
-        "--data", action="append", default=[], metavar="NAME=NPZ[:IMAGE_ROOT]",
-        help="where dataset NAME's npz and images are (IMAGE_ROOT defaults to the npz's folder; repeatable; overrides --config)",
-    )  # fmt: skip
-
-
-# -- connection ---------------------------------------------------------------------------------------
-
-
-def _url(args: argparse.Namespace) -> str:
-    url = args.url or os.environ.get(URL_ENV)
-    if not url:
-        raise FitStoreError(
-            f"no Redis URL: pass --url or set {URL_ENV} (start a server with `spin-ray store serve`)"
-        )
-    return url
-
-
-def _open(args: argparse.Namespace, body_model_hash: str | None = None):
-    from spin_ray.store.fit_store import FitStore
-
-    return FitStore.open(_url(args), args.namespace, body_model_hash=body_model_hash, connect_timeout_s=args.timeout)
 
 
 def _datasets(store, wanted: list[str] | None) -> list[str]:
@@ -180,7 +137,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with open_store(args) as store:
         stats = store.stats(threshold=args.threshold, datasets=_datasets(store, args.dataset))
     if args.json:
         print(stats.model_dump_json(indent=2))
@@ -197,7 +154,23 @@ def _stats(args: argparse.Namespace) -> int:
             print("  fits written over training steps (step range: writes, mean error):")
             for lo, hi, n, mean in _bin_steps(ds.improvements_by_step):
                 print(f"    {lo:>8}-{hi:<8} {n:>8}  {mean:.3g}")
+    print("\n" + integrity_note(stats))
     return 0
+
+
+def integrity_note(stats) -> str:
+    """One line on the namespace's health from what stats read cheaply (bad index errors, the last check)."""
+    poisoned = sum(ds.bad_errors for ds in stats.datasets)
+    last = stats.last_check
+    if poisoned:
+        return f"integrity: CORRUPT: {poisoned} fit(s) have a negative or infinite error; run `spin-ray store check --repair`"
+    if last is None:
+        return "integrity: never checked (stats does not read records); `spin-ray store check` scans every record"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last.time))
+    found = last.corrupt + last.orphans + last.unindexed
+    note = (f"integrity: last check {when}: {last.good} good, {last.corrupt} corrupt, {last.orphans} orphaned, "
+            f"{last.unindexed} unindexed" + (" (repaired)" if last.repaired else ""))
+    return note + ("; run `spin-ray store check --repair`" if found and not last.repaired else "")
 
 
 def _bin_steps(progress: list[tuple[int, int, float]], bins: int = 10) -> list[tuple[int, int, int, float]]:
@@ -215,13 +188,18 @@ def _bin_steps(progress: list[tuple[int, int, float]], bins: int = 10) -> list[t
 
 
 def _worst(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with open_store(args) as store:
         for name in _datasets(store, args.dataset):
             indices, errors = store.worst(name, args.k)
-            stats = store.stats(threshold=args.threshold, datasets=[name]).datasets[0]
+            whole = store.stats(threshold=args.threshold, datasets=[name])
+            stats = whole.datasets[0]
             print(f"{name}: {stats.above_threshold} of {stats.count} fits above {args.threshold:g}; worst {len(indices)}:")
-            for index, error in zip(indices.tolist(), errors.tolist()):
-                print(f"  {name} {index} {error:.4g}")
+            fits = store.read(name, indices, skip_corrupt=True)  # k records: cheap, and worst shows what they hold
+            why = {bad.key: f"CORRUPT ({bad.reason}: {bad.found})" for bad in fits.corrupt}
+            for index, error, found in zip(indices.tolist(), errors.tolist(), fits.found.tolist()):
+                state = "" if found else " " + why.get(store.record_key(name, index), "ORPHAN (index entry without a record)")
+                print(f"  {name} {index} {error:.4g}{state}")
+            print(integrity_note(whole))
     print(
         f"\nto keep only fits at or below the threshold: spin-ray store filter --max-error {args.threshold:g} "
         f"--namespace {args.namespace} --out keep.csv"
@@ -238,7 +216,7 @@ def _filter(args: argparse.Namespace) -> int:
     max_error = float("inf") if args.max_error is None else args.max_error
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
-        with _open(args) as store:
+        with open_store(args) as store:
             writer = csv.writer(out)
             writer.writerow(["dataset", "index", "error"])
             names = _datasets(store, args.dataset)
@@ -261,61 +239,8 @@ def _filter(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    suffix = args.out.suffix.lower()
-    with _open(args) as store:
-        if suffix == ".npy":
-            if args.with_paths:
-                raise FitStoreError("--with-paths adds columns to a Parquet export: name the output .parquet")
-            if not args.dataset or len(args.dataset) != 1:
-                raise FitStoreError("a .npy export holds one dataset: pass exactly one --dataset")
-            path = store.export_npy(args.dataset[0], args.out, size=args.size)
-            print(f"wrote {path} and {path.with_name(path.stem + '.errors.npy')}")
-        elif suffix == ".parquet":
-            locations = _locations(args) if args.with_paths else None
-            path = store.export_parquet(args.out, datasets=args.dataset)
-            if locations is not None:
-                from spin_ray.curate.sample_paths import add_image_paths
-
-                add_image_paths(path, locations)
-            print(f"wrote {path}" + (" (with image_path, center, scale)" if locations is not None else ""))
-        else:
-            raise FitStoreError(f"cannot tell the format of {args.out}: name it .npy (SPIN) or .parquet")
-    return 0
-
-
-def _import(args: argparse.Namespace) -> int:
-    suffix = args.path.suffix.lower()
-    body_hash = args.body_model_hash
-    if body_hash is None and suffix == ".parquet":
-        body_hash = read_parquet_hash(args.path)
-    if body_hash is None:
-        with _open(args) as reader:
-            meta = reader.meta
-        if meta is None:
-            raise FitStoreError(
-                f"namespace {args.namespace!r} is new: pass --body-model-hash so its fits are tied to a body model"
-            )
-        body_hash = meta.body_model_hash
-    with _open(args, body_model_hash=body_hash) as store:
-        if suffix == ".npy":
-            if not args.dataset:
-                raise FitStoreError("a .npy import needs --dataset (the dataset its rows belong to)")
-            if args.errors is not None and args.error is not None:
-                raise FitStoreError("pass --errors FILE or --error VALUE, not both")
-            written = store.import_npy(
-                args.dataset, args.path, args.errors if args.errors is not None else args.error, args.source, args.step
-            )
-            print(f"{args.dataset}: wrote {int(written.sum())} of {written.size} rows (others had a better stored fit or no fit)")
-        elif suffix == ".parquet":
-            print(f"wrote {store.import_parquet(args.path)} records")
-        else:
-            raise FitStoreError(f"cannot tell the format of {args.path}: expected .npy (SPIN) or .parquet")
-    return 0
-
-
 def _plot(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with open_store(args) as store:
         out = plot_fit_errors(store, _datasets(store, args.dataset), args.threshold, args.out)
     print(f"wrote {out}")
     return 0
@@ -341,13 +266,6 @@ def _not_stored(store, names: list[str], ids: set[tuple[str, int]]) -> list[tupl
     return sorted(missing)
 
 
-def _locations(args: argparse.Namespace):
-    from spin_ray.curate.sample_paths import locations_from_config, merge_locations, parse_data_flag
-
-    from_config = locations_from_config(args.config) if args.config is not None else []
-    return merge_locations(from_config, [parse_data_flag(text) for text in args.data])
-
-
 def _gallery(args: argparse.Namespace) -> int:
     from spin_ray.curate.gallery import Selection, build_gallery, load_predictor
     from spin_ray.curate.gallery_page import write_page
@@ -362,10 +280,10 @@ def _gallery(args: argparse.Namespace) -> int:
         if k < 1:
             raise FitStoreError(f"--{mode} {k}: show at least one sample per dataset")
         selection = Selection(mode, k=k, datasets=tuple(args.dataset or ()))
-    locations = _locations(args)
+    locations = data_locations(args)
     body, camera = _gallery_body(args)
     predictor = load_predictor(args.checkpoint, camera) if args.checkpoint is not None else None
-    with _open(args) as store:
+    with open_store(args) as store:
         data = build_gallery(store, selection, locations, args.out, body, camera, args.threshold, predictor)
     page = write_page(data, args.out)
     print(f"wrote {page} ({len(data.cards)} cards" + (f", {len(data.notices)} notices" if data.notices else "") + ")")

@@ -61,7 +61,20 @@ def read_npy_fits(path: Path, errors: str | Path | float | None) -> tuple[np.nda
         if errs.shape != (n,):
             raise FitStoreError(f"errors file {errors} has {errs.size} values, expected {n} (one per row of {path})")
     else:
-        errs = np.full(n, float(errors))
+        value = float(errors)
+        if not (np.isnan(value) or (np.isfinite(value) and value >= 0)):
+            raise FitStoreError(
+                f"error {value} for every row of {path} is not a finite number >= 0: a negative error could never "
+                f"be replaced by a real fit (give e.g. 1000 so that any fit from the loop replaces these)"
+            )
+        errs = np.full(n, value)
+    bad = ~np.isnan(errs) & ~(np.isfinite(errs) & (errs >= 0))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise FitStoreError(
+            f"errors file {errors} row {row} is {errs[row]}, and {int(bad.sum())} row(s) in all are negative or "
+            f"infinite: fit errors must be finite and >= 0 (NaN marks a row without a fit)"
+        )
     return fits.astype(np.float32), errs
 
 

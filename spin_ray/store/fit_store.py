@@ -6,6 +6,8 @@ Keys of a namespace NS (every name is checked by `records.check_name`, so ':' on
 - `spinray:NS:idx:DS`          sorted set: member I, score = error of the stored record
 - `spinray:NS:stats:DS`        hash: `src:S` records per source, `n:STEP` / `s:STEP` count and error sum
                                of the fits written at each trainer step (improvements over time)
+- `spinray:NS:check`           JSON: summary of the last `spin-ray store check` (store/integrity.py)
+- `spinray:NS:quarantine:...`  records `store check --repair` moved aside (kept for a person to look at)
 
 A FitStore holds only its address and a client, so it pickles to its address and reconnects on the
 other side (a Ray actor or another process gets a working store from the same object).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -23,8 +26,10 @@ import numpy as np
 import redis
 
 from spin_ray.errors import FitStoreError
-from spin_ray.store import files
+from spin_ray.store import exports, files
 from spin_ray.store import records as rec
+from spin_ray.store.decode import decode_records
+from spin_ray.store.integrity import load_summary
 from spin_ray.store.lua import INIT_META_LUA, KEEP_BEST_LUA, READ_LUA
 from spin_ray.store.namespace import META_FIELDS, check_meta
 from spin_ray.store.queries import (
@@ -41,7 +46,6 @@ from spin_ray.store.records import (
     NamespaceMeta,
     StoredFits,
     StoreStats,
-    decode_records,
 )
 from spin_ray.store.server import connect, first_line, redact_url, redis_errors, resolve_url
 from spin_ray.store.validation import WriteBatch, as_numpy, group_finite_rows, validate_rows
@@ -130,6 +134,11 @@ class FitStore:
 
     def _meta_key(self) -> str:
         return f"{self._prefix}meta"
+
+    @property
+    def key_prefix(self) -> str:
+        """Every key of this namespace starts with this (`spinray:NS:`)."""
+        return self._prefix
 
     def record_key(self, dataset: str, index: int) -> str:
         """Redis key of the record of sample (dataset, index)."""
@@ -221,6 +230,8 @@ class FitStore:
 
     def _raise_script_error(self, reply: Exception) -> NoReturn:
         text = first_line(reply)
+        if "SPINRAY_BAD" in text:
+            raise FitStoreError(f"the keep-best script refused a write: {text.split('SPINRAY_BAD ')[-1]}")
         if "SPINRAY_META" in text:
             self._meta = None
             raise FitStoreError(
@@ -232,8 +243,12 @@ class FitStore:
 
     # -- reads --------------------------------------------------------------------------------------
 
-    def read(self, dataset: str, indices: Any) -> StoredFits:
-        """The stored best fits of the samples, in one round trip; missing samples have found=False."""
+    def read(self, dataset: str, indices: Any, skip_corrupt: bool = False) -> StoredFits:
+        """The stored best fits of the samples, in one round trip; missing samples have found=False.
+
+        A corrupt record raises FitStoreError naming it, or with `skip_corrupt` reads as missing and is
+        listed in the result's `corrupt`.
+        """
         rec.check_name("dataset", dataset)
         idx = as_numpy(indices, np.int64, "indices").reshape(-1)
         n = idx.shape[0]
@@ -250,7 +265,7 @@ class FitStore:
                 if len(flat) != width * len(keys):
                     raise FitStoreError(f"batch read returned {len(flat)} fields for {len(keys)} records, expected {width} each")
                 replies.extend(zip(*[iter(flat)] * width))
-        return decode_records(f"{self._prefix}fit:{dataset}:", idx, replies)
+        return decode_records(f"{self._prefix}fit:{dataset}:", idx, replies, skip_corrupt)
 
     # -- curation -----------------------------------------------------------------------------------
 
@@ -259,7 +274,7 @@ class FitStore:
         with self._redis_errors("listing datasets"):
             return names_with_prefix(self._client, self._index_key(""))
 
-    def _require_dataset(self, dataset: str) -> None:
+    def require_dataset(self, dataset: str) -> None:
         """Raise FitStoreError if the dataset has no fits here, listing the ones that do."""
         rec.check_name("dataset", dataset)
         with self._redis_errors(f"checking dataset {dataset}"):
@@ -287,7 +302,7 @@ class FitStore:
     def _ranked(self, dataset: str, k: int, highest: bool) -> tuple[np.ndarray, np.ndarray]:
         if k < 1:
             raise FitStoreError(f"k must be >= 1, got {k}")
-        self._require_dataset(dataset)
+        self.require_dataset(dataset)
         with self._redis_errors(f"ranking fits of {dataset}"):
             pairs = self._client.zrange(self._index_key(dataset), 0, k - 1, desc=highest, withscores=True)
         return pairs_to_arrays(pairs)
@@ -296,7 +311,7 @@ class FitStore:
         """(indices, errors) of the samples whose stored error is <= max_error, by index."""
         if not np.isfinite(max_error):
             raise FitStoreError(f"max_error must be a finite number, got {max_error}")
-        self._require_dataset(dataset)
+        self.require_dataset(dataset)
         with self._redis_errors(f"filtering fits of {dataset}"):
             pairs = self._client.zrangebyscore(self._index_key(dataset), "-inf", max_error, withscores=True)
         indices, errors = pairs_to_arrays(pairs)
@@ -321,13 +336,14 @@ class FitStore:
         """Counts per dataset and source, error quantiles, fits above `threshold`, improvements by step."""
         names = list(datasets) if datasets is not None else self.datasets()
         for name in names:
-            self._require_dataset(name)
+            self.require_dataset(name)
         with self._redis_errors("computing statistics"):
             out = [
                 dataset_stats(self._client, name, self._index_key(name), self._stats_key(name), threshold)
                 for name in names
             ]
-        return StoreStats(namespace=self.namespace, meta=self.meta, datasets=out)
+            last_check = load_summary(self._client, self.namespace)
+        return StoreStats(namespace=self.namespace, meta=self.meta, datasets=out, last_check=last_check)
 
     def drop(self) -> int:
         """Delete every key of this namespace (metadata included); the number of keys deleted."""
@@ -338,46 +354,32 @@ class FitStore:
 
     # -- files --------------------------------------------------------------------------------------
 
-    def read_all(self, dataset: str) -> StoredFits:
-        """Every stored fit of the dataset, ordered by index."""
+    def read_all(self, dataset: str, skip_corrupt: bool = False) -> StoredFits:
+        """Every stored fit of the dataset, ordered by index; index entries without a record are dropped (counted)."""
         indices, _ = self.all_errors(dataset)
-        return self.read(dataset, np.sort(indices))
+        fits = self.read(dataset, np.sort(indices), skip_corrupt)
+        orphans = int((~fits.found).sum()) - len(fits.corrupt)
+        return replace(fits.select(fits.found), orphans=orphans)
 
-    def export_npy(self, dataset: str, path: str | Path, size: int | None = None) -> Path:
-        """Write SPIN's (size, 82) float32 fits file (pose 72 + betas 10) and its errors beside it.
-
-        Rows without a fit are zeros with a NaN error. The errors go to `<stem>.errors.npy`.
-        """
-        self._require_dataset(dataset)
-        return files.write_npy_fits(self.read_all(dataset), Path(path), size)
+    def export_npy(self, dataset: str, path: str | Path, size: int | None = None, skip_corrupt: bool = False) -> Path:
+        """SPIN's (size, 82) float32 fits file and `<stem>.errors.npy` (no fit: zeros, NaN); see store/exports.py."""
+        return exports.export_npy(self, dataset, Path(path), size, skip_corrupt).path
 
     def import_npy(
-        self,
-        dataset: str,
-        path: str | Path,
-        errors: str | Path | float | None = None,
-        source: str = "static",
-        step: int = 0,
+        self, dataset: str, path: str | Path, errors: str | Path | float | None = None, source: str = "static", step: int = 0
     ) -> np.ndarray:
         """Import SPIN's (N, 82) fits with keep-best; mask of rows written (NaN-error rows are skipped)."""
         fits, errs = files.read_npy_fits(Path(path), errors)
-        keep = ~np.isnan(errs)
-        rows = np.flatnonzero(keep)
+        rows = np.flatnonzero(~np.isnan(errs))
         written = np.zeros(fits.shape[0], dtype=bool)
         written[rows] = self.keep_best(
             dataset, rows, fits[rows, :POSE_SIZE], fits[rows, POSE_SIZE:], errs[rows], step, source
         )
         return written
 
-    def export_parquet(self, path: str | Path, datasets: Sequence[str] | None = None) -> Path:
-        """Write every field of every record (or of `datasets`) to a Parquet file, by dataset and index."""
-        names = list(datasets) if datasets is not None else self.datasets()
-        for name in names:
-            self._require_dataset(name)
-        meta = self.meta
-        return files.write_parquet(
-            Path(path), {name: self.read_all(name) for name in names}, self.namespace, meta
-        )
+    def export_parquet(self, path: str | Path, datasets: Sequence[str] | None = None, skip_corrupt: bool = False) -> Path:
+        """Every field of every record (or of `datasets`) to a Parquet file, by dataset and index; see store/exports.py."""
+        return exports.export_parquet(self, Path(path), datasets, skip_corrupt).path
 
     def import_parquet(self, path: str | Path) -> int:
         """Import a Parquet export with keep-best (every field kept as written); number of rows written."""

@@ -55,8 +55,10 @@ def dataset_stats(
         rank = int(round(q * (count - 1))) if count else 0
         pipe.zrange(index_key, rank, rank, withscores=True)
     pipe.zcount(index_key, f"({threshold!r}", "+inf")
+    pipe.zcount(index_key, "-inf", "(0")  # errors no sound record has: cheap signs of corruption
+    pipe.zcount(index_key, "+inf", "+inf")
     pipe.hgetall(stats_key)
-    *ranks, above, raw_stats = pipe.execute()
+    *ranks, above, negative, infinite, raw_stats = pipe.execute()
     quantiles = {f"p{100 * q:g}": float(r[0][1]) for q, r in zip(QUANTILES, ranks) if count and r}
     by_source = {k.decode()[4:]: int(v) for k, v in raw_stats.items() if k.startswith(b"src:") and int(v) > 0}
     return DatasetStats(
@@ -65,6 +67,7 @@ def dataset_stats(
         by_source=by_source,
         error_quantiles=quantiles,
         above_threshold=int(above),
+        bad_errors=int(negative) + int(infinite),
         threshold=threshold,
         improvements_by_step=progress_from_stats(raw_stats),
     )

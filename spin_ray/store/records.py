@@ -1,8 +1,8 @@
 """What a stored fit is: pydantic models for the store's edges, batch-read arrays, checked byte packing.
 
 A record is one hash in Redis. Its pose and betas are raw little-endian float32 bytes; every other
-field is a decimal string. Nothing read from Redis is ever unpickled: bytes become arrays only after
-their length has been checked against the schema below.
+field is a decimal string. Nothing read from Redis is ever unpickled: `store/decode.py` turns bytes
+into arrays only after every field has been checked against the schema below.
 """
 
 from __future__ import annotations
@@ -51,28 +51,15 @@ def check_source(source: str) -> str:
     return source
 
 
-def unpack_floats(key: str, field: str, data: bytes | None, size: int) -> np.ndarray:
-    """Decode a little-endian float32 payload of exactly `size` values, naming the key if it is wrong."""
-    expected = size * FLOAT32_LE.itemsize
-    if data is None or len(data) != expected:
-        got = "no" if data is None else str(len(data))
-        raise FitStoreError(
-            f"record {key} has {got} bytes of {field}, expected {expected} "
-            f"(store written by another schema version?)"
-        )
-    return np.frombuffer(data, dtype=FLOAT32_LE).astype(np.float32)
-
-
 def parse_number(key: str, field: str, data: bytes | None, kind: type) -> float | int:
-    """Decode a decimal field of a record hash, naming the key if it is missing or not a number."""
+    """Decode a decimal field of a hash at `key`, naming the key if it is missing or not a number."""
     try:
         if data is None:
             raise ValueError("missing")
         return kind(data.decode("ascii"))
     except (ValueError, UnicodeDecodeError):
         raise FitStoreError(
-            f"record {key} has field {field}={data!r}, expected a {kind.__name__} "
-            f"(store written by another schema version?)"
+            f"{key} has field {field}={data!r}, expected a {kind.__name__}"
         ) from None
 
 
@@ -143,8 +130,8 @@ class FitRecord(BaseModel):
     @field_validator("error")
     @classmethod
     def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("error must be finite")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("error must be finite and >= 0")
         return value
 
 
@@ -156,6 +143,7 @@ class DatasetStats(BaseModel):
     by_source: dict[str, int]
     error_quantiles: dict[str, float] = Field(description="quantile label (p0, p50, ...) -> error")
     above_threshold: int = Field(description="fits whose error exceeds the valid-fit threshold")
+    bad_errors: int = Field(0, description="index entries whose error is negative or infinite (corrupt records)")
     threshold: float
     improvements_by_step: list[tuple[int, int, float]] = Field(
         description="(step, fits written at that step, their mean error), ordered by step"
@@ -167,12 +155,24 @@ class DatasetStats(BaseModel):
         return sum(n for _, n, _ in self.improvements_by_step)
 
 
+class CheckSummary(BaseModel):
+    """What the last `spin-ray store check` of a namespace found (kept in the namespace for `store stats`)."""
+
+    time: float = Field(description="Unix time of the check")
+    good: int
+    corrupt: int
+    orphans: int = Field(description="index entries without a record")
+    unindexed: int = Field(description="sound records missing from their index")
+    repaired: bool = Field(description="the check ran with --repair")
+
+
 class StoreStats(BaseModel):
     """Summary of a whole namespace."""
 
     namespace: str
     meta: NamespaceMeta | None
     datasets: list[DatasetStats]
+    last_check: CheckSummary | None = Field(None, description="the last `store check`, None if never checked")
 
 
 @dataclass(frozen=True)
@@ -188,54 +188,24 @@ class StoredFits:
     source: np.ndarray  # (N,) str, '' where missing
     updates: np.ndarray  # (N,) int64, 0 where missing
     time: np.ndarray  # (N,) float64, NaN where missing
+    corrupt: tuple["BadRecord", ...] = ()  # records met but skipped as unreadable (their rows are not found)
+    orphans: int = 0  # index entries without a record (only `read_all` counts them; those rows are dropped)
+
+    def select(self, rows: np.ndarray) -> "StoredFits":
+        """The rows `rows` (indices or a mask) of this read, with the same corrupt list and orphan count."""
+        return StoredFits(
+            self.indices[rows], self.found[rows], self.pose[rows], self.betas[rows], self.error[rows],
+            self.step[rows], self.source[rows], self.updates[rows], self.time[rows], self.corrupt, self.orphans,
+        )  # fmt: skip
 
 
-def decode_records(key_prefix: str, idx: np.ndarray, replies: list[tuple[bytes | None, ...]]) -> StoredFits:
-    """Arrays from the records' fields (keys `key_prefix + index`); payload lengths are checked first."""
-    n = idx.shape[0]
-    found = np.zeros(n, dtype=bool)
-    error = np.full(n, np.nan)
-    step = np.full(n, -1, dtype=np.int64)
-    updates = np.zeros(n, dtype=np.int64)
-    stamp = np.full(n, np.nan)
-    source = np.full(n, "", dtype="<U6")
-    pose_parts: list[bytes] = []
-    betas_parts: list[bytes] = []
-    zero_pose, zero_betas = bytes(POSE_BYTES), bytes(BETAS_BYTES)
-    for i, (pose, betas, err, stp, src, upd, tim) in enumerate(replies):
-        if pose is None and err is None:
-            pose_parts.append(zero_pose)
-            betas_parts.append(zero_betas)
-            continue
-        key = f"{key_prefix}{int(idx[i])}"
-        if pose is None or len(pose) != POSE_BYTES:
-            unpack_floats(key, "pose", pose, POSE_SIZE)  # raises with the byte counts
-        if betas is None or len(betas) != BETAS_BYTES:
-            unpack_floats(key, "betas", betas, BETAS_SIZE)
-        found[i] = True
-        pose_parts.append(pose)
-        betas_parts.append(betas)
-        error[i] = parse_number(key, "error", err, float)
-        step[i] = parse_number(key, "step", stp, int)
-        updates[i] = parse_number(key, "updates", upd, int)
-        stamp[i] = parse_number(key, "time", tim, float)
-        name = (src or b"").decode("ascii", errors="replace")
-        if name not in SOURCES:
-            raise FitStoreError(
-                f"record {key} has source {name!r}, expected one of {', '.join(SOURCES)} "
-                f"(store written by another schema version?)"
-            )
-        source[i] = name
-    pose_arr = np.frombuffer(b"".join(pose_parts), dtype=FLOAT32_LE).reshape(n, POSE_SIZE)
-    betas_arr = np.frombuffer(b"".join(betas_parts), dtype=FLOAT32_LE).reshape(n, BETAS_SIZE)
-    return StoredFits(
-        indices=idx,
-        found=found,
-        pose=pose_arr.astype(np.float32),
-        betas=betas_arr.astype(np.float32),
-        error=error,
-        step=step,
-        source=source,
-        updates=updates,
-        time=stamp,
-    )
+@dataclass(frozen=True)
+class BadRecord:
+    """A record hash that cannot be read as a fit: its key, a short reason (for counting) and what was found."""
+
+    key: str
+    reason: str  # e.g. "pose: wrong length", "error: negative"
+    found: str  # e.g. "3 bytes, expected 288"
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.reason}: {self.found})"

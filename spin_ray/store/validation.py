@@ -75,11 +75,12 @@ def validate_rows(
     if (idx < 0).any():
         row = _first_bad_row(idx < 0)
         raise FitStoreError(f"indices[{row}] is {idx[row]}: sample indices are rows of a dataset, >= 0")
-    if not np.isfinite(err).all():
-        row = _first_bad_row(~np.isfinite(err))
+    bad_error = ~np.isfinite(err) | (err < 0)
+    if bad_error.any():
+        row = _first_bad_row(bad_error)
         raise FitStoreError(
-            f"errors[{row}] (sample {dataset}:{idx[row]}) is {err[row]}: errors must be finite "
-            f"(do not write failed fits)"
+            f"errors[{row}] (sample {dataset}:{idx[row]}) is {err[row]}: a fit error must be finite and >= 0 "
+            f"(do not write failed fits; a negative error would never be replaced)"
         )
     for name, arr in (("poses", pose), ("betas", shape)):
         bad = ~np.isfinite(arr).all(axis=1)

@@ -17,6 +17,7 @@ Ground-truth SMPL (`has_smpl`) always replaces a stored fit with error 0, as in 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -31,10 +32,12 @@ from spin_ray.fitting.canonical_fits import fit_predictions
 from spin_ray.fitting.smplify import SmplifyParams
 from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
 from spin_ray.model.hmr import HMROutput
+from spin_ray.store.decode import describe
 from spin_ray.store.fit_store import FitStore
 from spin_ray.train.losses import valid_fit_mask
 
 Batch = Mapping[str, Any]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ def read_stored_fits_with_steps(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
     """`read_stored_fits` plus the trainer step (B,) that wrote each fit (0: static, -1: none).
 
-    One read per dataset in the batch (a mixed batch has a few).
+    One read per dataset in the batch (a mixed batch has a few). A corrupt record is "no fit", with one
+    warning per batch naming it: training goes on, `spin-ray store check --repair` clears it.
     """
     datasets, indices = batch_samples(batch)
     n = len(indices)
@@ -117,14 +121,19 @@ def read_stored_fits_with_steps(
     error = np.full(n, np.inf)
     step = np.full(n, -1, np.int64)
     names = np.asarray(datasets)
+    corrupt = []
     for name in dict.fromkeys(datasets):
         rows = np.flatnonzero(names == name)
-        stored = store.read(name, indices[rows])
+        stored = store.read(name, indices[rows], skip_corrupt=True)
+        corrupt.extend(stored.corrupt)
         found = rows[stored.found]
         pose[found] = stored.pose[stored.found]
         betas[found] = stored.betas[stored.found][:, :num_betas]
         error[found] = stored.error[stored.found]
         step[found] = stored.step[stored.found]
+    if corrupt:
+        log.warning("%d corrupt fit record(s) read as no fit: %s; run `spin-ray store check --repair`",
+                    len(corrupt), describe(corrupt))
     return torch.from_numpy(pose), torch.from_numpy(betas), torch.from_numpy(error).float(), step
 
 

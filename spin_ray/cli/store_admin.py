@@ -1,0 +1,159 @@
+"""`spin-ray store export | import | check`: fits to and from files, and finding and repairing corrupt records."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from spin_ray.cli.store_common import add_location_flags, data_locations, open_store
+from spin_ray.errors import FitStoreError
+from spin_ray.store.files import read_parquet_hash
+
+SHOWN = 10  # keys listed per kind of fault by `check`
+PROGRESS_MIN = 10_000  # scans at least this big show a progress bar (on a terminal)
+
+
+def register(sub: argparse._SubParsersAction, connected: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """Add export, import and check to `spin-ray store`; `connected` makes a parser with --url/--namespace/--timeout."""
+    export = connected("export", "write fits to SPIN's .npy (one dataset) or Parquet (all fields)")
+    export.add_argument("out", type=Path, help="output .npy or .parquet file")
+    export.add_argument("--dataset", action="append", help="dataset(s) to export; .npy needs exactly one")
+    export.add_argument("--size", type=int, default=None, help=".npy rows (dataset length; default max index + 1)")
+    export.add_argument(
+        "--with-paths", action="store_true", help="Parquet: add image_path, center, scale columns (needs --data or --config)"
+    )
+    export.add_argument(
+        "--skip-corrupt", action="store_true",
+        help="write the sound records and count the corrupt ones (default: refuse to export a store with corrupt records)",
+    )  # fmt: skip
+    add_location_flags(export)
+    export.set_defaults(func=_export)
+
+    imp = connected("import", "import SPIN .npy fits (N, 82) or a Parquet export, keeping the better fit per sample")
+    imp.add_argument("path", type=Path, help="input .npy or .parquet file")
+    imp.add_argument("--dataset", default=None, help="dataset the .npy rows belong to")
+    imp.add_argument("--errors", type=Path, default=None, help="errors .npy (N,) for a .npy import (NaN = no fit)")
+    imp.add_argument("--error", type=float, default=None, help="one error (finite, >= 0) for every row of a .npy import")
+    imp.add_argument("--source", default="static", choices=("static", "loop", "gt"), help="source of .npy fits")
+    imp.add_argument("--step", type=int, default=0, help="trainer step recorded for .npy fits")
+    imp.add_argument(
+        "--body-model-hash", default=None,
+        help="hex identity of the body model of these fits (default: the namespace's, or the Parquet file's)",
+    )  # fmt: skip
+    imp.set_defaults(func=_import)
+
+    check = connected("check", "scan every record: count corrupt records and orphaned index entries (exit 1 if any)")
+    check.add_argument(
+        "--repair", action="store_true",
+        help="move corrupt records to <namespace>:quarantine:... (kept) and remove orphaned index entries",
+    )  # fmt: skip
+    check.add_argument("--all-namespaces", action="store_true", help="check every namespace on the server")
+    check.set_defaults(func=_check)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from spin_ray.store import exports
+
+    suffix = args.out.suffix.lower()
+    with open_store(args) as store:
+        if suffix == ".npy":
+            if args.with_paths:
+                raise FitStoreError("--with-paths adds columns to a Parquet export: name the output .parquet")
+            if not args.dataset or len(args.dataset) != 1:
+                raise FitStoreError("a .npy export holds one dataset: pass exactly one --dataset")
+            report = exports.export_npy(store, args.dataset[0], args.out, args.size, args.skip_corrupt)
+            print(f"wrote {report.path} and {report.path.with_name(report.path.stem + '.errors.npy')}")
+        elif suffix == ".parquet":
+            locations = data_locations(args) if args.with_paths else None
+            report = exports.export_parquet(store, args.out, args.dataset, args.skip_corrupt)
+            if locations is not None:
+                from spin_ray.curate.sample_paths import add_image_paths
+
+                add_image_paths(report.path, locations)
+            print(f"wrote {report.path}" + (" (with image_path, center, scale)" if locations is not None else ""))
+        else:
+            raise FitStoreError(f"cannot tell the format of {args.out}: name it .npy (SPIN) or .parquet")
+    print(f"{report.rows} records written", file=sys.stderr)
+    if report.corrupt:
+        print(f"skipped {len(report.corrupt)} corrupt record(s) (--skip-corrupt); "
+              f"`spin-ray store check --repair` quarantines them", file=sys.stderr)
+    if report.orphans:
+        print(f"left out {report.orphans} index entr(ies) without a record (orphans); "
+              f"`spin-ray store check --repair` removes them", file=sys.stderr)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    suffix = args.path.suffix.lower()
+    body_hash = args.body_model_hash
+    if body_hash is None and suffix == ".parquet":
+        body_hash = read_parquet_hash(args.path)
+    if body_hash is None:
+        with open_store(args) as reader:
+            meta = reader.meta
+        if meta is None:
+            raise FitStoreError(
+                f"namespace {args.namespace!r} is new: pass --body-model-hash so its fits are tied to a body model"
+            )
+        body_hash = meta.body_model_hash
+    with open_store(args, body_model_hash=body_hash) as store:
+        if suffix == ".npy":
+            if not args.dataset:
+                raise FitStoreError("a .npy import needs --dataset (the dataset its rows belong to)")
+            if args.errors is not None and args.error is not None:
+                raise FitStoreError("pass --errors FILE or --error VALUE, not both")
+            written = store.import_npy(
+                args.dataset, args.path, args.errors if args.errors is not None else args.error, args.source, args.step
+            )
+            print(f"{args.dataset}: wrote {int(written.sum())} of {written.size} rows (others had a better stored fit or no fit)")
+        elif suffix == ".parquet":
+            print(f"wrote {store.import_parquet(args.path)} records")
+        else:
+            raise FitStoreError(f"cannot tell the format of {args.path}: expected .npy (SPIN) or .parquet")
+    return 0
+
+
+def _listed(keys: list[str]) -> str:
+    more = len(keys) - SHOWN
+    return ", ".join(keys[:SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
+def _check(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from spin_ray.store import integrity
+    from spin_ray.store.server import redis_errors
+
+    problems = False
+    with open_store(args) as store, redis_errors(store.address.url.get_secret_value(), "checking the store"):
+        names = integrity.namespaces(store.client) if args.all_namespaces else [args.namespace]
+        if not names:
+            print("no namespaces on this server")
+        for name in names:
+            total = integrity.scan_size(store.client, name)
+            with tqdm(total=total, desc=f"checking {name}", unit="entry", disable=None if total >= PROGRESS_MIN else True) as bar:
+                report = integrity.scan(store.client, name, on_progress=bar.update)
+            print(f"namespace {name}: {report.good} good, {len(report.corrupt)} corrupt, "
+                  f"{len(report.orphans)} orphaned index entries, {len(report.unindexed)} unindexed records")
+            if report.corrupt:
+                print("  corrupt by reason: " + ", ".join(f"{r} {n}" for r, n in report.by_reason().items()))
+                print("  corrupt: " + _listed([str(b) for b in report.corrupt]))
+            if report.orphans:
+                print("  orphaned (indexed, no record): " + _listed(report.orphans))
+            if report.unindexed:
+                print("  unindexed (record, no index entry): " + _listed(report.unindexed))
+            if args.repair and not report.clean:
+                integrity.repair(store.client, report)
+                moved = [f"{k} -> {q}" for k, q in report.quarantined.items()]
+                print(f"  repaired: quarantined {len(moved)} record(s)" + (f" ({_listed(moved)})" if moved else "")
+                      + f"; removed {report.orphans_removed} orphaned index entries; indexed {report.indexed} records")
+                fixed = len(moved) == len(report.corrupt) and report.orphans_removed == len(report.orphans)
+                problems |= not (fixed and report.indexed == len(report.unindexed))
+            else:
+                problems |= not report.clean
+            integrity.save_summary(store.client, name, report.summary(args.repair))
+    if problems and not args.repair:
+        print("to quarantine corrupt records and drop orphaned index entries: spin-ray store check --repair", file=sys.stderr)
+    return 1 if problems else 0

@@ -1,0 +1,231 @@
+"""The fit store refuses poison at every write path and finds, skips or quarantines corrupt records (real Redis)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import redis
+import torch
+
+from spin_ray.cli import main
+from spin_ray.errors import FitStoreError
+from spin_ray.store import files, integrity
+from spin_ray.store.records import SCHEMA_VERSION, StoredFits
+from spin_ray.train.supervision import read_stored_fits_with_steps
+
+from conftest import TEST_BODY_HASH
+
+N = 8
+
+
+def _rows(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 72)).astype(np.float32), rng.normal(size=(n, 10)).astype(np.float32)
+
+
+@pytest.fixture
+def eight(fit_store):
+    """A namespace with N coco fits, errors 10..17."""
+    pose, betas = _rows(N)
+    fit_store.keep_best("coco", np.arange(N), pose, betas, 10.0 + np.arange(N), 0, "static")
+    return fit_store
+
+
+def _cli(capsys, store, *argv):
+    url = store.address.url.get_secret_value()
+    code = main(["store", argv[0], "--url", url, "--namespace", store.namespace, *argv[1:]])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _keys(store, kind: str) -> set[str]:
+    return {k.decode() for k in store.client.scan_iter(match=f"{store.key_prefix}{kind}:*")}
+
+
+# -- writes ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [-5.0, float("nan"), float("inf")], ids=["negative", "nan", "inf"])
+def test_keep_best_refuses_a_bad_error(fit_store, bad):
+    pose, betas = _rows(3)
+    with pytest.raises(FitStoreError, match=rf"errors\[1\] \(sample coco:11\) is {bad}: a fit error must be finite and >= 0"):
+        fit_store.keep_best("coco", [10, 11, 12], pose, betas, [1.0, bad, 2.0], 0, "loop")
+    assert fit_store.count("coco") == 0  # the whole batch is refused before anything is sent
+
+
+def test_keep_best_refuses_a_non_finite_pose(fit_store):
+    pose, betas = _rows(2)
+    pose[1, 5] = np.inf
+    with pytest.raises(FitStoreError, match=r"poses\[1\] \(sample coco:1\) holds NaN or inf"):
+        fit_store.keep_best("coco", [0, 1], pose, betas, [1.0, 2.0], 0, "loop")
+
+
+def test_import_refuses_a_negative_error(capsys, fit_store, tmp_path):
+    pose, betas = _rows(4)
+    np.save(tmp_path / "fits.npy", np.concatenate([pose, betas], axis=1))
+    code, _, err = _cli(capsys, fit_store, "import", str(tmp_path / "fits.npy"), "--dataset", "coco", "--error", "-5")
+    assert code == 1
+    assert "FitStoreError: error -5.0 for every row of" in err and "not a finite number >= 0" in err
+    errors = np.array([1.0, np.nan, 3.0, -2.0])  # NaN: no fit (allowed); -2: refused, by row
+    np.save(tmp_path / "errors.npy", errors)
+    code, _, err = _cli(capsys, fit_store, "import", str(tmp_path / "fits.npy"), "--dataset", "coco",
+                        "--errors", str(tmp_path / "errors.npy"))  # fmt: skip
+    assert code == 1 and "row 3 is -2.0" in err
+    assert fit_store.count("coco") == 0
+
+
+def test_parquet_import_refuses_a_negative_error(fit_store, tmp_path):
+    pose, betas = _rows(2)
+    fits = StoredFits(
+        np.array([0, 1]), np.ones(2, bool), pose, betas, np.array([1.0, -1.0]), np.zeros(2, np.int64),
+        np.array(["loop", "loop"]), np.ones(2, np.int64), np.full(2, 1.7e9),
+    )  # fmt: skip
+    path = files.write_parquet(tmp_path / "bad.parquet", {"coco": fits}, fit_store.namespace, fit_store.meta)
+    with pytest.raises(FitStoreError, match=r"errors\[1\] \(sample coco:1\) is -1.0"):
+        fit_store.import_parquet(path)
+    assert fit_store.count("coco") == 0
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("error", b"-5"), ("error", b"nan"), ("error", b"inf"), ("pose", b"abc"), ("pose", np.full(72, np.nan, "<f4").tobytes())],
+    ids=["negative", "nan", "inf", "short-pose", "nan-pose"],
+)
+def test_keep_best_script_refuses_poison_on_its_own(fit_store, field, value):
+    # Called directly, as a client that skips Python's validation would.
+    pose, betas = _rows(1)
+    args = {"error": b"1.0", "pose": pose[0].tobytes(), "betas": betas[0].tobytes()}
+    args[field] = value
+    prefix = fit_store.key_prefix
+    keys = [f"{prefix}fit:coco:0", f"{prefix}idx:coco", f"{prefix}stats:coco", f"{prefix}meta"]
+    with pytest.raises(redis.exceptions.ResponseError, match=f"SPINRAY_BAD {keys[0]}: "):
+        fit_store.client.evalsha(
+            fit_store._keep_best.sha, 4, *keys, args["error"], args["pose"], args["betas"], 0, "loop", 1.7e9, 0,
+            SCHEMA_VERSION, TEST_BODY_HASH, "",
+        )  # fmt: skip
+    assert fit_store.client.exists(keys[0]) == 0 and fit_store.client.zcard(keys[1]) == 0
+
+
+def test_a_poisoned_record_from_an_older_store_is_reported_and_replaced(capsys, eight):
+    # What `import --error -5` used to leave behind: a negative error in the record and its index.
+    eight.client.hset(eight.record_key("coco", 2), "error", b"-5.0")
+    eight.client.zadd(f"{eight.key_prefix}idx:coco", {"2": -5.0})
+    code, out, _ = _cli(capsys, eight, "stats")
+    assert code == 0 and "integrity: CORRUPT: 1 fit(s) have a negative or infinite error" in out
+    pose, betas = _rows(1, seed=9)
+    assert eight.keep_best("coco", [2], pose, betas, [50.0], 3, "loop").all()  # any sound fit replaces poison
+    assert eight.read("coco", [2]).error[0] == 50.0
+    assert "integrity: never checked" in _cli(capsys, eight, "stats")[1]
+
+
+# -- reads -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def corrupt(eight):
+    """`eight` with record 3's pose overwritten by 3 bytes."""
+    eight.client.hset(eight.record_key("coco", 3), "pose", b"abc")
+    return eight
+
+
+def test_export_refuses_a_corrupt_record_naming_it(capsys, corrupt, tmp_path):
+    key = corrupt.record_key("coco", 3)
+    code, _, err = _cli(capsys, corrupt, "export", str(tmp_path / "all.parquet"))
+    assert code == 1
+    assert f"1 corrupt record(s): {key} (pose: wrong length: 3 bytes, expected 288)" in err
+    assert "spin-ray store check --repair" in err and "--skip-corrupt" in err and "schema" not in err
+    assert not (tmp_path / "all.parquet").exists()
+
+
+def test_export_skip_corrupt_writes_the_sound_rows(capsys, corrupt, tmp_path):
+    import pyarrow.parquet as pq
+
+    code, _, err = _cli(capsys, corrupt, "export", str(tmp_path / "all.parquet"), "--skip-corrupt")
+    assert code == 0 and "7 records written" in err and "skipped 1 corrupt record(s)" in err
+    table = pq.read_table(tmp_path / "all.parquet")
+    assert sorted(table.column("index").to_pylist()) == [0, 1, 2, 4, 5, 6, 7]
+
+
+def test_training_read_skips_a_corrupt_record_with_a_count(corrupt, caplog):
+    batch = {"dataset": "coco", "index": torch.arange(N)}
+    with caplog.at_level(logging.WARNING, logger="spin_ray.train.supervision"):
+        pose, _, error, step = read_stored_fits_with_steps(corrupt, batch, 10)
+    assert torch.isinf(error[3]) and step[3] == -1 and not pose[3].any()  # "no fit"
+    assert torch.isfinite(error[np.r_[0:3, 4:N]]).all()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "1 corrupt fit record(s) read as no fit" in warnings[0]
+    assert corrupt.record_key("coco", 3) in warnings[0]
+
+
+def test_worst_marks_corrupt_and_orphaned_entries(capsys, corrupt):
+    corrupt.client.zadd(f"{corrupt.key_prefix}idx:coco", {"3": 99.0, "40": 98.0})  # 3 corrupt, 40 has no record
+    code, out, _ = _cli(capsys, corrupt, "worst", "--k", "3")
+    lines = [line for line in out.splitlines() if line.startswith("  coco")]
+    assert code == 0
+    assert lines[0].startswith("  coco 3 99 CORRUPT (pose: wrong length")
+    assert lines[1] == "  coco 40 98 ORPHAN (index entry without a record)"
+    assert lines[2] == "  coco 7 17"
+
+
+def test_orphan_index_entry_is_never_exported(capsys, eight, tmp_path):
+    import pyarrow.parquet as pq
+
+    eight.client.zadd(f"{eight.key_prefix}idx:coco", {"99": 1.0})
+    code, _, err = _cli(capsys, eight, "export", str(tmp_path / "all.parquet"))
+    assert code == 0 and pq.read_table(tmp_path / "all.parquet").num_rows == N
+    assert "left out 1 index entr(ies) without a record" in err
+    assert _cli(capsys, eight, "export", str(tmp_path / "coco.npy"), "--dataset", "coco")[0] == 0
+    assert np.load(tmp_path / "coco.npy").shape == (N, 82)  # not 100 rows
+
+
+# -- check -------------------------------------------------------------------------------------------
+
+
+def _damage(store) -> dict[str, str]:
+    """One fault of each kind; their keys."""
+    p, c = store.key_prefix, store.client
+    keys = {"pose": store.record_key("coco", 3), "nan": store.record_key("coco", 4), "type": store.record_key("coco", 5),
+            "orphan": store.record_key("coco", 99), "unindexed": store.record_key("coco", 6)}  # fmt: skip
+    c.hset(keys["pose"], "pose", b"abc")
+    c.hset(keys["nan"], "error", b"nan")
+    c.delete(keys["type"])
+    c.set(keys["type"], b"not a hash")
+    c.zadd(f"{p}idx:coco", {"99": 1.0})
+    c.zrem(f"{p}idx:coco", "6")
+    return keys
+
+
+def test_check_finds_repairs_and_quarantines(capsys, eight):
+    keys = _damage(eight)
+    code, out, err = _cli(capsys, eight, "check")
+    assert code == 1
+    assert "5 good, 3 corrupt, 1 orphaned index entries, 1 unindexed records" in out
+    assert "pose: wrong length 1" in out and "error: not finite 1" in out and "not a hash 1" in out
+    assert all(key in out for key in keys.values()) and "check --repair" in err
+    stats = _cli(capsys, eight, "stats")[1]  # stats shows the last check without scanning
+    assert "5 good, 3 corrupt, 1 orphaned, 1 unindexed; run `spin-ray store check --repair`" in stats
+
+    code, out, _ = _cli(capsys, eight, "check", "--repair")
+    assert code == 0 and "quarantined 3 record(s)" in out and "removed 1 orphaned" in out and "indexed 1" in out
+    assert "3 corrupt, 1 orphaned, 1 unindexed (repaired)" in _cli(capsys, eight, "stats")[1]
+    assert _cli(capsys, eight, "check")[:2] == (0, f"namespace {eight.namespace}: 5 good, 0 corrupt, "
+                                                   "0 orphaned index entries, 0 unindexed records\n")  # fmt: skip
+    quarantined = f"{eight.key_prefix}quarantine:fit:coco:3"
+    assert eight.client.hget(quarantined, "pose") == b"abc"  # kept whole, for a person to look at
+    assert eight.client.get(f"{eight.key_prefix}quarantine:fit:coco:5") == b"not a hash"
+    assert eight.count("coco") == 5 and eight.read("coco", [3, 4, 5]).found.tolist() == [False] * 3
+    pose, betas = _rows(1, seed=4)
+    assert eight.keep_best("coco", [3], pose, betas, [30.0], 1, "loop").all()  # the sample can get a fit again
+
+
+def test_repair_leaves_a_record_rewritten_since_the_scan(eight):
+    eight.client.hset(eight.record_key("coco", 3), "pose", b"abc")
+    report = integrity.scan(eight.client, eight.namespace)
+    assert [b.key for b in report.corrupt] == [eight.record_key("coco", 3)]
+    pose, betas = _rows(1, seed=5)
+    assert eight.keep_best("coco", [3], pose, betas, [99.0], 2, "loop").all()  # a corrupt record is replaceable
+    integrity.repair(eight.client, report)
+    assert report.quarantined == {} and not _keys(eight, "quarantine")
+    np.testing.assert_array_equal(eight.read("coco", [3]).pose[0], pose[0])
