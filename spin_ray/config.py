@@ -52,6 +52,10 @@ class FittingConfig(Section):
     valid_error_threshold: float = Field(100.0, gt=0, description="fits with a higher ranking error do not supervise")
     max_abs_beta: float = Field(3.0, gt=0, description="fits with any |beta| above this supervise only towards the mean")
     joints_only: bool = Field(True, description="use the joints-only forward in the loss (False: full mesh)")
+    ignored_joints: tuple[str, ...] | None = Field(
+        None, description="names of the 49 keypoints that the body stage and the ranking error ignore; None: SPIN's "
+                          "five (OP Neck, OP RHip, OP LHip, Right Hip, Left Hip; spin_ray/body/joints.py)"
+    )
 
 
 class StoreConfig(Section):

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from spin_ray.body.body_model import BodyModel
-from spin_ray.config import CameraConfig, RunConfig
+from spin_ray.config import CameraConfig, FittingConfig, RunConfig
 from spin_ray_sim.fitting_problems import synthetic_problems
 from spin_ray.pipeline.requests import FitRequest
 from spin_ray_sim.synthetic import synthetic_request
@@ -40,7 +40,7 @@ def seed_store(store: FitStore, body: BodyModel, camera: CameraConfig, batch: in
     problem = synthetic_problems(body, batch, g, camera)
     pose = problem.pose + noise * torch.randn(problem.pose.shape, generator=torch.Generator().manual_seed(seed + 999))
     betas = torch.zeros_like(problem.betas)
-    error = score_fits(body, pose, betas, problem.keypoints_2d, camera, 100.0)
+    error = score_fits(body, pose, betas, problem.keypoints_2d, camera, FittingConfig())
     indices = np.arange(first_index, first_index + batch)
     assert store.keep_best(dataset, indices, pose, betas, error, step=0, source="static").all()
     return error.numpy()

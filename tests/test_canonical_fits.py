@@ -30,11 +30,11 @@ def test_fit_from_augmented_view_reads_back_identical_and_scores_like_canonical(
     # What a fitter sees: the batch's augmented keypoints and a fit of the augmented view.
     seen_kp = augment_keypoints(canonical_kp, aug)
     seen_pose = augment_pose(problem.pose, aug)
-    fits = to_canonical(body, seen_pose, problem.betas, seen_kp, aug, CFG.camera, CFG.fitting.gmof_sigma)
+    fits = to_canonical(body, seen_pose, problem.betas, seen_kp, aug, CFG.camera, CFG.fitting)
     # Compare rotations, not axis-angle vectors: near pi, (axis, angle) and (-axis, 2 pi - angle) agree.
     as_matrices = lambda pose: axis_angle_to_matrix(pose.view(-1, 24, 3))  # noqa: E731
     assert torch.allclose(as_matrices(fits.pose), as_matrices(problem.pose), atol=1e-4)
-    direct = score_fits(body, problem.pose, problem.betas, problem.keypoints_2d, CFG.camera, CFG.fitting.gmof_sigma)
+    direct = score_fits(body, problem.pose, problem.betas, problem.keypoints_2d, CFG.camera, CFG.fitting)
     assert torch.allclose(fits.error, direct, atol=1e-2)
     assert (fits.error < 1.0).all()  # the truth reprojects onto its own keypoints
 
@@ -42,7 +42,7 @@ def test_fit_from_augmented_view_reads_back_identical_and_scores_like_canonical(
 def test_a_worse_fit_scores_higher():
     body = BodyModel.embedded()
     problem = synthetic_problems(body, 8, torch.Generator().manual_seed(3), CFG.camera)
-    good = score_fits(body, problem.pose, problem.betas, problem.keypoints_2d, CFG.camera, 100.0)
+    good = score_fits(body, problem.pose, problem.betas, problem.keypoints_2d, CFG.camera, CFG.fitting)
     noisy_pose = problem.pose + 0.3 * torch.randn(problem.pose.shape, generator=torch.Generator().manual_seed(0))
-    bad = score_fits(body, noisy_pose, problem.betas, problem.keypoints_2d, CFG.camera, 100.0)
+    bad = score_fits(body, noisy_pose, problem.betas, problem.keypoints_2d, CFG.camera, CFG.fitting)
     assert (bad > good).all()

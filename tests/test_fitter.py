@@ -40,7 +40,7 @@ def test_fit_request_beats_the_prediction_in_the_canonical_frame(body):
     fits = fit_request(body, load_pose_prior(CFG.fitting), request, CFG.fitting, CFG.camera)
     as_t = torch.from_numpy
     before = to_canonical(body, as_t(request.pose), as_t(request.betas), as_t(request.keypoints), as_t(request.aug),
-                            CFG.camera, CFG.fitting.gmof_sigma)
+                            CFG.camera, CFG.fitting)
     assert torch.isfinite(fits.error).all()
     assert fits.error.mean() < 0.5 * before.error.mean()
     # The error is the canonical one: re-scoring the canonical pose against canonical keypoints gives it back.
@@ -48,7 +48,7 @@ def test_fit_request_beats_the_prediction_in_the_canonical_frame(body):
     from spin_ray_sim.fitting_problems import synthetic_problems
 
     truth = synthetic_problems(body, 8, g, CFG.camera)
-    rescored = score_fits(body, fits.pose, fits.betas, truth.keypoints_2d, CFG.camera, CFG.fitting.gmof_sigma)
+    rescored = score_fits(body, fits.pose, fits.betas, truth.keypoints_2d, CFG.camera, CFG.fitting)
     assert torch.allclose(rescored, fits.error, rtol=1e-3, atol=1e-2)
 
 

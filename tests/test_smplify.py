@@ -130,3 +130,44 @@ def test_bad_shapes_are_refused(body, prior, problem):
                                  problem.params.betas, problem.params.camera_t)
     with pytest.raises(InputError, match="init.body_pose"):
         smplify(body, prior, problem.keypoints_2d, wrong, CFG.fitting, CFG.camera)
+
+
+# -- the joints SPIN ignores in its body stage and its ranking error ----------------------------------
+
+
+def test_spin_ignores_the_neck_and_all_four_hips_in_the_body_stage_and_the_ranking():
+    from spin_ray.body.joints import SPIN49_IGNORED_IN_FIT
+
+    assert sorted(SPIN49_NAMES[i] for i in SPIN49_IGNORED_IN_FIT) == sorted(
+        ["OP Neck", "OP RHip", "OP LHip", "Right Hip", "Left Hip"])
+
+
+def _moved(keypoints: torch.Tensor, name: str, pixels: float = 40.0) -> torch.Tensor:
+    moved = keypoints.clone()
+    moved[:, SPIN49_NAMES.index(name), :2] += pixels
+    return moved
+
+
+@pytest.mark.parametrize("name, counts", [("OP Neck", False), ("Right Hip", False), ("Left Hip", False),
+                                          ("OP RHip", False), ("Right Knee", True), ("OP Nose", True)])
+def test_moving_an_ignored_keypoint_leaves_the_ranking_error_alone(body, problem, name, counts):
+    from spin_ray.fitting.scoring import score_fits
+
+    kp = problem.keypoints_2d[:8]
+    before = score_fits(body, problem.pose[:8], problem.betas[:8], kp, CFG.camera, CFG.fitting)
+    after = score_fits(body, problem.pose[:8], problem.betas[:8], _moved(kp, name), CFG.camera, CFG.fitting)
+    assert (after > before + 1e-3).all() if counts else torch.allclose(after, before, atol=1e-4)
+
+
+def test_ignored_joints_is_a_config_value_for_other_skeletons(body, problem):
+    from spin_ray.fitting.scoring import score_fits
+
+    kp = problem.keypoints_2d[:8]
+    only_openpose_hips = CFG.fitting.model_copy(update={"ignored_joints": ("OP RHip", "OP LHip")})
+    before = score_fits(body, problem.pose[:8], problem.betas[:8], kp, CFG.camera, only_openpose_hips)
+    after = score_fits(body, problem.pose[:8], problem.betas[:8], _moved(kp, "OP Neck"), CFG.camera,
+                       only_openpose_hips)
+    assert (after > before + 1e-3).all()  # the neck counts once the config says so
+    typo = CFG.fitting.model_copy(update={"ignored_joints": ("OP Nek",)})
+    with pytest.raises(InputError, match=r"fitting.ignored_joints: unknown keypoint name\(s\) \['OP Nek'\]"):
+        score_fits(body, problem.pose[:8], problem.betas[:8], kp, CFG.camera, typo)

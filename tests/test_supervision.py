@@ -84,7 +84,7 @@ def test_fit_from_flipped_rotated_crop_reads_back_identical_for_the_unaugmented_
     seen = _batch(problem, aug)
     # A perfect fit found in the augmented crop, canonicalised and written through the store.
     fits = to_canonical(body, augment_pose(problem.pose, aug), problem.betas, seen["keypoints"], aug,
-                        CFG.camera, CFG.fitting.gmof_sigma)
+                        CFG.camera, CFG.fitting)
     datasets, indices = batch_samples(seen)
     assert store.keep_best_samples(datasets, indices, fits.pose, fits.betas, fits.error, step=3, source="loop").all()
     plain = _batch(problem, torch.from_numpy(IDENTITY_AUG.as_array()).expand(N, 6).clone())

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from spin_ray.errors import InputError
+
 SMPL_JOINT_NAMES: tuple[str, ...] = (
     "pelvis", "left_hip", "right_hip", "spine1", "left_knee", "right_knee", "spine2",
     "left_ankle", "right_ankle", "spine3", "left_foot", "right_foot", "neck",
@@ -121,8 +123,22 @@ SPIN49_TO_DATASET24: tuple[int, ...] = tuple(range(NUM_OPENPOSE, NUM_KEYPOINTS))
 # OpenPose torso joints that SPIN's camera stage uses, and the dataset hips it ignores there.
 OPENPOSE_TORSO_NAMES: tuple[str, ...] = ("OP RHip", "OP LHip", "OP RShoulder", "OP LShoulder")
 SPIN49_TORSO: tuple[int, ...] = tuple(SPIN49_NAMES.index(n) for n in OPENPOSE_TORSO_NAMES)
-# Joints whose 2D location SMPLify's body stage ignores: OpenPose's hips sit elsewhere than SMPL's.
-SPIN49_IGNORED_IN_FIT: tuple[int, ...] = tuple(SPIN49_NAMES.index(n) for n in ("OP RHip", "OP LHip"))
+
+
+def spin49_indices(names: tuple[str, ...] | list[str], key: str = "joints") -> tuple[int, ...]:
+    """Indices of named keypoints among the 49 SPIN keypoints; an unknown name is one clear error naming `key`."""
+    unknown = [name for name in names if name not in SPIN49_NAMES]
+    if unknown:
+        raise InputError(f"{key}: unknown keypoint name(s) {unknown}; use names of the 49 SPIN keypoints, e.g. "
+                         f"'OP Neck' or 'Right Hip' (the list is SPIN49_NAMES in spin_ray/body/joints.py)")
+    return tuple(SPIN49_NAMES.index(name) for name in names)
+
+
+# The one list of the joints SPIN's SMPLify ignores in its body stage and its ranking error: SMPL's neck
+# and hips do not sit where OpenPose and the dataset annotators put them. `fitting.ignored_joints`
+# replaces it for other skeletons.
+SPIN_IGNORED_JOINT_NAMES: tuple[str, ...] = ("OP Neck", "OP RHip", "OP LHip", "Right Hip", "Left Hip")
+SPIN49_IGNORED_IN_FIT: tuple[int, ...] = spin49_indices(SPIN_IGNORED_JOINT_NAMES)
 # Dataset torso joints the camera stage falls back to when the OpenPose torso is not fully visible.
 DATASET_TORSO_NAMES: tuple[str, ...] = ("Right Hip", "Left Hip", "Right Shoulder", "Left Shoulder")
 SPIN49_DATASET_TORSO: tuple[int, ...] = tuple(SPIN49_NAMES.index(n) for n in DATASET_TORSO_NAMES)

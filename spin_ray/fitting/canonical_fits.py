@@ -32,12 +32,12 @@ class CanonicalFits:
 
 def to_canonical(
     body: BodyModel, pose: torch.Tensor, betas: torch.Tensor, keypoints: torch.Tensor, aug: torch.Tensor,
-    camera: CameraConfig, sigma: float,
+    camera: CameraConfig, fitting: FittingConfig,
 ) -> CanonicalFits:
     """Fits found in an augmented crop (pose (B,72), normalised keypoints (B,49,3)) moved to canonical and scored."""
     canonical_pose = canonicalise_pose(pose, aug)
     canonical_keypoints = keypoints_to_pixels(canonicalise_keypoints(keypoints, aug), camera.crop_size)
-    error = score_fits(body, canonical_pose, betas, canonical_keypoints, camera, sigma)
+    error = score_fits(body, canonical_pose, betas, canonical_keypoints, camera, fitting)
     return CanonicalFits(canonical_pose, betas, error)
 
 
@@ -51,7 +51,7 @@ def fit_predictions(
     never written (`FitStore.keep_best_samples` skips them).
     """
     result = smplify(body, prior, keypoints_to_pixels(keypoints, camera.crop_size), start, fitting, camera)
-    fits = to_canonical(body, result.params.pose, result.params.betas, keypoints, aug, camera, fitting.gmof_sigma)
+    fits = to_canonical(body, result.params.pose, result.params.betas, keypoints, aug, camera, fitting)
     usable = (
         ~result.failed
         & torch.isfinite(fits.error)

@@ -18,6 +18,7 @@ from spin_ray.body.joints import (
     NUM_KEYPOINTS,
     SPIN49_DATASET_TORSO,
     SPIN49_IGNORED_IN_FIT,
+    spin49_indices,
     SPIN49_TORSO,
 )
 from spin_ray.config import CameraConfig, FittingConfig
@@ -92,10 +93,17 @@ def rejected_samples(keypoints_2d: torch.Tensor) -> torch.Tensor:
     return ~finite | ~(conf > 0).any(dim=1)
 
 
-def fit_confidences(keypoints_2d: torch.Tensor) -> torch.Tensor:
-    """Confidences (B, 49) used by the body stage and the ranking error: OpenPose hips zeroed, on a copy."""
+def ignored_joints(fitting: FittingConfig) -> tuple[int, ...]:
+    """The keypoints (indices of the 49) that the body stage and the ranking error ignore: the config's, else SPIN's."""
+    if fitting.ignored_joints is None:
+        return SPIN49_IGNORED_IN_FIT
+    return spin49_indices(fitting.ignored_joints, key="fitting.ignored_joints")
+
+
+def fit_confidences(keypoints_2d: torch.Tensor, ignored: tuple[int, ...]) -> torch.Tensor:
+    """Confidences (B, 49) used by the body stage and the ranking error: the ignored joints zeroed, on a copy."""
     conf = keypoints_2d[..., 2].clamp(min=0).clone()
-    conf[:, list(SPIN49_IGNORED_IN_FIT)] = 0.0
+    conf[:, list(ignored)] = 0.0
     return conf
 
 
@@ -121,18 +129,18 @@ def reprojection_terms(
 
 def ranking_error(
     keypoints_3d: torch.Tensor, camera_t: torch.Tensor, keypoints_2d: torch.Tensor,
-    camera: CameraConfig, sigma: float,
+    camera: CameraConfig, sigma: float, ignored: tuple[int, ...],
 ) -> torch.Tensor:
     """SPIN's ranking error (B,): mean over the 49 keypoints of conf^2 * GMoF reprojection, in crop pixels."""
     projected = project(keypoints_3d, camera_t, camera)
-    return reprojection_terms(projected, keypoints_2d, fit_confidences(keypoints_2d), sigma).mean(-1)
+    return reprojection_terms(projected, keypoints_2d, fit_confidences(keypoints_2d, ignored), sigma).mean(-1)
 
 
 def pixel_error(keypoints_3d: torch.Tensor, camera_t: torch.Tensor, keypoints_2d: torch.Tensor,
-                camera: CameraConfig) -> torch.Tensor:
-    """Mean pixel distance (B,) over keypoints with positive confidence (NaN where none)."""
+                camera: CameraConfig, ignored: tuple[int, ...]) -> torch.Tensor:
+    """Mean pixel distance (B,) over keypoints with positive confidence, ignored joints left out (NaN where none)."""
     distance = (project(keypoints_3d, camera_t, camera) - keypoints_2d[..., :2]).norm(dim=-1)
-    visible = (fit_confidences(keypoints_2d) > 0).to(distance.dtype)
+    visible = (fit_confidences(keypoints_2d, ignored) > 0).to(distance.dtype)
     return (distance * visible).sum(-1) / visible.sum(-1)
 
 
@@ -236,13 +244,14 @@ def smplify(
     zero_params = replace(zero_params, camera_t=torch.tensor([0.0, 0.0, 1.0]).expand(batch, 3).to(init.camera_t))
     start = zero_params.select(rejected, init.detached())
     sigma = fitting.gmof_sigma
-    conf = fit_confidences(keypoints_2d)
+    ignored = ignored_joints(fitting)
+    conf = fit_confidences(keypoints_2d, ignored)
 
     def kp(p: SmplifyParams) -> torch.Tensor:
         return model_keypoints(body, p, fitting.joints_only)
 
     with torch.no_grad():
-        initial_error = ranking_error(kp(start), start.camera_t, keypoints_2d, camera, sigma)
+        initial_error = ranking_error(kp(start), start.camera_t, keypoints_2d, camera, sigma, ignored)
     initial_depth = start.camera_t[:, 2].detach()
 
     params, failed = _run_stage(
@@ -256,7 +265,7 @@ def smplify(
     )
     with torch.no_grad():
         final_kp = kp(params)
-        error = ranking_error(final_kp, params.camera_t, keypoints_2d, camera, sigma)
+        error = ranking_error(final_kp, params.camera_t, keypoints_2d, camera, sigma, ignored)
         failed = failed | ~torch.isfinite(error)
         inf = torch.full_like(error, float("inf"))
         return SmplifyResult(
@@ -265,18 +274,19 @@ def smplify(
             initial_error=torch.where(rejected, inf, initial_error),
             failed=failed,
             betas_out_of_range=(params.betas.abs() > fitting.max_abs_beta).any(dim=1),
-            pixel_error=torch.where(failed, inf, pixel_error(final_kp, params.camera_t, keypoints_2d, camera)),
+            pixel_error=torch.where(failed, inf, pixel_error(final_kp, params.camera_t, keypoints_2d, camera,
+                                                                ignored)),
         )
 
 
 def camera_from_keypoints(
     body: BodyModel, pose: torch.Tensor, betas: torch.Tensor, keypoints_2d: torch.Tensor,
-    camera: CameraConfig, initial_depth: float,
+    camera: CameraConfig, initial_depth: float, ignored: tuple[int, ...] = SPIN49_IGNORED_IN_FIT,
 ) -> torch.Tensor:
-    """Closed-form camera translation (B, 3) for given parameters, fitted to the visible keypoints."""
+    """Closed-form camera translation (B, 3) for given parameters, fitted to the visible keypoints not ignored."""
     with torch.no_grad():
         points = body.keypoints(axis_angle_pose_to_rotmats(pose), betas)
-        conf = torch.nan_to_num(fit_confidences(torch.nan_to_num(keypoints_2d)), nan=0.0)
+        conf = torch.nan_to_num(fit_confidences(torch.nan_to_num(keypoints_2d), ignored), nan=0.0)
         return camera_translation_from_keypoints(
             points, torch.nan_to_num(keypoints_2d[..., :2]), conf, camera.focal_length, camera.crop_size,
             initial_depth,

@@ -95,7 +95,7 @@ def fit_static(
         cam = camera_from_keypoints(body, p0, b0, safe_kp, camera, typical_depth(camera))
         result = smplify(body, pose_prior, kp, SmplifyParams.from_pose(p0, b0, cam), fitting, camera)
         fitted_pose = result.params.pose
-        scored = score_fits(body, fitted_pose, result.params.betas, safe_kp, camera, fitting.gmof_sigma)
+        scored = score_fits(body, fitted_pose, result.params.betas, safe_kp, camera, fitting)
         bad = result.failed | ~torch.isfinite(scored)
         pose[rows] = fitted_pose.numpy()
         betas[rows] = result.params.betas.numpy()
