@@ -194,6 +194,7 @@ def _damage(store) -> dict[str, str]:
     c.set(keys["type"], b"not a hash")
     c.zadd(f"{p}idx:coco", {"99": 1.0})
     c.zrem(f"{p}idx:coco", "6")
+    c.hset(f"{p}fit:coco:x7", "error", b"1.0")  # a key no write makes
     return keys
 
 
@@ -201,15 +202,18 @@ def test_check_finds_repairs_and_quarantines(capsys, eight):
     keys = _damage(eight)
     code, out, err = _cli(capsys, eight, "check")
     assert code == 1
-    assert "5 good, 3 corrupt, 1 orphaned index entries, 1 unindexed records" in out
+    assert "5 good, 4 corrupt, 1 orphaned index entries, 1 unindexed records" in out
     assert "pose: wrong length 1" in out and "error: not finite 1" in out and "not a hash 1" in out
+    assert "key: malformed 1" in out
     assert all(key in out for key in keys.values()) and "check --repair" in err
+    everywhere = _cli(capsys, eight, "check", "--all-namespaces")[1]  # other tests' namespaces may be there too
+    assert f"namespace {eight.namespace}: 5 good, 4 corrupt" in everywhere
     stats = _cli(capsys, eight, "stats")[1]  # stats shows the last check without scanning
-    assert "5 good, 3 corrupt, 1 orphaned, 1 unindexed; run `spin-ray store check --repair`" in stats
+    assert "5 good, 4 corrupt, 1 orphaned, 1 unindexed; run `spin-ray store check --repair`" in stats
 
     code, out, _ = _cli(capsys, eight, "check", "--repair")
-    assert code == 0 and "quarantined 3 record(s)" in out and "removed 1 orphaned" in out and "indexed 1" in out
-    assert "3 corrupt, 1 orphaned, 1 unindexed (repaired)" in _cli(capsys, eight, "stats")[1]
+    assert code == 0 and "quarantined 4 record(s)" in out and "removed 1 orphaned" in out and "indexed 1" in out
+    assert "4 corrupt, 1 orphaned, 1 unindexed (repaired)" in _cli(capsys, eight, "stats")[1]
     assert _cli(capsys, eight, "check")[:2] == (0, f"namespace {eight.namespace}: 5 good, 0 corrupt, "
                                                    "0 orphaned index entries, 0 unindexed records\n")  # fmt: skip
     quarantined = f"{eight.key_prefix}quarantine:fit:coco:3"

@@ -143,7 +143,10 @@ def scan(client: redis.Redis, namespace: str, on_progress: Callable[[int], None]
             pipe.zscore(f"{prefix}idx:{dataset}", member)
         replies = pipe.execute(raise_on_error=False)
         for key, fields, score in zip(keys, replies[0::2], replies[1::2]):
+            dataset, member = _split_record_key(prefix, key)
             bad = BadRecord(key, NOT_A_HASH, "wrong Redis type") if isinstance(fields, Exception) else None
+            if not (dataset and member.isdigit()):
+                bad = BadRecord(key, "key: malformed", "expected fit:DATASET:INDEX")
             bad = bad or check_fields(key, tuple(fields))
             report._digests[key] = NOT_A_HASH if isinstance(fields, Exception) else fields_digest(fields)
             if bad is not None:
