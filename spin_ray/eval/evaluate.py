@@ -157,17 +157,18 @@ def evaluate(
 
 def evaluation_dataset(
     npz: str | Path, image_root: str | Path | None, img_res: int, name: str | None = None,
-    bad_samples: BadSamples = "raise",
+    bad_samples: BadSamples | None = None,
 ) -> SpinImageDataset:
     """An unaugmented SpinImageDataset of a SPIN-format .npz (image root defaults to the npz's folder).
 
-    `bad_samples` is data.bad_samples: "raise" stops at the first bad row; "skip" leaves bad rows out
-    of `evaluate`, which counts them (never replaced by another row).
+    `bad_samples` is data.bad_samples (None: its default): "raise" stops at the first bad row; "skip"
+    leaves bad rows out of `evaluate`, which counts them (never replaced by another row).
     """
     npz = Path(npz)
     root = Path(image_root) if image_root is not None else npz.parent
     return SpinImageDataset(load_spin_npz(npz, root, name=name),
-                            DataConfig(img_res=img_res, bad_samples=bad_samples), train=False)
+                            DataConfig(img_res=img_res, bad_samples=bad_samples or DataConfig().bad_samples),
+                            train=False)
 
 
 def format_table(results: list[EvalResult]) -> str:
