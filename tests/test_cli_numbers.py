@@ -66,3 +66,28 @@ def test_the_console_script_prints_one_line_for_a_bad_number():
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == ("spin-ray fit: error: argument --threads: must be a whole number >= 1, got '0' "
                                    "(see spin-ray fit --help)")
+
+
+STORE_CASES = {  # id: the arguments of `spin-ray store ...`; each is refused when parsed, before any connection
+    "serve-port-0": ["serve", "--port", "0"],
+    "serve-port-too-big": ["serve", "--port", "70000"],
+    "stats-timeout-0": ["stats", "--timeout", "0"],
+    "stats-threshold-nan": ["stats", "--threshold", "nan"],
+    "worst-k-0": ["worst", "--k", "0"],
+    "filter-max-error-negative": ["filter", "--max-error", "-1"],
+    "gallery-worst-0": ["gallery", "--worst", "0"],
+    "export-size-0": ["export", "out.parquet", "--size", "0"],
+    "import-error-negative": ["import", "in.npy", "--error", "-5"],
+    "import-step-negative": ["import", "in.npy", "--step", "-1"],
+}
+
+
+@pytest.mark.parametrize("case", list(STORE_CASES))
+def test_a_bad_store_number_is_one_line_and_exit_code_2(case, capsys):
+    from spin_ray.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["store", *STORE_CASES[case]])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "must be" in err

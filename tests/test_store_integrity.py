@@ -65,9 +65,10 @@ def test_keep_best_refuses_a_non_finite_pose(fit_store):
 def test_import_refuses_a_negative_error(capsys, fit_store, tmp_path):
     pose, betas = _rows(4)
     np.save(tmp_path / "fits.npy", np.concatenate([pose, betas], axis=1))
-    code, _, err = _cli(capsys, fit_store, "import", str(tmp_path / "fits.npy"), "--dataset", "coco", "--error", "-5")
-    assert code == 1
-    assert "FitStoreError: error -5.0 for every row of" in err and "not a finite number >= 0" in err
+    with pytest.raises(SystemExit) as refused:  # refused when parsed, before any connection
+        _cli(capsys, fit_store, "import", str(tmp_path / "fits.npy"), "--dataset", "coco", "--error", "-5")
+    assert refused.value.code == 2
+    assert "argument --error: must be a finite number >= 0, got '-5'" in capsys.readouterr().err
     errors = np.array([1.0, np.nan, 3.0, -2.0])  # NaN: no fit (allowed); -2: refused, by row
     np.save(tmp_path / "errors.npy", errors)
     code, _, err = _cli(capsys, fit_store, "import", str(tmp_path / "fits.npy"), "--dataset", "coco",

@@ -48,6 +48,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def tcp_port(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    value = _number(text, int, "a port number from 1 to 65535")
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return value
+
+
 def finite_float(text: str) -> float:
     """Any finite number (no nan, inf)."""
     return _number(text, float, "a finite number")

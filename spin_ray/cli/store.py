@@ -17,6 +17,7 @@ import numpy as np
 
 from spin_ray.config import FittingConfig, StoreConfig
 from spin_ray.curate.plots import plot_fit_errors
+from spin_ray.cli.arg_types import non_negative_float, positive_float, positive_int, tcp_port
 from spin_ray.cli.store_common import URL_ENV, add_location_flags, data_locations, open_store
 from spin_ray.errors import FitStoreError
 
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     serve = sub.add_parser("serve", help="run an embedded redis-server (127.0.0.1, AOF) until Ctrl-C")
     serve.add_argument("--data-dir", type=Path, default=Path("outputs/redis"), help="folder of the AOF and log")
-    serve.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one, never 6379)")
+    serve.add_argument("--port", type=tcp_port, default=None, help="port on 127.0.0.1 (default: a free one, never 6379)")
     serve.add_argument(
         "--password-env", default=None, metavar="VAR",
         help=f"require the password held in this environment variable (e.g. {PASSWORD_ENV}); never typed on the command line",
@@ -46,24 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--url", default=None, help=f"redis:// or rediss:// URL (default: ${URL_ENV})")
         parser.add_argument("--namespace", default=_DEFAULT_STORE.namespace, help="fit-store namespace (one per run)")
         parser.add_argument(
-            "--timeout", type=float, default=_DEFAULT_STORE.connect_timeout_s, help="seconds to keep trying to connect"
+            "--timeout", type=positive_float, default=_DEFAULT_STORE.connect_timeout_s, help="seconds to keep trying to connect"
         )
         return parser
 
     stats = connected("stats", "counts per dataset and source, error quantiles, improvements over steps")
     stats.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
-    stats.add_argument("--threshold", type=float, default=_DEFAULT_THRESHOLD, help="valid-fit error threshold")
+    stats.add_argument("--threshold", type=positive_float, default=_DEFAULT_THRESHOLD, help="valid-fit error threshold")
     stats.add_argument("--json", action="store_true", help="print the statistics as JSON")
     stats.set_defaults(func=_stats)
 
     worst = connected("worst", "samples with the highest errors, by dataset, and how many are above the threshold")
-    worst.add_argument("--k", type=int, default=20, help="samples per dataset")
+    worst.add_argument("--k", type=positive_int, default=20, help="samples per dataset")
     worst.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
-    worst.add_argument("--threshold", type=float, default=_DEFAULT_THRESHOLD, help="valid-fit error threshold")
+    worst.add_argument("--threshold", type=positive_float, default=_DEFAULT_THRESHOLD, help="valid-fit error threshold")
     worst.set_defaults(func=_worst)
 
     filt = connected("filter", "write the ids of samples to keep (error <= --max-error, not in --exclude) as CSV")
-    filt.add_argument("--max-error", type=float, default=None, help="keep samples whose fit error is at most this")
+    filt.add_argument("--max-error", type=non_negative_float, default=None, help="keep samples whose fit error is at most this")
     filt.add_argument(
         "--exclude", type=Path, default=None, metavar="FILE",
         help="ids file (CSV dataset,index, e.g. the gallery's download) of samples to drop",
@@ -77,17 +78,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plot = connected("plot", "PNG: histogram of errors per dataset and mean error over training steps")
     plot.add_argument("--out", type=Path, default=Path("fit_errors.png"), help="PNG file to write")
     plot.add_argument("--dataset", action="append", help="only this dataset (repeatable)")
-    plot.add_argument("--threshold", type=float, default=_DEFAULT_THRESHOLD, help="valid-fit threshold line")
+    plot.add_argument("--threshold", type=positive_float, default=_DEFAULT_THRESHOLD, help="valid-fit threshold line")
     plot.set_defaults(func=_plot)
 
     gallery = connected("gallery", "static HTML page of fits drawn over their images: sort, filter, mark ids to exclude")
     which = gallery.add_mutually_exclusive_group()
-    which.add_argument("--worst", type=int, default=None, metavar="K", help="the K highest-error fits per dataset (default 24)")
-    which.add_argument("--best", type=int, default=None, metavar="K", help="the K lowest-error fits per dataset")
+    which.add_argument("--worst", type=positive_int, default=None, metavar="K", help="the K highest-error fits per dataset (default 24)")
+    which.add_argument("--best", type=positive_int, default=None, metavar="K", help="the K lowest-error fits per dataset")
     which.add_argument("--ids", type=Path, default=None, metavar="FILE", help="ids file (CSV dataset,index) of samples to show")
     gallery.add_argument("--dataset", action="append", help="only this dataset (repeatable; with --worst/--best)")
     gallery.add_argument("--out", type=Path, default=Path("gallery"), help="folder for index.html and images/")
-    gallery.add_argument("--threshold", type=float, default=_DEFAULT_THRESHOLD, help="valid-fit threshold (error colours)")
+    gallery.add_argument("--threshold", type=positive_float, default=_DEFAULT_THRESHOLD, help="valid-fit threshold (error colours)")
     gallery.add_argument(
         "--checkpoint", type=Path, default=None, help="training checkpoint: show the network's prediction beside the fit"
     )

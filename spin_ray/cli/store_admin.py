@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from spin_ray.cli.arg_types import non_negative_float, non_negative_int, positive_int
 from spin_ray.cli.store_common import add_location_flags, data_locations, open_store
 from spin_ray.errors import FitStoreError
 from spin_ray.store.files import read_parquet_hash
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction, connected: Callable[[str, str], ar
     export = connected("export", "write fits to SPIN's .npy (one dataset) or Parquet (all fields)")
     export.add_argument("out", type=Path, help="output .npy or .parquet file")
     export.add_argument("--dataset", action="append", help="dataset(s) to export; .npy needs exactly one")
-    export.add_argument("--size", type=int, default=None, help=".npy rows (dataset length; default max index + 1)")
+    export.add_argument("--size", type=positive_int, default=None, help=".npy rows (dataset length; default max index + 1)")
     export.add_argument(
         "--with-paths", action="store_true", help="Parquet: add image_path, center, scale columns (needs --data or --config)"
     )
@@ -35,9 +36,9 @@ def register(sub: argparse._SubParsersAction, connected: Callable[[str, str], ar
     imp.add_argument("path", type=Path, help="input .npy or .parquet file")
     imp.add_argument("--dataset", default=None, help="dataset the .npy rows belong to")
     imp.add_argument("--errors", type=Path, default=None, help="errors .npy (N,) for a .npy import (NaN = no fit)")
-    imp.add_argument("--error", type=float, default=None, help="one error (finite, >= 0) for every row of a .npy import")
+    imp.add_argument("--error", type=non_negative_float, default=None, help="one error (finite, >= 0) for every row of a .npy import")
     imp.add_argument("--source", default="static", choices=("static", "loop", "gt"), help="source of .npy fits")
-    imp.add_argument("--step", type=int, default=0, help="trainer step recorded for .npy fits")
+    imp.add_argument("--step", type=non_negative_int, default=0, help="trainer step recorded for .npy fits")
     imp.add_argument(
         "--body-model-hash", default=None,
         help="hex identity of the body model of these fits (default: the namespace's, or the Parquet file's)",
