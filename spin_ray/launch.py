@@ -32,6 +32,8 @@ from spin_ray.store.server import store_url
 
 log = logging.getLogger("spin_ray.launch")
 STATUS_PERIOD_S = 1.0
+# Seconds Ray's processes get to exit after ray.shutdown before they are terminated (then killed).
+REAP_GRACE_S = 3.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,12 +54,17 @@ class Stopped(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """SIGINT and SIGTERM raise Stopped, also where a shell started us in the background with SIGINT ignored."""
+def stop_on_signals() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM raise Stopped, also where a shell started us in the background with SIGINT ignored.
+
+    Yields the signals received: Ray's blocking calls turn the exception into a plain KeyboardInterrupt.
+    """
     stops = (signal.SIGINT, signal.SIGTERM)
     previous = {signum: signal.getsignal(signum) for signum in stops}
+    received: list[int] = []
 
     def stop(signum: int, frame: object) -> None:
+        received.append(signum)
         for other in stops:  # a second signal must not cut the clean-up short and leave processes behind
             signal.signal(other, signal.SIG_IGN)
         raise Stopped(signum)
@@ -65,7 +72,7 @@ def stop_on_signals() -> Iterator[None]:
     for signum in stops:
         signal.signal(signum, stop)
     try:
-        yield
+        yield received
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -99,22 +106,45 @@ def ray_session(cfg: RunConfig) -> Iterator[None]:
         return
     if address in (None, "auto"):
         address = live_recorded_head()
-    try:
-        if address and address != "local":
-            _init_ray(address=address, namespace=cfg.pipeline.ray_namespace, log_to_driver=True)
-        else:
-            _init_ray(address="local", namespace=cfg.pipeline.ray_namespace, include_dashboard=False,
-                      configure_logging=False)
-    except Exception as err:  # Ray raises ConnectionError, RuntimeError, ... with long texts
-        joining = address and address != "local"
-        where = f"the Ray cluster at {address}" if joining else "a local Ray"
-        hint = (" (Ray 2.60 uses token auth: set RAY_AUTH_MODE=token with the cluster's token, "
-                "see deploy/README.md)" if joining else "")
-        raise PipelineError(f"could not start or join {where}: {str(err).splitlines()[0]}{hint}") from None
-    try:
+    before = _children()
+    try:  # a signal may come during ray.init, which has started processes by then
+        try:
+            if address and address != "local":
+                _init_ray(address=address, namespace=cfg.pipeline.ray_namespace, log_to_driver=True)
+            else:
+                _init_ray(address="local", namespace=cfg.pipeline.ray_namespace, include_dashboard=False,
+                          configure_logging=False)
+        except Exception as err:  # Ray raises ConnectionError, RuntimeError, ... with long texts
+            joining = address and address != "local"
+            where = f"the Ray cluster at {address}" if joining else "a local Ray"
+            hint = (" (Ray 2.60 uses token auth: set RAY_AUTH_MODE=token with the cluster's token, "
+                    "see deploy/README.md)" if joining else "")
+            raise PipelineError(f"could not start or join {where}: {str(err).splitlines()[0]}{hint}") from None
         yield
     finally:
+        started = _children() - before
         ray.shutdown()
+        _reap(started)
+
+
+def _children() -> set[Any]:
+    import psutil  # Ray's own dependency
+
+    return set(psutil.Process().children(recursive=True))
+
+
+def _reap(processes: set[Any], grace_s: float = REAP_GRACE_S) -> None:
+    """Stop what ray.init started and ray.shutdown left running (its agents outlive the raylet for a while)."""
+    import psutil
+
+    _, alive = psutil.wait_procs(list(processes), timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def _describe(status: dict[str, Any]) -> dict[str, str]:
@@ -238,15 +268,17 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Entry point shared by `python -m spin_ray.launch` and `spin-ray launch`; SIGINT/SIGTERM exit 130/143."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = with_overrides(load_config(args.config), train={"mode": args.mode, "steps": args.steps})
+    received: list[int] = []
     try:
-        with stop_on_signals():
+        with stop_on_signals() as received:
             summary = launch(cfg, args.resume, progress=not args.no_progress)
-    except Stopped as stopped:
-        name = signal.Signals(stopped.signum).name
+    except KeyboardInterrupt as stopped:
+        signum = received[0] if received else getattr(stopped, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
         print(f"{getattr(args, 'prog', 'spin_ray.launch')}: stopped by {name}; actors, Ray and the embedded Redis "
               f"were shut down; resume with --resume {Path(cfg.output_dir) / 'checkpoints' / 'last.pt'}",
               file=sys.stderr)
-        return 128 + stopped.signum
+        return 128 + signum
     print_summary(summary)
     return 0
 
