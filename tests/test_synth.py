@@ -270,3 +270,29 @@ def test_a_config_on_the_embedded_default_finds_its_generated_data_and_says_when
     other.write_text(yaml.safe_dump({"synth": cfg.synth.model_dump(mode="json") | {"seed": 99}}))
     with pytest.raises(DataError, match="not generated yet.*spin-ray synth"):
         locations_from_config(other)
+
+
+def test_the_test_split_carries_lsp_style_masks_that_the_truth_mesh_redraws(generated, body):
+    from spin_ray.data.synth_masks import PART_NAMES, read_label_png, vertex_part_labels
+
+    _, paths = generated
+    root = paths["synth-test"].parent
+    extra = _npz(paths["synth-test"])
+    assert "maskname" not in _npz(paths["synth-3d"])  # only the test split is scored on masks
+    data = load_spin_npz(paths["synth-test"], root)
+    rotmat = axis_angle_pose_to_rotmats(torch.from_numpy(data.pose))
+    with torch.no_grad():
+        vertices = body(rotmat, torch.from_numpy(data.betas)).vertices.numpy()
+    labels = vertex_part_labels(body.smpl.lbs_weights.numpy())
+    assert set(np.unique(labels)) == set(range(1, len(PART_NAMES)))
+    with MeshRenderer(IMAGE, IMAGE, body.faces) as renderer:
+        for i in range(len(data)):
+            mask = read_label_png(root / str(extra["maskname"][i]))
+            parts = read_label_png(root / str(extra["partname"][i]))
+            assert str(extra["partname"][i]).endswith(f"{i:06d}_part_segmentation.png")
+            assert np.array_equal(mask > 0, parts > 0) and set(np.unique(mask)) <= {0, 255}
+            assert parts.max() < len(PART_NAMES) and (parts > 0).sum() > 200
+            # The same flat-coloured labels drawn from the truth mesh and camera give the same map.
+            drawn = renderer.part_colors(vertices[i], extra["cam_t"][i], float(extra["focal_length"][i]),
+                                         vertex_colors=np.repeat(labels[:, None], 3, axis=1))[..., 0]
+            assert (drawn == parts).mean() > 0.999

@@ -10,7 +10,9 @@ surface (depth test against the rendered depth), and the 25 "detector" keypoints
 
 Splits: `synth-3d` (pose, shape, 3D joints, like H36M), `synth-itw` (2D only, like COCO/MPII: no
 pose, shape or S keys; their truth goes to a side file `synth-itw_truth.npz` that training never reads,
-so fits of the 2D-only split can be scored against the truth they were not given), `synth-test` (held out, SPIN's evaluation keys pose, shape, S, gender).
+so fits of the 2D-only split can be scored against the truth they were not given), `synth-test` (held out, SPIN's evaluation keys pose, shape, S, gender,
+and LSP-style segmentation masks: `maskname`, `partname` naming PNGs under masks/synth-test/, see
+data/synth_masks.py).
 Extra keys of the 3D splits: `cam_t` (N,3) translation of the model into the camera frame (metres)
 and `focal_length` (N,) in pixels; the principal point is the image centre. `S` is in the camera
 frame. Gender is 'n': the data come from one (neutral) model.
@@ -46,10 +48,12 @@ from spin_ray.data.synth_generator import (
     SyntheticChunk,
     SyntheticGenerator,
 )
+from spin_ray.data.synth_masks import mask_names, write_masks
 from spin_ray.errors import ConfigError, DataError
 
 # Bump when the generator's output changes for the same settings: old caches are then not reused.
-GENERATOR_VERSION = 2  # 2: hidden truth of the 2D-only split in <split>_truth.npz
+GENERATOR_VERSION = 3  # 2: hidden truth of the 2D-only split in <split>_truth.npz; 3: synth-test's masks
+SPLITS_WITH_MASKS: frozenset[str] = frozenset({"synth-test"})
 SPLITS_WITH_3D: frozenset[str] = frozenset({"synth-3d", "synth-test"})
 SETTINGS_FILE = "settings.json"
 _HASH_CHARS = 16
@@ -127,6 +131,8 @@ def _write_chunk_images(chunk: SyntheticChunk, folder: Path, synth: SynthConfig)
         if not ok:
             raise DataError(f"could not encode {path} as {synth.image_format}")
         path.write_bytes(data.tobytes())
+    if chunk.spec.split in SPLITS_WITH_MASKS:
+        write_masks(folder, chunk.spec.split, chunk.spec.start, chunk.part_labels)
 
 
 def _generate_and_write(generator: SyntheticGenerator, spec: ChunkSpec, folder: Path) -> dict:
@@ -203,10 +209,23 @@ def _write_npz_files(cfg: RunConfig, folder: Path, sizes: dict[str, int], result
             gender=np.full(size, "n") if three_d else None,
             extra={"cam_t": a["cam_t"], "focal_length": a["focal_length"]} if three_d else None,
         )
+        if split in SPLITS_WITH_MASKS:
+            names = [mask_names(split, i) for i in range(size)]
+            _add_string_keys(paths[split], maskname=[m for m, _ in names], partname=[p for _, p in names])
         if not three_d:
             np.savez(hidden_truth_path(paths[split]), pose=a["pose"], shape=a["shape"], S=a["S"],
                      cam_t=a["cam_t"], focal_length=a["focal_length"])
     return paths
+
+
+def _add_string_keys(npz: Path, **keys: list[str]) -> None:
+    """Add per-sample string keys (SPIN's maskname, partname) to a written dataset npz, atomically."""
+    with np.load(npz, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays.update({key: np.asarray(values, dtype=str) for key, values in keys.items()})
+    tmp = npz.with_name(npz.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(npz)
 
 
 def hidden_truth_path(npz: str | Path) -> Path:

@@ -27,6 +27,7 @@ from spin_ray.body.pose_sampler import sample_body_poses, sample_global_orient
 from spin_ray.config import RunConfig
 from spin_ray.data.augment import SCALE_UNIT_PX
 from spin_ray.data.spin_format import SHAPE_DIM
+from spin_ray.data.synth_masks import part_labels_of_joint_map
 from spin_ray.data.synth_scene import (
     BOX_MARGIN,
     clothing_albedo,
@@ -94,6 +95,7 @@ class SyntheticChunk:
     cam_t: np.ndarray
     focal_length: np.ndarray
     masks: np.ndarray
+    part_labels: np.ndarray  # (n,S,S) uint8: the six-part segmentation (data/synth_masks.py), 0 background
 
 
 @contextmanager
@@ -206,7 +208,7 @@ class SyntheticGenerator:
             spec=spec, images=images, center=center, scale=scale, part=part.astype(np.float32),
             openpose=openpose, S=S.astype(np.float32), pose=pose.numpy().astype(np.float32),
             shape=betas10.numpy().astype(np.float32), cam_t=cam_t.astype(np.float32),
-            focal_length=focal.astype(np.float32), masks=masks,
+            focal_length=focal.astype(np.float32), masks=masks, part_labels=part_labels_of_joint_map(part_maps),
         )
 
     def _render_person(self, vertices: np.ndarray, cam_t: np.ndarray, focal: float,
