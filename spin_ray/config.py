@@ -29,6 +29,13 @@ class BodyConfig(Section):
         None, description="SPIN's J_regressor_h36m.npy for evaluation on a real SMPL model"
     )
     num_betas: int = Field(10, ge=1, le=300, description="number of shape coefficients")
+    model_path_male: Path | None = Field(
+        None, description="male SMPL model file: evaluation's ground truth of rows with gender 'm' (3DPW protocol; "
+                          "predictions always use model_path)"
+    )
+    model_path_female: Path | None = Field(
+        None, description="female SMPL model file: evaluation's ground truth of rows with gender 'f' (3DPW protocol)"
+    )
 
 
 class CameraConfig(Section):

@@ -1,9 +1,15 @@
-"""`spin-ray eval`: MPJPE, PA-MPJPE and PVE of a checkpoint (and the mean-pose baseline) on a dataset."""
+"""`spin-ray eval`: SPIN's evaluation of a checkpoint (and the mean-pose baseline) on one or more datasets.
+
+MPJPE, PA-MPJPE and PVE (3DPW, H36M protocols 1 and 2), PCK and AUC without and with rigid alignment
+(MPI-INF-3DHP), foreground and part segmentation accuracy and F1 (LSP), each where the dataset has
+the ground truth it needs; a table per dataset in the paper's layout, every number in --json.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -16,15 +22,18 @@ from spin_ray.errors import ConfigError
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `eval` subcommand."""
     parser = subparsers.add_parser(
-        "eval", help="evaluate a checkpoint on a SPIN-format dataset (MPJPE, PA-MPJPE, PVE in mm)",
-        description="Evaluate a training checkpoint and the mean-pose baseline on a SPIN-format evaluation set "
-                    "(14 LSP joints via the body model's H36M regressor, pelvis-centred; PVE where ground-truth "
-                    "SMPL exists). Prints a table; --json writes the numbers.",
+        "eval", help="evaluate a checkpoint on SPIN-format datasets (MPJPE, PA-MPJPE, PVE, PCK, AUC, segmentation)",
+        description="Evaluate a training checkpoint and the mean-pose baseline on SPIN-format evaluation sets as "
+                    "SPIN does: MPJPE and PA-MPJPE on 14 joints (H36M regressor, hip-centred), PVE where "
+                    "ground-truth SMPL exists (3DPW: gender models from body.model_path_male/female), PCK/AUC "
+                    "on the 17 3DHP joints where 3D joints exist, and LSP foreground/part segmentation where "
+                    "the dataset names masks (maskname/partname). Prints a table per dataset; --json writes "
+                    "every number.",
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint written by `spin-ray train` (.pt)")
-    parser.add_argument("--dataset", required=True,
+    parser.add_argument("--dataset", required=True, action="append",
                         help="a dataset name from the config (data.datasets, train.heldout, or a synthetic split "
-                             "such as synth-test) or the path of a SPIN-format .npz")
+                             "such as synth-test) or the path of a SPIN-format .npz; repeat for several")
     parser.add_argument("--config", type=Path, default=None, help="run config (default: the checkpoint's own)")
     parser.add_argument("--image-root", type=Path, default=None, help="image folder of a .npz path (default: its folder)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -34,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="rows with bad annotations or images: leave them out (counted in the report) or "
                              "stop (default: data.bad_samples of the config)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the mean-pose baseline")
+    parser.add_argument("--no-segmentation", action="store_true",
+                        help="skip the segmentation scores even where the dataset has masks (they render every row)")
     parser.set_defaults(func=_eval)
 
 
@@ -61,12 +72,13 @@ def _eval(args: argparse.Namespace) -> int:
     from spin_ray.body.body_model import BodyModel
     from spin_ray.errors import ModelError
     from spin_ray.eval.evaluate import (
+        EvalBodies,
         evaluate,
         evaluation_dataset,
-        format_table,
         mean_params_predictor,
         model_predictor,
     )
+    from spin_ray.eval.table import format_table
     from spin_ray.model.hmr import HMR
     from spin_ray.train.checkpoint import checkpoint_config, load_checkpoint
 
@@ -83,19 +95,34 @@ def _eval(args: argparse.Namespace) -> int:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:
         raise ModelError(f"{args.checkpoint}: weights do not fit the configured network: {err}") from None
-    entry = resolve_dataset(args.dataset, cfg, args.image_root)
-    dataset = evaluation_dataset(entry.npz, entry.image_root, cfg.data.img_res, name=entry.name,
-                                 bad_samples=cfg.data.bad_samples)
-    with torch.no_grad():
-        results = [evaluate(model_predictor(model), body, dataset, args.batch_size, args.limit, name="model")]
-        if not args.no_baseline:
-            results.append(evaluate(mean_params_predictor(model), body, dataset, args.batch_size, args.limit,
-                                    name="mean-pose"))
+    bodies = EvalBodies.from_config(cfg.body, body)
+    predictors = [("model", model_predictor(model))] + ([] if args.no_baseline else
+                                                         [("mean-pose", mean_params_predictor(model))])
+    results = []
+    for spec in args.dataset:
+        entry = resolve_dataset(spec, cfg, args.image_root)
+        dataset = evaluation_dataset(entry.npz, entry.image_root, cfg.data.img_res, name=entry.name,
+                                     bad_samples=cfg.data.bad_samples)
+        with torch.no_grad():
+            results += [evaluate(predict, bodies, dataset, args.batch_size, args.limit, name=name,
+                                 segmentation=not args.no_segmentation, camera=cfg.camera)
+                        for name, predict in predictors]
     print(format_table(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         out = {"checkpoint": str(args.checkpoint), "step": int(payload.get("step", 0)),
-               "results": [r.summary() for r in results]}
-        args.json.write_text(json.dumps(out, indent=2))
+               "results": [_json_safe(r.summary()) for r in results]}
+        args.json.write_text(json.dumps(out, indent=2, allow_nan=False))
         print(f"wrote {args.json}")
     return 0
+
+
+def _json_safe(value):
+    """NaN (a metric without ground truth) as null, so the file is strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
