@@ -236,7 +236,7 @@ def test_resize_grows_and_shrinks_without_losing_work(make_pool, body):
 
 def test_a_fitter_that_cannot_start_is_reported(ray_local, redis_server):
     address = FitStoreAddress(url=redis_server.url, namespace="pool-bad", body_model_hash="0123456789abcdef")
-    with pytest.raises(PipelineError, match="failed to start.*different body models"):
+    with pytest.raises(PipelineError, match="fitter bad-0.0: the fit store is for body model .*different body models"):
         FitterPool(fast_config(num_fitters=1), address, name="bad")
 
 
