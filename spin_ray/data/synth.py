@@ -10,9 +10,9 @@ surface (depth test against the rendered depth), and the 25 "detector" keypoints
 
 Splits: `synth-3d` (pose, shape, 3D joints, like H36M), `synth-itw` (2D only, like COCO/MPII: no
 pose, shape or S keys; their truth goes to a side file `synth-itw_truth.npz` that training never reads,
-so fits of the 2D-only split can be scored against the truth they were not given), `synth-test` (held out, SPIN's evaluation keys pose, shape, S, gender,
-and LSP-style segmentation masks: `maskname`, `partname` naming PNGs under masks/synth-test/, see
-data/synth_masks.py).
+so fits of the 2D-only split can be scored against the truth they were not given), `synth-test` (held
+out, SPIN's evaluation keys pose, shape, S, gender, and LSP-style segmentation masks: `maskname`,
+`partname` naming PNGs under masks/synth-test/, see data/synth_masks.py).
 Extra keys of the 3D splits: `cam_t` (N,3) translation of the model into the camera frame (metres)
 and `focal_length` (N,) in pixels; the principal point is the image centre. `S` is in the camera
 frame. Gender is 'n': the data come from one (neutral) model.

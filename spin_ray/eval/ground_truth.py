@@ -53,7 +53,7 @@ class EvalBodies:
 
 
 class GroundTruth(NamedTuple):
-    """J17 joints (B,17,3), vertices (B,V,3) or None, rows with any 3D truth, rows of m/f built with the neutral model."""
+    """J17 joints (B,17,3), vertices (B,V,3) or None, rows with 3D truth, m/f rows built with the neutral model."""
 
     joints: torch.Tensor
     vertices: torch.Tensor | None

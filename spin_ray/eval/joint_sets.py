@@ -15,7 +15,8 @@ from spin_ray.body.joints import DATASET24_NAMES, H36M17_NAMES, H36M17_TO_LSP14,
 
 J17_NAMES: tuple[str, ...] = DATASET24_NAMES[:13] + ("Head (H36M)", "Pelvis (MPII)", "Spine (H36M)", "Jaw (H36M)")
 DATASET24_TO_J17: tuple[int, ...] = tuple(DATASET24_NAMES.index(name) for name in J17_NAMES)
-H36M17_TO_J17: tuple[int, ...] = H36M17_TO_LSP14 + tuple(H36M17_NAMES.index(n) for n in ("pelvis", "spine", "neck_nose"))
+H36M17_TO_J17: tuple[int, ...] = H36M17_TO_LSP14 + tuple(
+    H36M17_NAMES.index(name) for name in ("pelvis", "spine", "neck_nose"))
 SPIN49_TO_J17: tuple[int, ...] = tuple(NUM_OPENPOSE + i for i in DATASET24_TO_J17)
 NUM_J14 = 14
 J14_PELVIS: tuple[int, ...] = (2, 3)  # SPIN centres J14 on the midpoint of the hips
