@@ -11,7 +11,7 @@ from spin_ray.cli.arg_types import finite_float, non_negative_int
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand."""
     parser = subparsers.add_parser(
-        "demo", help="mesh of one person in an image, from its OpenPose keypoints (overlay PNGs, side view, .obj)",
+        "demo", help="mesh of one person in an image, from its keypoints (overlay PNGs, side view, .obj)",
         description="Crop the person's box (from --bbox or SPIN's rule on the confident OpenPose keypoints), "
                     "regress SMPL with the checkpoint's network (the open model's mean parameters without one), "
                     "optionally refine with SMPLify on the keypoints, and write the mesh over the crop and the "
@@ -19,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("image", type=Path, help="the photo (any format OpenCV reads)")
     parser.add_argument("--keypoints", type=Path, required=True,
-                        help="OpenPose --write_json output for the image (BODY_25 pose_keypoints_2d)")
+                        help="the image's keypoints: OpenPose --write_json output (BODY_25 or COCO-18), or a COCO-format "
+                             "annotation or results file (COCO-17, Halpe-26, COCO-WholeBody-133; its people of this "
+                             "image are used)")
     parser.add_argument("--bbox", type=finite_float, nargs=4, metavar=("X", "Y", "W", "H"), default=None,
                         help="person box in pixels: top-left corner, width, height (default: from the keypoints)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint written by `spin-ray train`")

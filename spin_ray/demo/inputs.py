@@ -1,29 +1,26 @@
-"""The demo's inputs: an image, OpenPose's JSON output (BODY_25), and the person's box.
+"""The demo's inputs: an image, its keypoints (OpenPose JSON or a COCO-format file, read by
+data/importers), and the person's box.
 
-OpenPose writes one JSON file per image: `{"people": [{"pose_keypoints_2d": [x0, y0, c0, x1, ...]}, ...]}`
-with 25 BODY_25 keypoints (`OPENPOSE25_NAMES` order) per person in image pixels; an undetected
-keypoint is (0, 0, 0). Every check here raises an InputError that names the file and the fix.
+The keypoints of each person land in the OpenPose BODY_25 slots (`OPENPOSE25_NAMES` order) in image
+pixels; an undetected keypoint is (0, 0, 0). Every check here names the file and the fix.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from spin_ray.body.joints import NUM_OPENPOSE
 from spin_ray.data.augment import SCALE_UNIT_PX
+from spin_ray.data.importers.sources import people_of_image
 from spin_ray.errors import InputError
 
 # SPIN's demo rule for a box from OpenPose: keypoints above this confidence span the box, which is
 # then enlarged by BOX_RESCALE so the limbs are not cut off.
 BOX_CONFIDENCE = 0.2
 BOX_RESCALE = 1.2
-# Other OpenPose body models, so a wrong file gets a helpful message.
-_OTHER_MODELS = {18: "COCO", 15: "MPI"}
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -37,44 +34,21 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_openpose(path: str | Path) -> list[np.ndarray]:
-    """Every person's BODY_25 keypoints (25,3) [x, y, confidence] from an OpenPose JSON file."""
+def read_keypoints(path: str | Path, image: str | Path) -> list[np.ndarray]:
+    """Every person's BODY_25-slot keypoints (25,3) [x, y, confidence] for `image` from a keypoint JSON file.
+
+    Any format the data readers take: OpenPose (BODY_25 or COCO-18), or a COCO-format annotation or results
+    file (COCO-17, Halpe-26, COCO-WholeBody-133); joints a format lacks have confidence 0.
+    """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"keypoint file {path} does not exist; run OpenPose with --write_json and pass "
-                         "the file it wrote for this image")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path} is not JSON ({err}); expected OpenPose's --write_json output") from None
-    people = data.get("people") if isinstance(data, dict) else None
-    if not isinstance(people, list):
-        raise InputError(f"{path} has no 'people' list; expected OpenPose's --write_json output "
-                         '{"people": [{"pose_keypoints_2d": [...]}]}')
+        raise InputError(f"keypoint file {path} does not exist; run OpenPose with --write_json (or a COCO-format "
+                         "keypoint detector) and pass the file it wrote for this image")
+    people = people_of_image(path, image)
     if not people:
-        raise InputError(f"{path}: OpenPose found no people in this image (empty 'people' list); "
-                         "nothing to fit")
-    return [_person_keypoints(person, i, path) for i, person in enumerate(people)]
-
-
-def _person_keypoints(person: object, index: int, path: Path) -> np.ndarray:
-    """One person's (25,3) keypoints, validated."""
-    values = person.get("pose_keypoints_2d") if isinstance(person, dict) else None
-    if not isinstance(values, list):
-        raise InputError(f"{path}: person {index} has no 'pose_keypoints_2d' list")
-    if len(values) != 3 * NUM_OPENPOSE:
-        count = len(values) / 3
-        hint = (f" ({int(count)} keypoints: OpenPose's {_OTHER_MODELS[int(count)]} model?)"
-                if count in _OTHER_MODELS else "")
-        raise InputError(f"{path}: person {index} has {len(values)} values in pose_keypoints_2d{hint}, expected "
-                         f"{3 * NUM_OPENPOSE} (BODY_25 x [x, y, c]); run OpenPose with --model_pose BODY_25")
-    try:
-        keypoints = np.array(values, dtype=np.float64).reshape(NUM_OPENPOSE, 3)
-    except (TypeError, ValueError):
-        raise InputError(f"{path}: person {index} has non-numeric values in pose_keypoints_2d") from None
-    if not np.isfinite(keypoints).all():
-        raise InputError(f"{path}: person {index} has NaN or infinite values in pose_keypoints_2d")
-    return keypoints
+        raise InputError(f"{path}: OpenPose found no people in this image (empty 'people' list), or the file has "
+                         "no annotations; nothing to fit")
+    return people
 
 
 def select_person(people: list[np.ndarray], index: int | None, path: str | Path) -> int:

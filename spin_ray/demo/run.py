@@ -10,7 +10,7 @@ import numpy as np
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig
-from spin_ray.demo.inputs import box_from_keypoints, box_from_xywh, read_image, read_openpose, select_person
+from spin_ray.demo.inputs import box_from_keypoints, box_from_xywh, read_image, read_keypoints, select_person
 from spin_ray.demo.predict import (
     camera_frame_vertices,
     fitting_keypoints,
@@ -98,7 +98,7 @@ def write_all(files: dict[Path, bytes]) -> list[Path]:
 def run_demo(request: DemoRequest) -> DemoResult:
     """Crop, regress, optionally refine, render and write; nothing is written unless every step succeeded."""
     image = read_image(request.image)
-    people = read_openpose(request.keypoints)
+    people = read_keypoints(request.keypoints, request.image)
     person = select_person(people, request.person, request.keypoints)
     openpose = people[person]
     if request.bbox is not None:

@@ -1,0 +1,89 @@
+"""`spin-ray data import`: a researcher's own keypoints (COCO, OpenPose, Halpe, COCO-WholeBody) as a SPIN-format `.npz`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from spin_ray.cli.arg_types import non_negative_float, non_negative_int, path_with_suffix, positive_float
+
+PROGRESS_MIN = 200  # OpenPose files; fewer read in a blink
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `data` subcommand group (`data import`)."""
+    group = subparsers.add_parser("data", help="bring your own images and keypoints (data import)",
+                                  description="Datasets from keypoints you bring.")
+    actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+    parser = actions.add_parser(
+        "import", help="keypoints (COCO, OpenPose, Halpe, WholeBody) to a SPIN-format .npz",
+        description="Read COCO-format keypoints (an annotations.json: ground truth, into SPIN's 24 dataset joints; "
+                    "a detector's results file: detections, into the 25 OpenPose joints), a folder of OpenPose "
+                    "JSON files (BODY_25 or COCO-18), or Halpe-26 / COCO-WholeBody-133; box every person by SPIN's "
+                    "rule (center = box centre, scale = --box-factor x longer side / 200), leave out crowds, "
+                    "low scores, people with few joints, tiny and truncated people (each counted), and write a "
+                    "SPIN-format .npz that `spin-ray fit` and training read.",
+    )
+    parser.add_argument("source", type=Path, help="COCO-format JSON file, or OpenPose's --write_json folder")
+    parser.add_argument("--format", choices=("coco", "openpose", "halpe", "wholebody"), required=True,
+                        help="the source's keypoint format")
+    parser.add_argument("--out", type=path_with_suffix(".npz"), required=True, help="the SPIN-format .npz to write")
+    parser.add_argument("--images", type=Path, default=None,
+                        help="image folder (imgname is relative to it; image sizes are read from file headers "
+                             "where the source has none; default: the .npz's folder)")
+    parser.add_argument("--gt-and-detections", type=Path, default=None, metavar="DETECTIONS",
+                        help="SPIN 3.3: SOURCE is ground truth, DETECTIONS a detector's output (COCO results "
+                             "file or OpenPose folder) matched to it per person for the openpose joints")
+    parser.add_argument("--detections-format", choices=("coco", "openpose", "halpe", "wholebody"), default=None,
+                        help="format of DETECTIONS (default: openpose for a folder, else --format)")
+    parser.add_argument("--box", choices=("box", "keypoints"), default="box",
+                        help="the tight box: the source's bbox (SPIN's rule; OpenPose has none) or the keypoints")
+    parser.add_argument("--box-factor", type=positive_float, default=1.2,
+                        help="scale = factor x the tight box's longer side / 200 (default 1.2, SPIN's)")
+    parser.add_argument("--min-joints", type=non_negative_int, default=6,
+                        help="leave out people with fewer visible joints (default 6; SPIN's COCO used all 12 limbs)")
+    parser.add_argument("--min-box-side", type=non_negative_float, default=32.0,
+                        help="leave out people whose tight box's longer side is below this many pixels (default 32)")
+    parser.add_argument("--min-inside", type=non_negative_float, default=0.5,
+                        help="leave out people with less than this fraction of their box inside the image, where its "
+                             "size is known (default 0.5)")
+    parser.add_argument("--min-score", type=non_negative_float, default=0.0,
+                        help="leave out detections whose person score is below this (default 0: keep all)")
+    parser.add_argument("--match-tolerance", type=positive_float, default=0.1,
+                        help="--gt-and-detections: largest mean limb distance / person size of a match (default 0.1)")
+    parser.set_defaults(func=_import)
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+    from tqdm import tqdm
+
+    from spin_ray.data.importers.coco_json import image_table_of
+    from spin_ray.data.importers.sources import read_source
+    from spin_ray.data.importers.to_spin import ImportOptions, import_people
+    from spin_ray.errors import ConfigError
+
+    try:
+        options = ImportOptions(box=args.box, box_factor=args.box_factor, min_joints=args.min_joints,
+                                min_box_side=args.min_box_side, min_inside=args.min_inside,
+                                min_score=args.min_score, match_tolerance=args.match_tolerance)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+
+    def read(source: Path, fmt: str, images=None):
+        files = sum(1 for _ in source.rglob("*.json")) if fmt == "openpose" and source.is_dir() else 0
+        with tqdm(total=files, desc=f"reading {source.name}", unit="file", disable=files < PROGRESS_MIN) as bar:
+            return read_source(source, fmt, image_dir=args.images, images=images, progress=bar.update)
+
+    people = read(args.source, args.format)
+    detections = None
+    if args.gt_and_detections is not None:
+        fmt = args.detections_format or ("openpose" if args.gt_and_detections.is_dir() else args.format)
+        detections = read(args.gt_and_detections, fmt, image_table_of(args.source) if args.format != "openpose" else None)
+    _, report = import_people(people, options, args.out, args.images, detections)
+    print(f"{people.source}: {len(people)} people ({people.role}, {people.format})"
+          + (f"; {len(detections)} detections from {detections.source}" if detections is not None else ""))
+    for line in report.lines():
+        print(line)
+    return 0
