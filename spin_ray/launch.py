@@ -92,17 +92,18 @@ def _init_ray(**options: Any) -> None:
 
 
 @contextlib.contextmanager
-def ray_session(cfg: RunConfig) -> Iterator[None]:
+def ray_session(cfg: RunConfig) -> Iterator[bool]:
     """Join the configured Ray cluster or a live local head, else start a local Ray; shut down what we started.
 
     Without a configured address a head named by Ray's address file is joined only if it is alive
-    (checked in a second); a dead one is ignored and a local Ray started (`address="local"`).
+    (checked in a second); a dead one is ignored and a local Ray started (`address="local"`). Yields
+    whether Ray is a local one this block started (no autoscaler can add nodes to it).
     """
     import ray
 
     address = cfg.pipeline.ray_address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
-        yield
+        yield False
         return
     if address in (None, "auto"):
         address = live_recorded_head()
@@ -120,7 +121,7 @@ def ray_session(cfg: RunConfig) -> Iterator[None]:
             hint = (" (Ray 2.60 uses token auth: set RAY_AUTH_MODE=token with the cluster's token, "
                     "see deploy/README.md)" if joining else "")
             raise PipelineError(f"could not start or join {where}: {str(err).splitlines()[0]}{hint}") from None
-        yield
+        yield not (address and address != "local")
     finally:
         started = _children() - before
         ray.shutdown()
@@ -232,9 +233,11 @@ def launch(cfg: RunConfig, resume: Path | None = None, progress: bool = True) ->
     output_dir.mkdir(parents=True, exist_ok=True)
     prepare_data(cfg, progress)
     started = time.monotonic()
-    with store_url(cfg.store, output_dir / "redis") as url, ray_session(cfg):
+    with store_url(cfg.store, output_dir / "redis") as url, ray_session(cfg) as own_local_ray:
         run_cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})
-        check_run_resources(run_cfg)  # fail in seconds on what can never be placed, before anything waits
+        # Fail in seconds on what can never be placed, before anything waits; a local Ray we started has
+        # no autoscaler to ask.
+        check_run_resources(run_cfg, autoscaler=not own_local_ray)
         if run_cfg.train.workers > 1:  # data-parallel trainers on Ray Train, one shared fitter pool
             from spin_ray.pipeline.train_workers import run_train_workers
 

@@ -128,7 +128,9 @@ def test_a_dead_head_in_rays_address_file_is_ignored_by_launch_the_fixture_and_p
                               text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
         times = dict(line.split() for line in done.stdout.splitlines() if line.split()[0] in ("launch", "fixture"))
-        assert float(times["launch"]) < 10 and float(times["fixture"]) < 10, times
+        # A local Ray starts in 4-8 s on 2 idle cores (12 s seen under load); waiting on the dead head
+        # instead takes over 30 s.
+        assert float(times["launch"]) < 25 and float(times["fixture"]) < 25, times
         started = time.monotonic()
         pool = subprocess.run([sys.executable, "-m", "spin_ray.cli", "pool", "resize", "2", "--run", "none"],
                               env=env, capture_output=True, text=True, timeout=120)

@@ -88,10 +88,16 @@ def _autoscaler_hides_types(wait_s: float) -> bool:
         except Exception as err:  # noqa: BLE001
             log.debug("no autoscaler status (%s)", err)
             return False
-        if raw or time.monotonic() >= deadline:
+        if raw:
             break
+        if time.monotonic() >= deadline:
+            # No status yet (a loaded or just-started cluster): an autoscaler may still come up, so
+            # refusing could turn away a run that would be placed; the waits stay bounded.
+            log.info("no autoscaling status within %g s: resource requests that no live node meets are not "
+                     "refused ahead (waits are bounded by pipeline.startup_timeout_s)", wait_s)
+            return True
         time.sleep(STATUS_POLL_S)
-    report = json.loads(raw or b"{}").get("autoscaler_report") or {}
+    report = json.loads(raw).get("autoscaler_report") or {}
     # A local Ray's monitor runs the read-only provider, whose node types are its live nodes, named
     # "node_<id>"; any other name is a node type of a real (or Ray's fake multi-node) provider.
     names = set(report.get("active_nodes") or {}) | set(report.get("pending_launches") or {})
@@ -205,18 +211,20 @@ def check_requests(requests: list[Request], shape: ClusterShape) -> None:
                             f"the others would wait forever. Use pipeline.num_fitters: {fit} or fewer CPUs/GPUs each")
 
 
-def check_placeable(requests: list[Request]) -> None:
+def check_placeable(requests: list[Request], autoscaler: bool = True) -> None:
     """Fail in seconds, naming the key, if a request can never be placed (in a Ray session).
 
     The live nodes decide alone when everything fits on them (one `ray.nodes()` call); only then is
-    the autoscaler asked what it may add.
+    the autoscaler asked what it may add (`autoscaler=False`: there is none, as on a local Ray).
     """
     try:
         check_requests(requests, cluster_shape(with_autoscaler=False))
     except PipelineError:
+        if not autoscaler:
+            raise
         check_requests(requests, cluster_shape())
 
 
-def check_run_resources(cfg: RunConfig) -> None:
+def check_run_resources(cfg: RunConfig, autoscaler: bool = True) -> None:
     """check_placeable for the run's trainer actor or Ray Train workers and (async) its fitters."""
-    check_placeable(run_requests(cfg))
+    check_placeable(run_requests(cfg), autoscaler)
