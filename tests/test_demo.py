@@ -178,7 +178,7 @@ def _bad_json(folder: Path, name: str, text: str) -> Path:
     ("not json", "is not JSON"),
     ("no people list", "no 'people' list"),
     ("no people", "found no people"),
-    ("wrong keypoint count", "54 values in pose_keypoints_2d (18 keypoints: OpenPose's COCO model?)"),
+    ("wrong keypoint count", "45 values (15 keypoints: OpenPose's MPI model?)"),
     ("all confidences zero", "every keypoint of person 0 has confidence 0"),
     ("person out of range", "--person 5: "),
     ("bad bbox", "width and height must be positive"),
@@ -200,7 +200,7 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(scene, tmp_path, capsys
     elif case == "no people":
         keypoints = _bad_json(tmp_path, "k.json", '{"version": 1.3, "people": []}')
     elif case == "wrong keypoint count":
-        keypoints = _bad_json(tmp_path, "k.json", json.dumps({"people": [{"pose_keypoints_2d": [1.0] * 54}]}))
+        keypoints = _bad_json(tmp_path, "k.json", json.dumps({"people": [{"pose_keypoints_2d": [1.0] * 45}]}))
     elif case == "all confidences zero":
         zero = scene["keypoints"].copy()
         zero[:, 2] = 0

@@ -119,7 +119,7 @@ def check_rows(spin: SpinDataset, image_size: np.ndarray | None = None) -> RowCh
             "scale": ~(np.isfinite(spin.scale) & (spin.scale > 0)),
             "confidence": ~((conf >= 0) & (conf <= 1)).all(axis=1),  # NaN fails both comparisons
             "keypoint": ((conf > 0) & ~np.isfinite(keypoints[..., :2]).all(axis=-1)).any(axis=1),
-            "S": spin.has_3d & ~np.isfinite(spin.S).reshape(len(spin), -1).all(axis=1),
+            "S": spin.has_3d & ~np.isfinite(spin.S).reshape(len(spin), -1).all(axis=1) if len(spin) else spin.has_3d,
             "smpl": spin.has_smpl & ~(np.isfinite(spin.pose).all(axis=1) & np.isfinite(spin.betas).all(axis=1)),
             "box": ~box_overlaps_image(spin.center, spin.scale, image_size),
         }
