@@ -1,64 +1,105 @@
-"""`spin-ray fit`: offline SMPLify over a SPIN-format dataset, written as SPIN's static fits.
+"""`spin-ray fit`: SMPLify over every sample of a SPIN-format dataset, by the Ray fitter pool into the fit store.
+
+The pool (pipeline/dataset_fit.py) writes each fit with keep-best as soon as it is found and sends
+only the rows that have no stored fit (or, with --refit-above, a worse one), so a fit that was killed
+finishes when the same command runs again. Without --store the fits go to an embedded Redis under
+--output-dir/redis, which the next run finds again. `--local` is the old single-process path: one
+process fits everything and writes SPIN's static-fits file (N, 82) with its errors beside it.
 
 Rows with bad annotations (data/row_checks.py) are refused (data.bad_samples: raise) or not fitted
-(skip): their rows of the (N, 82) file are NaN and their errors NaN ("no fit"), so `spin-ray store
-import` leaves them out and nothing mistakes them for a fitted zero pose.
+(skip): no fit is stored for them, and in a `--local` file their rows and errors are NaN ("no fit"),
+so `spin-ray store import` leaves them out and nothing mistakes them for a fitted zero pose.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from spin_ray.cli.arg_types import path_with_suffix, positive_int
-from spin_ray.config import RunConfig, load_config, with_overrides
+from spin_ray.cli.arg_types import non_negative_float, non_negative_int, path_with_suffix, positive_int
+from spin_ray.config import RunConfig, StoreConfig, load_config, with_overrides
+
+_DEFAULT_NAMESPACE = StoreConfig().namespace
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `fit` subcommand."""
     parser = subparsers.add_parser(
-        "fit", help="fit a SPIN-format dataset's keypoints offline (static fits (N, 82) + errors)",
-        description="Fit every sample of a SPIN-format .npz from the mean pose (or from given fits) and "
-                    "write SPIN's static-fits file (N, 82) with its errors beside it (<out>.errors.npy). "
-                    "Rows with bad annotations are refused or skipped as data.bad_samples says; skipped rows "
-                    "are NaN in both files. Import it with `spin-ray store import` to give a fit store its "
-                    "first contents.",
+        "fit", help="fit a SPIN-format dataset's keypoints (Ray fitter pool into the fit store, resumable; or --local)",
+        description="Fit every sample of a SPIN-format .npz with SMPLify from the mean pose, given fits (--init) or "
+                    "a trained network's predictions (--checkpoint). By default a pool of Ray fitter actors writes "
+                    "each fit to the fit store (--store URL, else an embedded Redis under --output-dir) with "
+                    "keep-best as it is found; run the same command again after a stop and it fits only what is "
+                    "missing. --local fits in this process and writes SPIN's static-fits file (N, 82) and "
+                    "<out>.errors.npy. Rows with bad annotations are refused or skipped as data.bad_samples says.",
     )
     parser.add_argument("dataset", type=Path, help="SPIN-format dataset .npz (imgname, center, scale, part, ...)")
-    parser.add_argument("--out", type=path_with_suffix(".npy"), required=True,
-                        help="static-fits .npy to write ('.npy' is added to a name without a suffix)")
+    parser.add_argument("--out", type=path_with_suffix(".npy"), default=None,
+                        help="static-fits .npy to write ('.npy' is added to a name without a suffix); needed by "
+                             "--local, else the store's fits are exported there at the end. Without --store and "
+                             "--namespace it means --local, as before the pool existed")
+    parser.add_argument("--local", action="store_true", help="fit in this process, no Ray and no store (needs --out)")
+    parser.add_argument("--store", default=None, metavar="URL",
+                        help="redis:// or rediss:// URL of the fit store (default: the config's store.url or "
+                             "store.url_env, else $SPIN_RAY_REDIS_URL, else an embedded Redis under --output-dir/redis)")
+    parser.add_argument("--namespace", default=None, help=f"fit-store namespace (default: {_DEFAULT_NAMESPACE!r})")
+    parser.add_argument("--name", default=None, help="the dataset's name in the store (default: the .npz's stem)")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="where an embedded store keeps its data (default: outputs/fit-NAMESPACE)")
+    parser.add_argument("--fitters", type=positive_int, default=None, help="fitter actors (default: pipeline.num_fitters)")
+    parser.add_argument("--fitter-gpus", type=non_negative_float, default=None,
+                        help="GPUs per fitter actor, fractions below 1 allowed (default: pipeline.fitter_num_gpus)")
+    parser.add_argument("--refit-above", type=non_negative_float, default=None, metavar="E",
+                        help="also fit rows whose stored error is above E (keep-best keeps the better fit)")
     parser.add_argument("--config", type=Path, default=None, help="run config (default: the embedded default)")
     parser.add_argument("--image-root", type=Path, default=None,
                         help="folder the dataset's imgname paths are relative to (default: the .npz's folder); "
                              "image sizes are read from it to check that each person box overlaps its image")
-    parser.add_argument("--init", type=Path, default=None,
-                        help="start from these (N, 82) fits instead of the mean pose")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--init", type=Path, default=None, help="start from these (N, 82) fits instead of the mean pose")
+    start.add_argument("--checkpoint", type=Path, default=None,
+                       help="start from this trained checkpoint's predictions on each canonical crop")
+    parser.add_argument("--iterations", type=non_negative_int, default=None,
+                        help="Adam iterations of each SMPLify stage (default: fitting.iterations_camera/_body)")
     parser.add_argument("--limit", type=positive_int, default=None, help="fit only the first N samples")
-    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads of this process")
     parser.add_argument("--bad-samples", choices=("skip", "raise"), default=None,
                         help="rows with bad annotations: skip them or stop (default: data.bad_samples, skip)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_fit)
 
 
-def _fit(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace) -> RunConfig:
+    from spin_ray.cli.store_common import URL_ENV
+
+    cfg = load_config(args.config) if args.config else RunConfig()
+    iterations = args.iterations
+    # As `spin-ray store ...` does: a job on a cluster names its Redis in the environment.
+    url = args.store or (None if cfg.store.url or cfg.store.url_env else os.environ.get(URL_ENV) or None)
+    return with_overrides(cfg, data={"bad_samples": args.bad_samples},
+                          fitting={"iterations_camera": iterations, "iterations_body": iterations},
+                          store={"url": url, "namespace": args.namespace})
+
+
+def _prepare(args: argparse.Namespace, cfg: RunConfig):
+    """(the dataset fit: keypoints, usable rows, starts; the body model) from the flags."""
     from spin_ray.body.body_model import BodyModel
     from spin_ray.data.row_checks import check_rows, image_sizes
     from spin_ray.data.spin_format import load_spin_npz
     from spin_ray.errors import InputError
-    from spin_ray.fitting.priors import load_pose_prior
-    from spin_ray.fitting.static_fits import canonical_crop_keypoints, fit_static
+    from spin_ray.fitting.static_fits import canonical_crop_keypoints
     from spin_ray.model.mean_params import mean_pose_axis_angle
-    from spin_ray.store.files import errors_path_for, read_npy_fits
+    from spin_ray.pipeline.dataset_fit import DatasetFit, network_starts
+    from spin_ray.store.files import read_npy_fits
 
-    torch.set_num_threads(args.threads)
-    cfg = load_config(args.config) if args.config else RunConfig()
-    cfg = with_overrides(cfg, data={"bad_samples": args.bad_samples})
     root = args.image_root if args.image_root is not None else args.dataset.parent
-    data = load_spin_npz(args.dataset, image_root=root)
+    data = load_spin_npz(args.dataset, image_root=root, name=args.name)
     if len(data) == 0:
         raise InputError(f"{args.dataset}: nothing to fit, the dataset has no samples")
     data = data.head(len(data) if args.limit is None else args.limit)
@@ -75,7 +116,8 @@ def _fit(args: argparse.Namespace) -> int:
                          "(see the warning above)")
     keypoints = canonical_crop_keypoints(data.keypoints49(), data.center, data.scale, cfg.camera.crop_size)
     body = BodyModel.from_config(cfg.body)
-    prior = load_pose_prior(cfg.fitting)
+    mean_pose, mean_betas = (t.numpy() for t in mean_pose_axis_angle(cfg))
+    pose, betas, step = mean_pose, mean_betas, 0
     if args.init is not None:
         table, _ = read_npy_fits(args.init, errors=float("inf"))
         if len(table) < n:
@@ -84,14 +126,45 @@ def _fit(args: argparse.Namespace) -> int:
         if broken.any():
             raise InputError(f"--init {args.init} row {int(np.flatnonzero(broken)[0])} holds NaN or inf "
                              f"({int(broken.sum())} such rows to fit); give fits for every row, or no --init")
-        pose, betas = torch.from_numpy(table[:n, :72]), torch.from_numpy(table[:n, 72:72 + body.num_betas])
-    else:
-        pose, betas = mean_pose_axis_angle(cfg)
-    fits = fit_static(body, prior, torch.from_numpy(keypoints), pose, betas, cfg.fitting, cfg.camera,
-                      fit_rows=usable)
+        pose, betas = table[:n, :72], table[:n, 72:72 + body.num_betas]
+    elif args.checkpoint is not None:
+        pose, betas, step, missed = network_starts(args.checkpoint, np.flatnonzero(usable), args.dataset, root,
+                                                   data.name, body.identity, cfg.fitting.batch_size)
+        unpredicted = np.isnan(pose).any(axis=1) | np.isnan(betas).any(axis=1)
+        pose[unpredicted], betas[unpredicted] = mean_pose[0], mean_betas[0]
+        if missed:
+            print(f"note: {missed} rows have no readable image under {root}: they start from the mean pose",
+                  file=sys.stderr)
+    return DatasetFit(data.name, keypoints, usable, pose, betas, step), body
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from spin_ray.errors import InputError
+
+    torch.set_num_threads(args.threads)
+    local = args.local or (args.out is not None and args.store is None and args.namespace is None)
+    if local and args.out is None:
+        raise InputError("--local writes SPIN's static-fits file: give it with --out FITS.npy")
+    if local and (args.fitters or args.fitter_gpus is not None or args.refit_above is not None):
+        raise InputError("--fitters, --fitter-gpus and --refit-above are for the fitter pool: leave out --local")
+    cfg = _config(args)
+    job, body = _prepare(args, cfg)
+    return _fit_local(args, cfg, job, body) if local else _fit_into_store(args, cfg, job, body)
+
+
+def _fit_local(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
+    from spin_ray.fitting.priors import load_pose_prior
+    from spin_ray.fitting.static_fits import fit_static
+    from spin_ray.store.files import errors_path_for
+
+    fits = fit_static(body, load_pose_prior(cfg.fitting), torch.from_numpy(job.keypoints),
+                      torch.from_numpy(np.asarray(job.init_pose, np.float32)),
+                      torch.from_numpy(np.asarray(job.init_betas, np.float32)), cfg.fitting, cfg.camera,
+                      progress=not args.no_progress, fit_rows=job.usable)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.save(args.out, fits.table())
     np.save(errors_path_for(args.out), np.where(fits.failed | ~fits.fitted, np.nan, fits.error))
+    n = len(job.usable)
     ok = fits.fitted & ~fits.failed
     valid = ok & (fits.error < cfg.fitting.valid_error_threshold)
     median = float(np.median(fits.error[ok])) if ok.any() else float("nan")
@@ -100,3 +173,51 @@ def _fit(args: argparse.Namespace) -> int:
           f"{skipped}, median error {median:.2f}, {int(valid.sum())} valid (< {cfg.fitting.valid_error_threshold:g})")
     print(f"wrote {args.out} and {errors_path_for(args.out)}")
     return 0
+
+
+def _fit_into_store(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
+    from spin_ray.launch import ray_session, stop_on_signals
+    from spin_ray.pipeline.dataset_fit import dataset_fit_config, fit_dataset
+    from spin_ray.pipeline.pool import FitterPool
+    from spin_ray.redact import redact_url
+    from spin_ray.store.fit_store import FitStore
+    from spin_ray.store.server import resolve_url, store_url
+
+    namespace = cfg.store.namespace
+    redis_dir = (args.output_dir or Path("outputs") / f"fit-{namespace}") / "redis"
+    embedded = resolve_url(cfg.store) is None
+    where = f"the embedded store in {redis_dir}" if embedded else f"namespace {namespace!r} of the store"
+    pool_cfg = dataset_fit_config(cfg, args.fitters, args.fitter_gpus)
+    received: list[int] = []
+    try:
+        with stop_on_signals() as received, store_url(cfg.store, redis_dir) as url:
+            if embedded:
+                print(f"fit store: embedded Redis at {redact_url(url)}, data in {redis_dir} (kept for the next run)",
+                      file=sys.stderr, flush=True)
+            run_cfg = pool_cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})
+            with ray_session(run_cfg), FitStore.from_config(run_cfg.store, body.identity, url=url) as store:
+                summary = fit_dataset(lambda: FitterPool(run_cfg, store.address, name=f"fit-{job.dataset}"), store,
+                                      body, job, run_cfg, args.refit_above, progress=not args.no_progress)
+                exported = store.export_npy(job.dataset, args.out, len(job.usable)) if args.out else None
+    except KeyboardInterrupt as stopped:
+        signum = received[0] if received else getattr(stopped, "signum", signal.SIGINT)
+        print(f"spin-ray fit: stopped by {signal.Signals(signum).name}; every fit found so far is in {where}; run "
+              "the same command again to fit the rest", file=sys.stderr)
+        return 128 + signum
+    _print_summary(summary, cfg, where)
+    if exported is not None:
+        print(f"wrote {exported} and {exported.with_name(exported.stem + '.errors.npy')}")
+    return 0
+
+
+def _print_summary(summary, cfg: RunConfig, where: str) -> None:
+    s = summary
+    skipped = s.rows - s.usable
+    retry = s.failed + s.unfinished
+    print(f"{s.dataset}: {s.stored_before} of {s.usable} usable rows had a fit already; fitted {s.fitted} of {s.sent} "
+          f"sent in {s.seconds:.1f} s ({s.fits_per_s:.1f} fits/s, {s.fitters} fitters), {s.failed} failed, "
+          f"{s.written} improved the store" + (f", {s.unfinished} unfinished" if s.unfinished else ""))
+    print(f"{s.dataset}: {s.stored_after} of {s.usable} usable rows have a fit in {where}, median error "
+          f"{s.median_error:.2f}, {s.valid} valid (< {cfg.fitting.valid_error_threshold:g})"
+          + (f"; {skipped} rows skipped (bad annotations)" if skipped else "")
+          + (f"; run again to retry the {retry} rows without a fit" if retry else ""))

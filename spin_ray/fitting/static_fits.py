@@ -2,7 +2,9 @@
 
 This is how a fit store gets its first contents (the paper's initial fit dictionary): every sample
 is fitted in its canonical crop from the mean pose (or from given parameters), and scored with the
-same ranking error that the training loop uses, so later loop fits replace only worse ones.
+same ranking error that the training loop uses, so later loop fits replace only worse ones. The
+start (`static_start`) and the fit (`canonical_fits.fit_predictions`) are the fitter pool's own, so
+`spin-ray fit --local` and the pool's dataset fit give the same fits from the same start.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import torch
 from tqdm import tqdm
 
 from spin_ray.body.body_model import BodyModel
+from spin_ray.body.frames import AUG_FIELDS
 from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.errors import InputError
+from spin_ray.fitting.canonical_fits import fit_predictions
 from spin_ray.fitting.starts import typical_depth
-from spin_ray.fitting.scoring import score_fits
-from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, rejected_samples, smplify
+from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, rejected_samples
+from spin_ray.geometry import pixels_to_normalised
 
 SCALE_UNIT_PX = 200.0  # SPIN's `scale` is the person box in pixels divided by 200
+# The augmentation record of a canonical crop: no flip, no rotation, unit scale and colour gains.
+CANONICAL_AUG = tuple(0.0 if name in ("flip", "rot") else 1.0 for name in AUG_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,23 @@ def canonical_crop_keypoints(
     return np.concatenate([xy, keypoints[..., 2:]], axis=-1).astype(np.float32)
 
 
+def static_start(
+    body: BodyModel, keypoints_px: torch.Tensor, pose: torch.Tensor, betas: torch.Tensor, camera: CameraConfig,
+) -> tuple[SmplifyParams, torch.Tensor, torch.Tensor]:
+    """An SMPLify start in canonical crops from given parameters: (start, normalised keypoints, augmentation records).
+
+    The camera translation is found in closed form from the keypoints (rejected samples get a
+    harmless one; SMPLify flags them); what comes out is what `fit_predictions` takes, so offline
+    fits and the fitter pool's fits of the same start go through one path.
+    """
+    kp = keypoints_px
+    safe_kp = torch.where(rejected_samples(kp)[:, None, None], torch.zeros_like(kp), kp)
+    camera_t = camera_from_keypoints(body, pose, betas, safe_kp, camera, typical_depth(camera))
+    normalised = torch.cat([pixels_to_normalised(kp[..., :2], camera.crop_size), kp[..., 2:]], dim=-1)
+    aug = torch.tensor(CANONICAL_AUG, dtype=kp.dtype).expand(kp.shape[0], -1)
+    return SmplifyParams.from_pose(pose, betas, camera_t), normalised, aug
+
+
 def fit_static(
     body: BodyModel,
     pose_prior: torch.nn.Module,
@@ -89,18 +112,13 @@ def fit_static(
     for start in range(0, len(todo), fitting.batch_size):
         rows = todo[start:start + fitting.batch_size]
         index = torch.from_numpy(rows)
-        kp = keypoints_px[index]
-        p0, b0 = init_pose[index].clone(), init_betas[index].clone()
-        safe_kp = torch.where(rejected_samples(kp)[:, None, None], torch.zeros_like(kp), kp)
-        cam = camera_from_keypoints(body, p0, b0, safe_kp, camera, typical_depth(camera))
-        result = smplify(body, pose_prior, kp, SmplifyParams.from_pose(p0, b0, cam), fitting, camera)
-        fitted_pose = result.params.pose
-        scored = score_fits(body, fitted_pose, result.params.betas, safe_kp, camera, fitting)
-        bad = result.failed | ~torch.isfinite(scored)
-        pose[rows] = fitted_pose.numpy()
-        betas[rows] = result.params.betas.numpy()
-        error[rows] = torch.where(bad, torch.full_like(scored, float("inf")), scored).double().numpy()
-        failed[rows] = bad.numpy()
+        start, kp, aug = static_start(body, keypoints_px[index], init_pose[index].clone(),
+                                      init_betas[index].clone(), camera)
+        fits = fit_predictions(body, pose_prior, start, kp, aug, fitting, camera)
+        pose[rows] = fits.pose.numpy()
+        betas[rows] = fits.betas.numpy()
+        error[rows] = fits.error.double().numpy()
+        failed[rows] = ~torch.isfinite(fits.error).numpy()
         bar.update(len(rows))
         done = np.isfinite(error)
         bar.set_postfix(median_error=f"{np.median(error[done]) if done.any() else float('nan'):.1f}")

@@ -62,6 +62,9 @@ def fitter_device(config: RunConfig) -> torch.device:
 class FitterActor:
     """One fitter process: builds its body model, prior and store connection once, then fits requests."""
 
+    # The store's `source` of the fits this fitter writes; the offline dataset fit's subclass writes "static".
+    source = "loop"
+
     def __init__(self, config: RunConfig, store: FitStoreAddress, actor_id: str) -> None:
         torch.set_num_threads(config.pipeline.fitter_threads)
         self.actor_id = actor_id
@@ -95,12 +98,12 @@ class FitterActor:
         fit_request(self.body, self.prior, warm, fitting, self.camera, self.device)
 
     def fit(self, request: FitRequest) -> FitReport:
-        """Fit one request, write every improvement to the store (source 'loop'), report what happened."""
+        """Fit one request, write every improvement to the store (source `self.source`), report what happened."""
         start, cpu_start = time.perf_counter(), time.process_time()
         fits = fit_request(self.body, self.prior, request, self.fitting, self.camera, self.device)
         error = fits.error.cpu().numpy().astype(np.float64)
         written = self.store.keep_best_samples(request.row_datasets, request.indices, fits.pose.cpu().numpy(),
-                                               fits.betas.cpu().numpy(), error, request.step, "loop")
+                                               fits.betas.cpu().numpy(), error, request.step, self.source)
         finite = np.isfinite(error)
         fitted = int(finite.sum())
         return FitReport(

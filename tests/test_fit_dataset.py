@@ -1,0 +1,160 @@
+"""`spin-ray fit` through the fitter pool into the store (spin_ray/pipeline/dataset_fit.py, spin_ray/cli/fit.py).
+
+Real parts: the session's redis-server, a local Ray, the fitter actors, the tiny rendered datasets.
+The pool's fits must equal the single-process path's (`--local`) from the same start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+import torch
+
+from spin_ray.cli import main
+from spin_ray.data.augment import IDENTITY_AUG
+from spin_ray.fitting.static_fits import CANONICAL_AUG
+from spin_ray.geometry import axis_angle_to_matrix
+from spin_ray.pipeline.dataset_fit import rows_to_fit
+from spin_ray.store.fit_store import FitStore
+from spin_ray.store.files import errors_path_for
+
+ITERATIONS = "8"  # SMPLify iterations per stage: enough to move every fit, cheap on 2 cores
+SUMMARY = re.compile(r"(\d+) of (\d+) usable rows had a fit already; fitted (\d+) of (\d+) sent")
+
+
+def _same_rotations(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest difference of the rotation matrices of two (N, 72) axis-angle poses (2 pi apart is the same)."""
+    to_matrix = lambda p: axis_angle_to_matrix(torch.from_numpy(p).double().reshape(-1, 3))  # noqa: E731
+    return float((to_matrix(a) - to_matrix(b)).abs().max())
+
+
+def _sent_and_fitted(text: str) -> tuple[int, int, int]:
+    found = SUMMARY.search(text)
+    assert found, text
+    before, _, fitted, sent = (int(g) for g in found.groups())
+    return before, sent, fitted
+
+
+def test_canonical_aug_is_the_identity_record():
+    assert np.array_equal(np.array(CANONICAL_AUG, np.float32), IDENTITY_AUG.as_array())
+
+
+def test_fit_sends_only_missing_rows_and_equals_the_local_fit(tiny_spin_data, redis_server, ray_local, tmp_path,
+                                                               capsys):
+    npz = tiny_spin_data["tiny-itw"]
+    local = tmp_path / "local.npy"
+    assert main(["fit", str(npz), "--local", "--iterations", ITERATIONS, "--out", str(local), "--no-progress"]) == 0
+    table, errors = np.load(local), np.load(errors_path_for(local))
+    n = len(errors)
+    namespace = f"fit-{uuid.uuid4().hex[:8]}"
+    # A store a killed run left half full: the first 40 rows hold the local fits.
+    with FitStore.open(redis_server.url, namespace, body_model_hash=_body_hash()) as store:
+        store.keep_best("tiny-itw", np.arange(40), table[:40, :72], table[:40, 72:], errors[:40], 0, "static")
+    capsys.readouterr()
+    flags = ["--store", redis_server.url, "--namespace", namespace, "--fitters", "2", "--iterations", ITERATIONS,
+             "--no-progress"]
+    assert main(["fit", str(npz), *flags]) == 0
+    before, sent, fitted = _sent_and_fitted(capsys.readouterr().out)
+    assert (before, sent, fitted) == (40, n - 40, n - 40)
+
+    exported = tmp_path / "pool.npy"
+    assert main(["store", "export", str(exported), "--url", redis_server.url, "--namespace", namespace,
+                 "--dataset", "tiny-itw", "--size", str(n)]) == 0
+    pool_table, pool_errors = np.load(exported), np.load(errors_path_for(exported))
+    assert np.isfinite(pool_errors).all()
+    np.testing.assert_allclose(pool_errors, errors, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(pool_table[:, 72:], table[:, 72:], rtol=0, atol=1e-3)
+    assert _same_rotations(pool_table[:, :72], table[:, :72]) < 1e-3
+    with FitStore.open(redis_server.url, namespace) as store:
+        assert set(store.read("tiny-itw", np.arange(40, n)).source) == {"static"}
+
+    # Nothing is worse than the worst: a rerun with --refit-above sends nothing and starts no fitter.
+    capsys.readouterr()
+    assert main(["fit", str(npz), *flags, "--refit-above", f"{pool_errors.max()}"]) == 0
+    assert _sent_and_fitted(capsys.readouterr().out) == (n, 0, 0)
+    with FitStore.open(redis_server.url, namespace) as store:
+        bound = float(np.median(pool_errors))
+        assert np.array_equal(rows_to_fit(store, "tiny-itw", np.ones(n, bool), bound, chunk=7),
+                              np.flatnonzero(pool_errors > bound))
+        usable = np.arange(n) % 3 > 0
+        assert np.array_equal(rows_to_fit(store, "tiny-itw", usable, bound),
+                              np.flatnonzero(usable & (pool_errors > bound)))
+        store.drop()
+
+
+def _body_hash() -> str:
+    from spin_ray.body.body_model import BodyModel
+
+    return BodyModel.embedded().identity
+
+
+def test_fit_refuses_pool_flags_with_local(tiny_spin_data, tmp_path, capsys):
+    out = tmp_path / "x.npy"
+    assert main(["fit", str(tiny_spin_data["tiny-itw"]), "--local", "--fitters", "2", "--out", str(out)]) == 1
+    assert "--fitters" in capsys.readouterr().err and not out.exists()
+    assert main(["fit", str(tiny_spin_data["tiny-itw"]), "--local"]) == 1
+    assert "--out" in capsys.readouterr().err
+
+
+def _tiled(npz, times: int, path):
+    """The tiny split repeated `times` times: enough rows that a kill lands halfway."""
+    from spin_ray.data.spin_format import load_spin_npz, write_spin_npz
+
+    data = load_spin_npz(npz, npz.parent)
+    kp = data.keypoints49()
+    tile = lambda a: np.concatenate([a] * times)  # noqa: E731
+    return write_spin_npz(path, imgname=tile(data.imgname), center=tile(data.center), scale=tile(data.scale),
+                          part=tile(kp[:, 25:]), openpose=tile(kp[:, :25]))
+
+
+@pytest.mark.slow
+def test_killed_fit_finishes_the_rest_when_run_again(tiny_spin_data, tmp_path):
+    npz = _tiled(tiny_spin_data["tiny-itw"], 8, tmp_path / "tiled.npz")
+    out_dir = tmp_path / "fit"
+    command = [sys.executable, "-m", "spin_ray.cli", "fit", str(npz), "--fitters", "2", "--output-dir", str(out_dir),
+               "--namespace", "killed", "--no-progress"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = None
+        for line in first.stderr:  # the embedded store says where it listens before the pool starts
+            found = re.match(r"fit store: embedded Redis at (\S+),", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url is not None
+        n = 96 * 8
+        with FitStore.open(url, "killed") as store:
+            deadline = time.monotonic() + 300
+            while store.count("tiled") < n // 4:
+                assert time.monotonic() < deadline and first.poll() is None
+                time.sleep(0.05)
+            first.send_signal(signal.SIGTERM)
+            _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 128 + signal.SIGTERM, err
+    assert "run the same command again" in err
+    assert not (out_dir / "redis" / "redis.pid").exists()  # the embedded Redis stopped with the run
+
+    second = subprocess.run([*command, "--out", str(tmp_path / "pool.npy")], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert second.returncode == 0, second.stderr
+    before, sent, fitted = _sent_and_fitted(second.stdout)
+    assert n // 4 <= before < n and sent == fitted == n - before  # only the rest was fitted the second time
+
+    local = tmp_path / "local.npy"
+    assert main(["fit", str(npz), "--local", "--out", str(local), "--no-progress"]) == 0
+    np.testing.assert_allclose(np.load(errors_path_for(tmp_path / "pool.npy")), np.load(errors_path_for(local)),
+                               rtol=0, atol=1e-4)
+    assert _same_rotations(np.load(tmp_path / "pool.npy")[:, :72], np.load(local)[:, :72]) < 1e-3
