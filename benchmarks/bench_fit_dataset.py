@@ -113,10 +113,14 @@ def section(rows: list[dict], header: str, command: str, busy_before: float) -> 
     if 1 in by:
         per_fit = 1.0 / by[1]["fits_per_s"]
         lines += ["", f"Projection to {PROJECTED:,} samples from the measured cost of one fitter on one core here "
-                  f"({1000 * per_fit:.1f} ms a fit, i.e. {PROJECTED * per_fit / 3600:.2f} core-hours):", "",
-                  "| fitters (one core each, linear) | hours |", "| --- | --- |"]
+                  f"({1000 * per_fit:.1f} ms a fit, i.e. {PROJECTED * per_fit / 3600:.2f} core-hours); beyond 2 "
+                  "fitters a linear extrapolation, not a measurement (each fitter on a core of its own):", "",
+                  "| fitters (one core each) | hours (extrapolated unless marked) |", "| --- | --- |"]
         for n in (1, 2, 8, 32, 128):
-            lines.append(f"| {n} | {PROJECTED * per_fit / n / 3600:.2f} |")
+            if n in by:  # a measured pool size: its own rate
+                lines.append(f"| {n} | {PROJECTED / by[n]['fits_per_s'] / 3600:.2f} (measured rate) |")
+            else:
+                lines.append(f"| {n} | {PROJECTED * per_fit / n / 3600:.2f} |")
         lines += ["", "On GPUs nothing was measured here (this machine has none). With benchmarks/SCALING.md's "
                   "*assumed* 0.25 GPU-s per batch of 64 (256 fits/s per GPU), N GPU fitters would take "
                   f"{PROJECTED / 256 / 60:.0f} / N minutes, as long as the store keeps up: the keep-best writes "

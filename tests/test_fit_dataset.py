@@ -158,3 +158,33 @@ def test_killed_fit_finishes_the_rest_when_run_again(tiny_spin_data, tmp_path):
     np.testing.assert_allclose(np.load(errors_path_for(tmp_path / "pool.npy")), np.load(errors_path_for(local)),
                                rtol=0, atol=1e-4)
     assert _same_rotations(np.load(tmp_path / "pool.npy")[:, :72], np.load(local)[:, :72]) < 1e-3
+
+
+def test_checkpoint_starts_are_the_networks_predictions_on_canonical_crops(tiny_spin_data, tmp_path, capsys):
+    from spin_ray.config import RunConfig
+    from spin_ray.eval.evaluate import evaluation_dataset
+    from spin_ray.geometry import matrix_to_axis_angle
+    from spin_ray.model.hmr import HMR
+    from spin_ray.pipeline.dataset_fit import network_starts
+    from spin_ray.train.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = RunConfig.model_validate({"data": {"img_res": 64}})
+    model = HMR.from_config(cfg.network, cfg.body.num_betas).eval()
+    checkpoint = save_checkpoint(tmp_path / "model.pt", {"model": model.state_dict(), "step": 7,
+                                                         "config": cfg.model_dump(mode="json")})
+    npz = tiny_spin_data["tiny-itw"]
+    rows = np.array([0, 5, 9])
+    pose, betas, step, missed = network_starts(checkpoint, rows, npz, npz.parent, "tiny-itw", _body_hash(), 2)
+    assert step == 7 and missed == 0
+    assert np.isnan(pose[1]).all() and np.isfinite(pose[rows]).all()  # rows not asked for are left to the caller
+    crops = evaluation_dataset(npz, npz.parent, 64)
+    with torch.no_grad():
+        out = model(torch.stack([crops[int(r)]["img"] for r in rows]))
+    np.testing.assert_allclose(pose[rows], matrix_to_axis_angle(out.rotmat).reshape(3, -1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(betas[rows], out.betas.numpy(), atol=1e-5)
+
+    out_file = tmp_path / "net.npy"
+    assert main(["fit", str(npz), "--local", "--checkpoint", str(checkpoint), "--limit", "8", "--iterations", "2",
+                 "--out", str(out_file), "--no-progress"]) == 0
+    assert np.isfinite(np.load(errors_path_for(out_file))).all()

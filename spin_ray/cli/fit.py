@@ -130,6 +130,7 @@ def _prepare(args: argparse.Namespace, cfg: RunConfig):
     elif args.checkpoint is not None:
         pose, betas, step, missed = network_starts(args.checkpoint, np.flatnonzero(usable), args.dataset, root,
                                                    data.name, body.identity, cfg.fitting.batch_size)
+        pose, betas = pose[:n], betas[:n]  # --limit: the checkpoint saw the first n rows only
         unpredicted = np.isnan(pose).any(axis=1) | np.isnan(betas).any(axis=1)
         pose[unpredicted], betas[unpredicted] = mean_pose[0], mean_betas[0]
         if missed:
