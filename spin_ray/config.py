@@ -63,6 +63,20 @@ class FittingConfig(Section):
         None, description="names of the 49 keypoints that the body stage and the ranking error ignore; None: SPIN's "
                           "five (OP Neck, OP RHip, OP LHip, Right Hip, Left Hip; spin_ray/body/joints.py)"
     )
+    recipe: Literal["spin", "staged"] = Field(
+        "spin", description="fitting.fit's recipe: spin (the paper's two stages, the conformance reference) or staged "
+                            "(depth released in the body stage, prior weights decreasing over steps; spin_ray/fitting/"
+                            "recipes.py)"
+    )
+    staged_prior_scales: tuple[float, ...] = Field(
+        (3.0, 1.0, 0.3, 0.1), min_length=1,
+        description="staged: one body step per value, pose/angle/shape prior weights times the value in that step",
+    )
+    staged_iterations: int = Field(25, ge=0, description="staged: Adam iterations of each body step")
+    staged_depth_lr_scale: float = Field(
+        50.0, gt=0, description="staged: the body steps move the camera depth this many times faster than x, y "
+                                "(people stand ~50 m away from the 5000 px camera)"
+    )
 
 
 class StoreConfig(Section):

@@ -9,6 +9,7 @@ or parameters turn non-finite is frozen, flagged and returned with an infinite e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -185,21 +186,29 @@ def _safe_inputs(keypoints_2d: torch.Tensor, rejected: torch.Tensor) -> torch.Te
     return torch.where(rejected[:, None, None], torch.zeros_like(keypoints_2d), keypoints_2d)
 
 
-def _run_stage(
+def run_stage(
     params: SmplifyParams, trainable: tuple[str, ...], iterations: int, lr: float,
-    failed: torch.Tensor, loss_fn,
+    failed: torch.Tensor, loss_fn, scales: dict[str, torch.Tensor] | None = None,
+    on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
 ) -> tuple[SmplifyParams, torch.Tensor]:
-    """Adam on the named fields of params; returns the new params and the updated failed mask."""
+    """Adam on the named fields of params; returns the new params and the updated failed mask.
+
+    `scales` (field -> broadcastable tensor) makes Adam step in units of that scale on a field (its
+    learning rate times the scale); `on_iteration(params, failed)` sees the last good values after each step.
+    """
     if iterations == 0:
         return params, failed
+    scales = scales or {}
     fields = {name: getattr(params, name).detach().clone() for name in ("global_orient", "body_pose", "betas",
                                                                           "camera_t")}
     last_good = {name: value.clone() for name, value in fields.items()}
+    leaves = {name: fields[name] / scales[name] if name in scales else fields[name] for name in trainable}
     for name in trainable:
-        fields[name].requires_grad_(True)
-    optimizer = torch.optim.Adam([fields[name] for name in trainable], lr=lr, betas=(0.9, 0.999))
+        leaves[name].requires_grad_(True)
+    optimizer = torch.optim.Adam([leaves[name] for name in trainable], lr=lr, betas=(0.9, 0.999))
     for _ in range(iterations):
-        current = SmplifyParams(**fields)
+        current = SmplifyParams(**{**fields, **{name: leaves[name] * scales[name] for name in scales
+                                                 if name in trainable}})
         # Failed samples are evaluated at their last good values, so no NaN reaches the body model.
         safe = SmplifyParams(**last_good).select(failed, current)
         per_sample = loss_fn(safe)
@@ -209,28 +218,38 @@ def _run_stage(
         loss.backward()
         with torch.no_grad():
             for name in trainable:
-                grad = fields[name].grad
+                grad = leaves[name].grad
                 if grad is not None:
                     grad.masked_fill_(failed[:, None] | ~torch.isfinite(grad), 0.0)
         optimizer.step()
         with torch.no_grad():
-            finite = torch.stack([torch.isfinite(fields[n]).all(dim=1) for n in trainable]).all(dim=0)
+            values = {name: leaves[name] * scales[name] if name in scales else leaves[name] for name in trainable}
+            finite = torch.stack([torch.isfinite(values[n]).all(dim=1) for n in trainable]).all(dim=0)
             failed = failed | ~finite
             for name in trainable:
-                last_good[name] = torch.where(failed[:, None], last_good[name], fields[name].detach())
+                last_good[name] = torch.where(failed[:, None], last_good[name], values[name].detach())
+            if on_iteration is not None:
+                on_iteration(SmplifyParams(**last_good), failed)
     final = SmplifyParams(**{name: last_good[name].detach() for name in last_good})
     return final, failed
 
 
-def smplify(
-    body: BodyModel,
-    pose_prior: torch.nn.Module,
-    keypoints_2d: torch.Tensor,
-    init: SmplifyParams,
-    fitting: FittingConfig,
-    camera: CameraConfig,
-) -> SmplifyResult:
-    """Fit SMPL to 2D keypoints (B, 49, 3) [u, v, conf] in crop pixels, starting from init."""
+@dataclass(frozen=True)
+class FitInputs:
+    """Checked inputs of a fit: safe keypoints, the start, rejected samples, fit confidences and the start's error."""
+
+    keypoints_2d: torch.Tensor  # (B, 49, 3), rejected samples zeroed
+    start: SmplifyParams
+    rejected: torch.Tensor  # (B,) bool
+    conf: torch.Tensor  # (B, 49) body-stage confidences, ignored joints zeroed
+    ignored: tuple[int, ...]
+    initial_error: torch.Tensor  # (B,) ranking error of the start
+
+
+def prepare_fit(
+    body: BodyModel, keypoints_2d: torch.Tensor, init: SmplifyParams, fitting: FittingConfig, camera: CameraConfig,
+) -> FitInputs:
+    """Check shapes, reject unusable samples (they start from zeros) and score the start; shared by every recipe."""
     check_keypoints(keypoints_2d)
     batch = keypoints_2d.shape[0]
     for name, tensor, width in zip(("global_orient", "body_pose", "betas", "camera_t"), init.tensors(),
@@ -243,40 +262,65 @@ def smplify(
     zero_params = SmplifyParams(*(torch.zeros_like(t) for t in init.tensors()))
     zero_params = replace(zero_params, camera_t=torch.tensor([0.0, 0.0, 1.0]).expand(batch, 3).to(init.camera_t))
     start = zero_params.select(rejected, init.detached())
-    sigma = fitting.gmof_sigma
     ignored = ignored_joints(fitting)
     conf = fit_confidences(keypoints_2d, ignored)
-
-    def kp(p: SmplifyParams) -> torch.Tensor:
-        return model_keypoints(body, p, fitting.joints_only)
-
     with torch.no_grad():
-        initial_error = ranking_error(kp(start), start.camera_t, keypoints_2d, camera, sigma, ignored)
-    initial_depth = start.camera_t[:, 2].detach()
+        initial_error = ranking_error(model_keypoints(body, start, fitting.joints_only), start.camera_t, keypoints_2d,
+                                      camera, fitting.gmof_sigma, ignored)
+    return FitInputs(keypoints_2d, start, rejected, conf, ignored, initial_error)
 
-    params, failed = _run_stage(
-        start, ("global_orient", "camera_t"), fitting.iterations_camera, fitting.lr, rejected,
-        lambda p: camera_stage_loss(kp(p), p.camera_t, initial_depth, keypoints_2d, camera,
-                                    fitting.depth_loss_weight),
-    )
-    params, failed = _run_stage(
-        params, ("global_orient", "body_pose", "betas"), fitting.iterations_body, fitting.lr, failed,
-        lambda p: body_stage_loss(kp(p), p, keypoints_2d, conf, pose_prior, camera, fitting),
-    )
+
+def fit_result(
+    body: BodyModel, inputs: FitInputs, params: SmplifyParams, failed: torch.Tensor, fitting: FittingConfig,
+    camera: CameraConfig,
+) -> SmplifyResult:
+    """Score fitted params and flag failures; shared by every recipe."""
     with torch.no_grad():
-        final_kp = kp(params)
-        error = ranking_error(final_kp, params.camera_t, keypoints_2d, camera, sigma, ignored)
+        final_kp = model_keypoints(body, params, fitting.joints_only)
+        error = ranking_error(final_kp, params.camera_t, inputs.keypoints_2d, camera, fitting.gmof_sigma,
+                              inputs.ignored)
         failed = failed | ~torch.isfinite(error)
         inf = torch.full_like(error, float("inf"))
         return SmplifyResult(
             params=params,
             error=torch.where(failed, inf, error),
-            initial_error=torch.where(rejected, inf, initial_error),
+            initial_error=torch.where(inputs.rejected, inf, inputs.initial_error),
             failed=failed,
             betas_out_of_range=(params.betas.abs() > fitting.max_abs_beta).any(dim=1),
-            pixel_error=torch.where(failed, inf, pixel_error(final_kp, params.camera_t, keypoints_2d, camera,
-                                                                ignored)),
+            pixel_error=torch.where(failed, inf, pixel_error(final_kp, params.camera_t, inputs.keypoints_2d, camera,
+                                                                inputs.ignored)),
         )
+
+
+def smplify(
+    body: BodyModel,
+    pose_prior: torch.nn.Module,
+    keypoints_2d: torch.Tensor,
+    init: SmplifyParams,
+    fitting: FittingConfig,
+    camera: CameraConfig,
+    on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
+) -> SmplifyResult:
+    """Fit SMPL to 2D keypoints (B, 49, 3) [u, v, conf] in crop pixels, starting from init (SPIN's recipe)."""
+    inputs = prepare_fit(body, keypoints_2d, init, fitting, camera)
+    keypoints_2d = inputs.keypoints_2d
+
+    def kp(p: SmplifyParams) -> torch.Tensor:
+        return model_keypoints(body, p, fitting.joints_only)
+
+    initial_depth = inputs.start.camera_t[:, 2].detach()
+    params, failed = run_stage(
+        inputs.start, ("global_orient", "camera_t"), fitting.iterations_camera, fitting.lr, inputs.rejected,
+        lambda p: camera_stage_loss(kp(p), p.camera_t, initial_depth, keypoints_2d, camera,
+                                    fitting.depth_loss_weight),
+        on_iteration=on_iteration,
+    )
+    params, failed = run_stage(
+        params, ("global_orient", "body_pose", "betas"), fitting.iterations_body, fitting.lr, failed,
+        lambda p: body_stage_loss(kp(p), p, keypoints_2d, inputs.conf, pose_prior, camera, fitting),
+        on_iteration=on_iteration,
+    )
+    return fit_result(body, inputs, params, failed, fitting, camera)
 
 
 def camera_from_keypoints(
