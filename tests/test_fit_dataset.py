@@ -6,6 +6,7 @@ The pool's fits must equal the single-process path's (`--local`) from the same s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -115,9 +116,33 @@ def _tiled(npz, times: int, path):
                           part=tile(kp[:, 25:]), openpose=tile(kp[:, :25]))
 
 
+def _coco_file(npz, times: int, path):
+    """A COCO keypoint file of the tiny split's people, each image annotated `times` times (several people per image)."""
+    from test_data_import import COCO_FROM_PART, _tight_box
+
+    data = np.load(npz)
+    images = [{"id": i, "file_name": str(name), "width": 224, "height": 224} for i, name in enumerate(data["imgname"])]
+    annotations = []
+    for copy in range(times):
+        for i, part in enumerate(data["part"]):
+            coco = np.concatenate([part[COCO_FROM_PART, :2], 2.0 * (part[COCO_FROM_PART, 2:] > 0)], axis=1)
+            annotations.append({"id": copy * len(images) + i, "image_id": i, "iscrowd": 0, "category_id": 1,
+                                "bbox": _tight_box(coco[coco[:, 2] > 0]), "keypoints": coco.reshape(-1).tolist()})
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1}]}))
+    return path
+
+
 @pytest.mark.slow
-def test_killed_fit_finishes_the_rest_when_run_again(tiny_spin_data, tmp_path):
-    npz = _tiled(tiny_spin_data["tiny-itw"], 8, tmp_path / "tiled.npz")
+def test_killed_fit_finishes_the_rest_when_run_again(tiny_spin_data, tmp_path, capsys):
+    """The issue's path: a COCO file, `data import`, `fit` with 2 fitters killed a quarter in, `fit` again, export."""
+    coco = _coco_file(tiny_spin_data["tiny-itw"], 8, tmp_path / "people.json")
+    npz = tmp_path / "tiled.npz"
+    assert main(["data", "import", str(coco), "--format", "coco", "--images", str(tiny_spin_data["tiny-itw"].parent),
+                 "--out", str(npz)]) == 0, capsys.readouterr()
+    from spin_ray.data.spin_format import load_spin_npz
+
+    n = len(load_spin_npz(npz, tiny_spin_data["tiny-itw"].parent))
+    assert n > 600  # nearly all of the 768 people pass the import's filters
     out_dir = tmp_path / "fit"
     command = [sys.executable, "-m", "spin_ray.cli", "fit", str(npz), "--fitters", "2", "--output-dir", str(out_dir),
                "--namespace", "killed", "--no-progress"]
@@ -131,7 +156,6 @@ def test_killed_fit_finishes_the_rest_when_run_again(tiny_spin_data, tmp_path):
                 url = found.group(1)
                 break
         assert url is not None
-        n = 96 * 8
         with FitStore.open(url, "killed") as store:
             deadline = time.monotonic() + 300
             while store.count("tiled") < n // 4:
