@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spin-ray-installed
 
-.PHONY: setup run test test-slow bench clean-venv image
+.PHONY: setup run test test-slow bench clean-venv image pretrained
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (spin-ray targets Python 3.11)"; exit 1; }
@@ -40,3 +40,21 @@ image:
 	@docker info >/dev/null 2>&1 || { echo "make image: no Docker engine is reachable (docker info failed); start one or set DOCKER_HOST, then retry"; exit 1; }
 	docker build -f docker/Dockerfile -t $(IMAGE):cpu .
 	docker build -f docker/Dockerfile.cuda -t $(IMAGE):cuda .
+
+# The shipped pretrained regressor (SPIN fine-tunes a pretrained HMR): configs/pretrain.yaml's own synthetic
+# split (synth seed 7919), ground-truth supervision, then fp16 weights in spin_ray/model/assets/ with a card
+# (command, data, steps, time, machine, held-out numbers on the benchmark's synth-test). Resumable: with
+# outputs/pretrain/checkpoints/last.pt present, a larger PRETRAIN_STEPS continues that run bit for bit.
+PRETRAIN_STEPS ?= 3000
+PRETRAIN_CKPT := outputs/pretrain/checkpoints/last.pt
+PRETRAINED := spin_ray/model/assets/pretrained_resnet18_96.pt.xz
+pretrained: setup
+	$(PY) -m spin_ray.cli synth --config configs/pretrain.yaml --quiet
+	$(PY) -m spin_ray.cli train configs/pretrain.yaml --steps $(PRETRAIN_STEPS) --no-progress \
+		$$(test -f $(PRETRAIN_CKPT) && echo --resume $(PRETRAIN_CKPT))
+	$(PY) tools/export_pretrained.py export $(PRETRAIN_CKPT) --out $(PRETRAINED) \
+		--eval-checkpoint outputs/pretrain/exported.pt
+	$(PY) -m spin_ray.cli eval outputs/pretrain/exported.pt --config configs/local.yaml --dataset synth-test \
+		--no-segmentation --json outputs/pretrain/heldout.json
+	$(PY) tools/export_pretrained.py card $(PRETRAIN_CKPT) --weights $(PRETRAINED) \
+		--eval outputs/pretrain/heldout.json --command "make pretrained PRETRAIN_STEPS=$(PRETRAIN_STEPS)"

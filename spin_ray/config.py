@@ -195,8 +195,9 @@ class NetworkConfig(Section):
         None, description="SPIN's smpl_mean_params.npz; None computes mean parameters for the open model"
     )
     init_checkpoint: Path | None = Field(
-        None, description="a spin-ray checkpoint whose network weights start this run (SPIN fine-tunes a pretrained "
-        "HMR); only the weights are taken, not the optimiser, step or fits; None starts from pretrained_path or random"
+        None, description="a spin-ray checkpoint, or shipped fp16 weights (spin_ray/model/assets/, `make pretrained`), "
+        "whose network weights start this run (SPIN fine-tunes a pretrained HMR); only the weights are taken, not the "
+        "optimiser, step or fits; None starts from pretrained_path or random"
     )
     ief_iterations: int = Field(3, ge=1, description="iterative error feedback steps of the regressor head")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout after each hidden layer of the regressor head")

@@ -19,6 +19,7 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.config import CameraConfig, RunConfig, config_from_dict
 from spin_ray.errors import ConfigError, ModelError
 from spin_ray.model.hmr import HMR
+from spin_ray.model.pretrained import is_pretrained_file, load_pretrained, pretrained_identity
 
 CHECKPOINT_FORMAT = 1
 
@@ -106,6 +107,9 @@ def initial_network(cfg: RunConfig, body: BodyModel) -> HMR:
     model = HMR.from_config(cfg.network, cfg.body.num_betas)
     path = cfg.network.init_checkpoint
     if path is None:
+        return model
+    if is_pretrained_file(path):  # shipped weights (make pretrained), fp16 with their identity
+        model.load_state_dict(load_pretrained(path, pretrained_identity(cfg, body.identity)))
         return model
     try:
         payload = load_checkpoint(path)
