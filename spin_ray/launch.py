@@ -129,9 +129,15 @@ def ray_session(cfg: RunConfig) -> Iterator[bool]:
 
 
 def _children() -> set[Any]:
+    """Our child processes, except redis-server: an embedded store restarted during the run is stopped by its owner."""
     import psutil  # Ray's own dependency
 
-    return set(psutil.Process().children(recursive=True))
+    children = set()
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.name() != "redis-server":
+                children.add(child)
+    return children
 
 
 def _reap(processes: set[Any], grace_s: float = REAP_GRACE_S) -> None:
