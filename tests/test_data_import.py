@@ -205,3 +205,18 @@ def test_bad_openpose_file_names_file_person_and_field(scene, tmp_path, capsys):
     code, _, err = _run(capsys, folder, "--format", "openpose", "--out", tmp_path / "x.npz")
     assert code == 1 and err.count("\n") == 1
     assert "a_keypoints.json: people[1].pose_keypoints_2d has 45 values (15 keypoints: OpenPose's MPI model?)" in err
+
+
+def test_the_gallery_reads_a_keypoint_file_as_the_rows_data_import_writes(scene, tmp_path, capsys):
+    from spin_ray.curate.sample_paths import DatasetCache, parse_data_flag
+
+    out = tmp_path / "mine.npz"
+    assert _run(capsys, scene["gt"], "--format", "coco", "--images", scene["images"], "--out", out)[0] == 0
+    imported = load_spin_npz(out, scene["images"])
+    location = parse_data_flag(f"mine={scene['gt']}:{scene['images']}")
+    assert location.npz == scene["gt"] and location.image_root == scene["images"]
+    on_the_fly = DatasetCache({"mine": location}).get("mine")
+    assert on_the_fly is not None and len(on_the_fly) == len(imported)
+    assert on_the_fly.imgname.tolist() == imported.imgname.tolist()
+    np.testing.assert_allclose(on_the_fly.keypoints49(), imported.keypoints49())
+    np.testing.assert_allclose(on_the_fly.center, imported.center)

@@ -33,7 +33,8 @@ def add_location_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="run config whose data.datasets name the npz files and image roots")
     parser.add_argument(
         "--data", action="append", default=[], metavar="NAME=NPZ[:IMAGE_ROOT]",
-        help="where dataset NAME's npz and images are (IMAGE_ROOT defaults to the npz's folder; repeatable; overrides --config)",
+        help="where dataset NAME's npz and images are (IMAGE_ROOT defaults to the npz's folder; repeatable; overrides "
+             "--config); NPZ may be the keypoint file or OpenPose folder it was imported from with `spin-ray data import`",
     )  # fmt: skip
 
 

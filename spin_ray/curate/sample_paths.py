@@ -26,19 +26,21 @@ class DatasetLocation:
 
 
 def parse_data_flag(text: str) -> DatasetLocation:
-    """A location from `NAME=NPZ[:IMAGE_ROOT]` (IMAGE_ROOT defaults to the folder of NPZ)."""
+    """A location from `NAME=NPZ[:IMAGE_ROOT]` (IMAGE_ROOT defaults to the folder of NPZ); NPZ may also be a keypoint
+    file or folder that `spin-ray data import` reads (COCO/Halpe/WholeBody JSON, OpenPose JSON)."""
     name, sep, rest = text.partition("=")
     if not sep or not name or not rest:
         raise FitStoreError(
             f"--data {text!r}: expected NAME=NPZ[:IMAGE_ROOT], e.g. --data coco=data/coco.npz:data/coco_images"
         )
     check_name("dataset", name)
-    # Split after '.npz' so a colon elsewhere in the npz path is not taken for the separator.
-    cut = rest.lower().find(".npz:")
-    if cut >= 0:
-        npz, root = rest[: cut + 4], rest[cut + 5 :]
-    else:
-        npz, root = rest, ""
+    # Split after '.npz' (or '.json') so a colon elsewhere in the path is not taken for the separator.
+    npz, root = rest, ""
+    for suffix in (".npz:", ".json:"):
+        cut = rest.lower().find(suffix)
+        if cut >= 0:
+            npz, root = rest[: cut + len(suffix) - 1], rest[cut + len(suffix):]
+            break
     npz_path = Path(npz)
     return DatasetLocation(name, npz_path, Path(root) if root else npz_path.parent)
 
@@ -94,7 +96,12 @@ class DatasetCache:
             )
             return None
         try:
-            dataset = load_spin_npz(location.npz, location.image_root, name=name)
+            if location.npz.suffix.lower() == ".npz":
+                dataset = load_spin_npz(location.npz, location.image_root, name=name)
+            else:  # keypoints as `spin-ray data import` reads them: the same rows in the same order
+                from spin_ray.data.importers.sources import dataset_from_keypoints
+
+                dataset = dataset_from_keypoints(location.npz, location.image_root)
         except DataError as err:
             self._errors[name] = str(err)
             return None

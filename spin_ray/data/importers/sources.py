@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,7 +12,11 @@ from spin_ray.body.joints import NUM_OPENPOSE
 from spin_ray.data.importers.coco_json import ACCEPTED_JOINTS, ImageTable, load_json, read_coco
 from spin_ray.data.importers.openpose_json import read_openpose_folder
 from spin_ray.data.importers.people import People, Role
+from spin_ray.data.importers.to_spin import ImportOptions, import_people
 from spin_ray.errors import DataError
+
+if TYPE_CHECKING:
+    from spin_ray.data.spin_format import SpinDataset
 
 SOURCE_FORMATS = ("coco", "openpose", "halpe", "wholebody")
 
@@ -60,3 +65,19 @@ def people_of_image(path: str | Path, image: str | Path) -> list[np.ndarray]:
                         f"or image_id {sorted(ids)}); pass the keypoint file of this image")
     return [k[:NUM_OPENPOSE] for k in people.keypoints[mine]]
 
+
+
+def dataset_from_keypoints(source: str | Path, image_dir: Path | None = None) -> "SpinDataset":
+    """The SPIN-format rows that `spin-ray data import` with default options writes for `source`, in memory.
+
+    The format is told from the file (an OpenPose folder or file, else COCO, Halpe or WholeBody by joint
+    count), so the rows and their order equal those of the imported .npz the store's indices refer to.
+    """
+    source = Path(source)
+    if source.is_dir():
+        format = "openpose"
+    else:
+        data = load_json(source)
+        format = "openpose" if isinstance(data, dict) and "people" in data else coco_format_of(data)
+    dataset, _ = import_people(read_source(source, format, image_dir=image_dir), ImportOptions(), None, image_dir)
+    return dataset
