@@ -16,7 +16,8 @@ from spin_ray.body.kinematics import (
     forward_kinematics,
     joint_shape_basis,
     keypoint_joint_basis,
-    kinematic_levels,
+    pair_matrix,
+    KinematicPlan,
     regressed_skinned_points,
     shaped_rest_joints,
     skin_vertices,
@@ -29,7 +30,7 @@ from spin_ray.geometry import axis_angle_to_matrix
 # smplx always appends 5 face keypoints from vertex ids; we compute our own extras and drop its
 # extra joints, so point them at vertex 0, which exists on every mesh.
 _UNUSED_SMPLX_VERTEX_IDS = {"nose": 0, "reye": 0, "leye": 0, "rear": 0, "lear": 0}
-_PAIR_BUFFERS = ("pair_weight", "pair_template", "pair_shapedirs", "pair_posedirs")
+_PAIR_BUFFERS = ("pair_matrix", "pair_posedirs")
 ExtrasMethod = Literal["auto", "vertices", "pairs"]
 
 
@@ -59,7 +60,7 @@ class BodyModel(torch.nn.Module):
         self._num_betas = arrays.num_betas
         self._faces = arrays.faces
         self._parents: list[int] = [int(p) for p in arrays.parents]
-        self._levels = kinematic_levels(self._parents)
+        self._levels = KinematicPlan(self._parents)
 
         kintree = np.stack([arrays.parents, np.arange(NUM_SMPL_JOINTS)]).astype(np.int64)
         struct = smplx.utils.Struct(
@@ -108,6 +109,7 @@ class BodyModel(torch.nn.Module):
             # near 160 support vertices at batch 64 on one thread (benchmarks/bench_body.py models).
             method = "pairs" if 3 * len(support) > NUM_EXTRA_KEYPOINTS * NUM_SMPL_JOINTS else "vertices"
         self.num_support_vertices = len(support)
+        self.num_pairs = 0
         if method == "pairs":
             f64 = torch.float64
             basis = keypoint_joint_basis(
@@ -115,10 +117,10 @@ class BodyModel(torch.nn.Module):
                 _buffer(arrays.v_template[support], f64), _buffer(arrays.shapedirs[support], f64),
                 None if posedirs is None else _buffer(posedirs, f64),
             )
-            for name, value in basis.items():
-                self.register_buffer(name, value.to(dtype))
-            if "pair_posedirs" not in basis:
-                self.register_buffer("pair_posedirs", None)
+            self.register_buffer("pair_matrix", pair_matrix(basis).to(dtype))
+            pair_posedirs = basis.get("pair_posedirs")
+            self.register_buffer("pair_posedirs", None if pair_posedirs is None else pair_posedirs.to(dtype))
+            self.num_pairs = int(basis["coupled"].sum())
             return method
         self.register_buffer("support_regressor", _buffer(arrays.keypoint_regressor[:, support], dtype))
         self.register_buffer("support_template", _buffer(arrays.v_template[support], dtype))

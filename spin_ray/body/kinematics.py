@@ -32,6 +32,46 @@ def kinematic_levels(parents: list[int]) -> list[list[int]]:
     return [[j for j in range(len(parents)) if depth[j] == d] for d in range(max(depth) + 1)]
 
 
+class KinematicPlan:
+    """The tree in level order, for a forward kinematics of one matmul per level (9 for SMPL).
+
+    Joints are renumbered so that each level is a contiguous slice and a joint's parent sits in the
+    slice before; the index tensors are cached per device so a call builds none.
+    """
+
+    def __init__(self, parents: list[int]) -> None:
+        self.parents = list(parents)
+        self.levels = kinematic_levels(self.parents)
+        self.order = [j for level in self.levels for j in level]
+        position = {joint: i for i, joint in enumerate(self.order)}
+        self.inverse = [position[j] for j in range(len(self.parents))]
+        self.slices: list[tuple[int, int]] = []
+        self.parent_positions: list[list[int]] = []  # within the previous level's slice
+        start = 0
+        for d, level in enumerate(self.levels):
+            self.slices.append((start, len(level)))
+            if d:
+                previous = self.slices[d - 1][0]
+                self.parent_positions.append([position[self.parents[j]] - previous for j in level])
+            start += len(level)
+        self._tensors: dict[torch.device, dict[str, object]] = {}
+
+    def tensors(self, device: torch.device) -> dict[str, object]:
+        """Index tensors on `device`: order, inverse, parents (of every joint), and per level the parent positions."""
+        if device not in self._tensors:
+            long = {"dtype": torch.long, "device": device}
+            self._tensors[device] = {
+                "order": torch.tensor(self.order, **long),
+                "inverse": torch.tensor(self.inverse, **long),
+                "parents": torch.tensor([max(p, 0) for p in self.parents], **long),
+                # (J, 1) zero at the root: its offset is its own position.
+                "non_root": torch.tensor([[float(p >= 0)] for p in self.parents], device=device),
+                "levels": [None if positions == list(range(len(positions))) else torch.tensor(positions, **long)
+                           for positions in self.parent_positions],
+            }
+        return self._tensors[device]
+
+
 def _homogeneous(rotmats: torch.Tensor, translations: torch.Tensor) -> torch.Tensor:
     """4x4 transforms (...,4,4) from rotations (...,3,3) and translations (...,3)."""
     top = torch.cat([rotmats, translations.unsqueeze(-1)], dim=-1)
@@ -41,34 +81,31 @@ def _homogeneous(rotmats: torch.Tensor, translations: torch.Tensor) -> torch.Ten
 
 
 def forward_kinematics(
-    rotmats: torch.Tensor, rest_joints: torch.Tensor, parents: list[int], levels: list[list[int]] | None = None
+    rotmats: torch.Tensor, rest_joints: torch.Tensor, parents: list[int],
+    levels: list[list[int]] | KinematicPlan | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Posed joints (B,J,3) and skinning transforms (B,J,4,4) from local rotations (B,J,3,3).
 
-    `levels` is `kinematic_levels(parents)`; pass it precomputed to save the work per call.
+    `levels` is a `KinematicPlan(parents)` (or the older `kinematic_levels(parents)`); pass it
+    precomputed to save the work per call.
     """
-    levels = kinematic_levels(parents) if levels is None else levels
+    plan = levels if isinstance(levels, KinematicPlan) else KinematicPlan(parents)
+    index = plan.tensors(rotmats.device)
     # The root's offset is its own position; every other joint's is relative to its parent.
-    offsets = torch.cat([rest_joints[:, :1], rest_joints[:, 1:] - rest_joints[:, list(parents[1:])]], dim=1)
-    local = _homogeneous(rotmats, offsets)
-    # Chain level by level (9 levels for SMPL instead of 23 joints in sequence).
-    world: list[torch.Tensor | None] = [None] * len(parents)
-    world_root = local[:, levels[0]]
-    for j, joint in enumerate(levels[0]):
-        world[joint] = world_root[:, j]
-    for level in levels[1:]:
-        parent_world = torch.stack([world[parents[j]] for j in level], dim=1)
-        level_world = parent_world @ local[:, level]
-        for j, joint in enumerate(level):
-            world[joint] = level_world[:, j]
-    transforms = torch.stack(world, dim=1)
+    offsets = rest_joints - rest_joints.index_select(1, index["parents"]) * index["non_root"]
+    local = _homogeneous(rotmats, offsets).index_select(1, index["order"])
+    # Level by level: a level's parents are all in the level before, so one gather and one matmul each.
+    start, count = plan.slices[0]
+    world = [local.narrow(1, start, count)]
+    for (start, count), positions in zip(plan.slices[1:], index["levels"]):
+        parent_world = world[-1] if positions is None else world[-1].index_select(1, positions)
+        world.append(parent_world @ local.narrow(1, start, count))
+    transforms = torch.cat(world, dim=1).index_select(1, index["inverse"])
+    rotations = transforms[..., :3, :3]
     posed_joints = transforms[..., :3, 3]
     # Skinning transform: world transform applied after moving the rest joint to the origin.
-    rest_rotated = (transforms[..., :3, :3] @ rest_joints.unsqueeze(-1)).squeeze(-1)
-    translation = posed_joints - rest_rotated
-    skinning = torch.cat([transforms[..., :3, :3], translation.unsqueeze(-1)], dim=-1)
-    skinning = torch.cat([skinning, transforms[..., 3:, :]], dim=-2)
-    return posed_joints, skinning
+    translation = posed_joints - (rotations @ rest_joints.unsqueeze(-1)).squeeze(-1)
+    return posed_joints, _homogeneous(rotations, translation)
 
 
 def pose_feature(rotmats: torch.Tensor) -> torch.Tensor:
@@ -117,6 +154,7 @@ def keypoint_joint_basis(
     coupling = regressor[:, :, None] * weights[None]  # (K, S, J)
     basis = {
         "pair_weight": coupling.sum(1),  # (K, J)
+        "coupled": (coupling != 0).any(1),  # (K, J): some vertex ties keypoint k to joint j
         "pair_template": torch.einsum("ksj,sc->kjc", coupling, v_template),
         "pair_shapedirs": torch.einsum("ksj,sct->kjct", coupling, shapedirs),
     }
@@ -126,16 +164,51 @@ def keypoint_joint_basis(
     return basis
 
 
+def pair_matrix(basis: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`keypoint_joint_basis` as one matrix (J*4, (1+Bt)*K), so regressed points are one matmul of the transforms.
+
+    A point is sum_j A_j [p_kj; w_kj] with p_kj = template + shapedirs @ betas: row (j, c) of the
+    matrix holds column c of that homogeneous point, for the template and each beta. Most (k, j)
+    pairs are zero (80 of 480 couple on the open model), but one dense matmul beats gathering pairs.
+    """
+    weight, template, shapedirs = basis["pair_weight"], basis["pair_template"], basis["pair_shapedirs"]
+    k, j, _, bt = shapedirs.shape
+    point = torch.zeros(j, 4, 1 + bt, k, dtype=weight.dtype)
+    point[:, :3, 0] = template.permute(1, 2, 0)
+    point[:, 3, 0] = weight.T
+    point[:, :3, 1:] = shapedirs.permute(1, 2, 3, 0)
+    return point.reshape(j * 4, (1 + bt) * k)
+
+
 def regressed_skinned_points(
     rotmats: torch.Tensor,
     skinning: torch.Tensor,
     betas: torch.Tensor,
     basis: dict[str, torch.Tensor],
 ) -> torch.Tensor:
-    """Regressed posed points (B,K,3) from `keypoint_joint_basis`; equal to skinning then regressing."""
+    """Regressed posed points (B,K,3) from `keypoint_joint_basis` or `sparse_pair_basis`; equal to skinning then
+    regressing."""
+    if "pair_matrix" in basis:
+        return _matrix_regressed_points(rotmats, skinning, betas, basis)
     batch = betas.shape[0]
     points = basis["pair_template"] + torch.einsum("bt,kjct->bkjc", betas, basis["pair_shapedirs"])
     if basis.get("pair_posedirs") is not None:
         points = points + (pose_feature(rotmats) @ basis["pair_posedirs"]).view(batch, *points.shape[1:])
     rotated = torch.einsum("bjrc,bkjc->bkr", skinning[..., :3, :3], points)
     return rotated + torch.einsum("kj,bjr->bkr", basis["pair_weight"], skinning[..., :3, 3])
+
+
+def _matrix_regressed_points(
+    rotmats: torch.Tensor, skinning: torch.Tensor, betas: torch.Tensor, basis: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """The `pair_matrix` form: [A_j rows] @ matrix, then the template and beta columns mixed by [1, betas]."""
+    batch, joints = skinning.shape[:2]
+    rows = skinning[..., :3, :].transpose(1, 2).reshape(batch * 3, joints * 4)
+    per_beta = (rows @ basis["pair_matrix"]).view(batch, 3, 1 + betas.shape[1], -1)
+    coefficients = torch.nn.functional.pad(betas, (1, 0), value=1.0)
+    points = (coefficients[:, None, None, :] @ per_beta).squeeze(2).transpose(1, 2)  # (B, K, 3)
+    if basis.get("pair_posedirs") is not None:
+        # Pose correctives move p per (k, j) pair with the pose: the dense pair sum, as smplx's posedirs.
+        offsets = (pose_feature(rotmats) @ basis["pair_posedirs"]).view(batch, points.shape[1], joints, 3)
+        points = points + torch.einsum("bjrc,bkjc->bkr", skinning[..., :3, :3], offsets)
+    return points

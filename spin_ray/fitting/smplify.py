@@ -206,28 +206,43 @@ def run_stage(
     for name in trainable:
         leaves[name].requires_grad_(True)
     optimizer = torch.optim.Adam([leaves[name] for name in trainable], lr=lr, betas=(0.9, 0.999))
+    # While no sample has failed (the common case) the failure bookkeeping below takes its short
+    # branch: no torch.where over the fields, no masks; the results are the same to the bit.
+    any_failed = bool(failed.any())
     for _ in range(iterations):
         current = SmplifyParams(**{**fields, **{name: leaves[name] * scales[name] for name in scales
                                                  if name in trainable}})
         # Failed samples are evaluated at their last good values, so no NaN reaches the body model.
-        safe = SmplifyParams(**last_good).select(failed, current)
+        safe = SmplifyParams(**last_good).select(failed, current) if any_failed else current
         per_sample = loss_fn(safe)
-        failed = failed | ~torch.isfinite(per_sample)
-        loss = torch.where(failed, torch.zeros_like(per_sample), per_sample).sum()
+        bad_loss = ~torch.isfinite(per_sample)
+        if any_failed or bool(bad_loss.any()):
+            failed = failed | bad_loss
+            any_failed = True
+            loss = torch.where(failed, torch.zeros_like(per_sample), per_sample).sum()
+        else:
+            loss = per_sample.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
             for name in trainable:
                 grad = leaves[name].grad
                 if grad is not None:
-                    grad.masked_fill_(failed[:, None] | ~torch.isfinite(grad), 0.0)
+                    grad.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+                    if any_failed:
+                        grad.masked_fill_(failed[:, None], 0.0)
         optimizer.step()
         with torch.no_grad():
             values = {name: leaves[name] * scales[name] if name in scales else leaves[name] for name in trainable}
             finite = torch.stack([torch.isfinite(values[n]).all(dim=1) for n in trainable]).all(dim=0)
-            failed = failed | ~finite
-            for name in trainable:
-                last_good[name] = torch.where(failed[:, None], last_good[name], values[name].detach())
+            if any_failed or not bool(finite.all()):
+                failed = failed | ~finite
+                any_failed = True
+                for name in trainable:
+                    last_good[name] = torch.where(failed[:, None], last_good[name], values[name].detach())
+            else:
+                for name in trainable:
+                    last_good[name] = values[name].detach().clone()
             if on_iteration is not None:
                 on_iteration(SmplifyParams(**last_good), failed)
     final = SmplifyParams(**{name: last_good[name].detach() for name in last_good})
