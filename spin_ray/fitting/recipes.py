@@ -20,7 +20,7 @@ from spin_ray.fitting.smplify import (
     SmplifyParams,
     SmplifyResult,
     body_stage_loss,
-    camera_stage_loss,
+    camera_stage,
     fit_result,
     model_keypoints,
     prepare_fit,
@@ -52,13 +52,7 @@ def staged_fit(
     def kp(p: SmplifyParams) -> torch.Tensor:
         return model_keypoints(body, p, fitting.joints_only)
 
-    initial_depth = inputs.start.camera_t[:, 2].detach()
-    params, failed = run_stage(
-        inputs.start, ("global_orient", "camera_t"), fitting.iterations_camera, fitting.lr, inputs.rejected,
-        lambda p: camera_stage_loss(kp(p), p.camera_t, initial_depth, keypoints_2d, camera,
-                                    fitting.depth_loss_weight),
-        on_iteration=on_iteration,
-    )
+    params, failed = camera_stage(body, inputs, fitting, camera, on_iteration)
     depth_scale = torch.tensor([1.0, 1.0, fitting.staged_depth_lr_scale], dtype=params.camera_t.dtype)
     for scale in fitting.staged_prior_scales:
         step = scaled_priors(fitting, scale)

@@ -318,24 +318,28 @@ def smplify(
 ) -> SmplifyResult:
     """Fit SMPL to 2D keypoints (B, 49, 3) [u, v, conf] in crop pixels, starting from init (SPIN's recipe)."""
     inputs = prepare_fit(body, keypoints_2d, init, fitting, camera)
-    keypoints_2d = inputs.keypoints_2d
-
-    def kp(p: SmplifyParams) -> torch.Tensor:
-        return model_keypoints(body, p, fitting.joints_only)
-
-    initial_depth = inputs.start.camera_t[:, 2].detach()
-    params, failed = run_stage(
-        inputs.start, ("global_orient", "camera_t"), fitting.iterations_camera, fitting.lr, inputs.rejected,
-        lambda p: camera_stage_loss(kp(p), p.camera_t, initial_depth, keypoints_2d, camera,
-                                    fitting.depth_loss_weight),
-        on_iteration=on_iteration,
-    )
+    params, failed = camera_stage(body, inputs, fitting, camera, on_iteration)
     params, failed = run_stage(
         params, ("global_orient", "body_pose", "betas"), fitting.iterations_body, fitting.lr, failed,
-        lambda p: body_stage_loss(kp(p), p, keypoints_2d, inputs.conf, pose_prior, camera, fitting),
+        lambda p: body_stage_loss(model_keypoints(body, p, fitting.joints_only), p, inputs.keypoints_2d, inputs.conf,
+                                  pose_prior, camera, fitting),
         on_iteration=on_iteration,
     )
     return fit_result(body, inputs, params, failed, fitting, camera)
+
+
+def camera_stage(
+    body: BodyModel, inputs: FitInputs, fitting: FittingConfig, camera: CameraConfig,
+    on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
+) -> tuple[SmplifyParams, torch.Tensor]:
+    """SPIN's camera stage (global orientation and translation against the torso, depth pinned); every recipe's first."""
+    initial_depth = inputs.start.camera_t[:, 2].detach()
+    return run_stage(
+        inputs.start, ("global_orient", "camera_t"), fitting.iterations_camera, fitting.lr, inputs.rejected,
+        lambda p: camera_stage_loss(model_keypoints(body, p, fitting.joints_only), p.camera_t, initial_depth,
+                                    inputs.keypoints_2d, camera, fitting.depth_loss_weight),
+        on_iteration=on_iteration,
+    )
 
 
 def camera_from_keypoints(
