@@ -44,7 +44,7 @@ image:
 # The shipped pretrained regressor (SPIN fine-tunes a pretrained HMR): configs/pretrain.yaml's own synthetic
 # split (synth seed 7919), ground-truth supervision, then fp16 weights in spin_ray/model/assets/ with a card
 # (command, data, steps, time, machine, held-out numbers on the benchmark's synth-test). Resumable: with
-# outputs/pretrain/checkpoints/last.pt present, a larger PRETRAIN_STEPS continues that run bit for bit.
+# outputs/pretrain/checkpoints/last.pt present, a larger PRETRAIN_STEPS continues that run (train --resume).
 PRETRAIN_STEPS ?= 3000
 PRETRAIN_CKPT := outputs/pretrain/checkpoints/last.pt
 PRETRAINED := spin_ray/model/assets/pretrained_resnet18_96.pt.xz

@@ -87,7 +87,7 @@ def card(args: argparse.Namespace) -> int:
             "mode": f"{cfg.train.mode} with an empty fit store: ground-truth SMPL, 3D joints and 2D keypoints",
             "steps": int(payload["step"]), "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
             "samples_seen": int(payload["samples_consumed"]), "torch_threads": cfg.train.num_threads,
-            "step_seconds_total": round(sum(m["seconds"] for m in history), 1),
+            "step_seconds_total": round(sum(m["seconds"] for m in history), 1),  # train_step only, no loading
             "wall_seconds": args.wall_seconds,
             "final_loss_mean_last_100": (round(sum(m["loss"] for m in history[-100:]) / len(history[-100:]), 4)
                                          if history else None),
@@ -105,6 +105,7 @@ def card(args: argparse.Namespace) -> int:
     json_path = _card_path(weights, ".json")
     json_path.write_text(json.dumps(info, indent=2) + "\n")
     model, mean = results["model"], results.get("mean-pose", {})
+    wall = f", {args.wall_seconds / 60:.0f} min wall clock" if args.wall_seconds else ""
     md = f"""# {weights.name}
 
 HMR regressor ({cfg.network.backbone} @ {cfg.data.img_res} px, float16, {len(data) / 1e6:.1f} MB) for the
@@ -116,7 +117,7 @@ embedded open body model, trained by spin-ray on its own synthetic data. Start a
   2D-only split, no test split)
 - Training: {cfg.train.mode} mode, ground truth only (SMPL, 3D joints, 2D keypoints), {payload['step']} steps of
   {cfg.train.batch_size}, lr {cfg.train.lr}, {cfg.train.num_threads} torch threads,
-  {info['training']['step_seconds_total'] / 60:.0f} min of steps
+  {info['training']['step_seconds_total'] / 60:.0f} min inside the steps (data loading excluded){wall}
 - Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores, torch {info['machine']['torch']}
 - Held out (benchmark synth-test, {model.get('samples')} samples, `spin-ray eval`):
   MPJPE {model['mpjpe_mm']:.1f} mm, PA-MPJPE {model['pa_mpjpe_mm']:.1f} mm; mean pose
