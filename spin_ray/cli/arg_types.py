@@ -32,28 +32,27 @@ def _number(text: str, kind: type, what: str) -> int | float:
     return value
 
 
+def _checked(text: str, kind: type, what: str, ok: Callable[[int | float], bool]) -> int | float:
+    """`text` as a number of `kind` for which `ok` holds, else the one-line argparse error 'must be {what}'."""
+    value = _number(text, kind, what)
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """A whole number >= 1 (counts, sizes, threads)."""
-    value = _number(text, int, "a whole number >= 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+    return _checked(text, int, "a whole number >= 1", lambda value: value >= 1)
 
 
 def non_negative_int(text: str) -> int:
     """A whole number >= 0 (seeds, indices, counts where 0 means something)."""
-    value = _number(text, int, "a whole number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, got {text!r}")
-    return value
+    return _checked(text, int, "a whole number >= 0", lambda value: value >= 0)
 
 
 def tcp_port(text: str) -> int:
     """A TCP port, 1 to 65535."""
-    value = _number(text, int, "a port number from 1 to 65535")
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
-    return value
+    return _checked(text, int, "a port number from 1 to 65535", lambda value: 1 <= value <= 65535)
 
 
 def finite_float(text: str) -> float:
@@ -63,18 +62,12 @@ def finite_float(text: str) -> float:
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (sizes, timeouts, thresholds)."""
-    value = _number(text, float, "a finite number > 0")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+    return _checked(text, float, "a finite number > 0", lambda value: value > 0)
 
 
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (errors, thresholds where 0 means something)."""
-    value = _number(text, float, "a finite number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
+    return _checked(text, float, "a finite number >= 0", lambda value: value >= 0)
 
 
 def path_with_suffix(suffix: str) -> Callable[[str], Path]:
