@@ -127,10 +127,10 @@ def test_refined_mesh_covers_the_person(scene, body, tmp_path, capsys):
     assert scene["silhouette"][rows, cols].mean() > 0.7
 
 
-def test_without_checkpoint_or_refine_uses_the_mean_and_says_so(scene, tmp_path, capsys):
+def test_without_checkpoint_or_refine_uses_the_shipped_regressor_and_says_so(scene, tmp_path, capsys):
     code, stdout, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--out", tmp_path)
     assert code == 0
-    assert "no --checkpoint" in stdout and "SMPLify" not in stdout
+    assert "no --checkpoint: the shipped pretrained regressor" in stdout and "SMPLify" not in stdout
     assert all(path.is_file() for path in outputs(tmp_path))
 
 
@@ -150,8 +150,12 @@ def test_checkpoint_weights_and_config_are_used(scene, tmp_path, capsys):
     assert code == 0, stdout
     assert "network input 64 px" in stdout and "no --checkpoint" not in stdout
     assert f"box center ({x + w / 2:.1f}, {y + h / 2:.1f}), side {max(w, h):.1f} px" in stdout
-    code, _, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--bbox", x, y, w, h,
-                     "--out", tmp_path / "mean")
+    mean_state = HMR.from_config(cfg.network, cfg.body.num_betas).state_dict()  # the mean camera, no correction
+    mean_state["dec_camera.weight"].zero_()
+    mean_state["dec_camera.bias"].zero_()
+    mean_checkpoint = save_checkpoint(tmp_path / "mean.pt", {"model": mean_state, "config": cfg.model_dump(mode="json")})
+    code, _, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--checkpoint", mean_checkpoint,
+                     "--bbox", x, y, w, h, "--out", tmp_path / "mean")
     assert code == 0
     depth_net = read_obj(tmp_path / "net" / "person.obj")[0][:, 2].mean()
     depth_mean = read_obj(tmp_path / "mean" / "person.obj")[0][:, 2].mean()

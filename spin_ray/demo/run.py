@@ -24,6 +24,7 @@ from spin_ray.demo.views import encode_png, obj_text, render_views
 from spin_ray.errors import InputError
 from spin_ray.eval.evaluate import mean_params_predictor, model_predictor
 from spin_ray.model.hmr import HMR
+from spin_ray.model.pretrained import EMBEDDED_PRETRAINED
 
 
 @dataclass(frozen=True)
@@ -57,14 +58,20 @@ class DemoResult:
     notes: list[str] = field(default_factory=list)
 
 
-def load_model(checkpoint: Path | None) -> tuple[HMR, RunConfig, BodyModel]:
-    """The checkpoint's regressor, config and body model; the open model's defaults without one."""
-    if checkpoint is not None:
-        from spin_ray.train.checkpoint import load_regressor
+def load_model(checkpoint: Path | None) -> tuple[HMR, RunConfig, BodyModel, bool]:
+    """The checkpoint's regressor, config and body model; without one the shipped pretrained regressor (resnet18 @
+    96 px on the open model), else the open model's defaults; and whether the network's weights were trained."""
+    from spin_ray.train.checkpoint import initial_network, load_regressor
 
-        return load_regressor(checkpoint)
+    if checkpoint is not None:
+        return (*load_regressor(checkpoint), True)
+    if EMBEDDED_PRETRAINED.is_file():
+        cfg = RunConfig.model_validate({"network": {"backbone": "resnet18", "init_checkpoint": str(EMBEDDED_PRETRAINED)},
+                                        "data": {"img_res": 96}})
+        body = BodyModel.from_config(cfg.body)
+        return initial_network(cfg, body).eval(), cfg, body, True
     cfg = RunConfig()
-    return HMR.from_config(cfg.network, cfg.body.num_betas).eval(), cfg, BodyModel.from_config(cfg.body)
+    return HMR.from_config(cfg.network, cfg.body.num_betas).eval(), cfg, BodyModel.from_config(cfg.body), False
 
 
 def output_paths(request: DemoRequest) -> dict[str, Path]:
@@ -106,12 +113,14 @@ def run_demo(request: DemoRequest) -> DemoResult:
     else:
         center, scale = box_from_keypoints(openpose, request.keypoints)
 
-    model, cfg, body = load_model(request.checkpoint)
+    model, cfg, body, trained = load_model(request.checkpoint)
     notes = []
     if request.checkpoint is None:
-        notes.append("no --checkpoint: the mesh starts from the open model's mean pose and shape, not from "
-                     "the image" + ("" if request.refine else " (add --refine to fit it to the keypoints)"))
-    predictor = model_predictor(model) if request.checkpoint is not None else mean_params_predictor(model)
+        notes.append("no --checkpoint: " + (
+            "the shipped pretrained regressor (trained on the open model's synthetic people, not on photos)"
+            if trained else "the mesh starts from the open model's mean pose and shape, not from the image")
+            + ("" if request.refine else " (add --refine to fit it to the keypoints)"))
+    predictor = model_predictor(model) if trained else mean_params_predictor(model)
     camera = cfg.camera
     estimate = regress(predictor, network_input(image, center, scale, cfg.data.img_res), camera)
     initial_error = smplify_error = pixel_error = None
