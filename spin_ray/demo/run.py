@@ -66,8 +66,8 @@ def load_model(checkpoint: Path | None) -> tuple[HMR, RunConfig, BodyModel, bool
     if checkpoint is not None:
         return (*load_regressor(checkpoint), True)
     if EMBEDDED_PRETRAINED.is_file():
-        cfg = RunConfig.model_validate({"network": {"backbone": "resnet18", "init_checkpoint": str(EMBEDDED_PRETRAINED)},
-                                        "data": {"img_res": 96}})
+        cfg = RunConfig.model_validate({"data": {"img_res": 96}, "network": {
+            "backbone": "resnet18", "init_checkpoint": str(EMBEDDED_PRETRAINED)}})
         body = BodyModel.from_config(cfg.body)
         return initial_network(cfg, body).eval(), cfg, body, True
     cfg = RunConfig()

@@ -148,7 +148,7 @@ def worker_setup(cfg: RunConfig, rank: int, world: int, resume: str | Path | Non
     if cfg.train.mode in STORE_MODES:
         store = FitStore.from_config(cfg.store, body.identity)  # the driver resolved the URL
         if rank == 0 and cfg.train.init_store_from_static_fits:
-            static_fits_init(cfg)(store, body, train_set.datasets)  # skips datasets already in the store
+            static_fits_init(cfg, progress=False)(store, body, train_set.datasets)  # skips datasets already in the store
     _barrier(world)  # nobody trains before the static fits are in
     pool = PoolClient.connect(cfg, rank) if cfg.train.mode == "async" else None
     supervisor = make_supervisor(cfg, store, body, pool)

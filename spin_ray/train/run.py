@@ -93,8 +93,8 @@ def open_store(cfg: RunConfig, body: BodyModel, output_dir: Path) -> Iterator[Fi
             store.close()
 
 
-def static_fits_init(cfg: RunConfig) -> StoreInit:
-    """Store initialiser: static fits from the mean pose for every dataset with no stored fit yet."""
+def static_fits_init(cfg: RunConfig, progress: bool = True) -> StoreInit:
+    """Store initialiser: static fits from the mean pose for each dataset with no stored fit yet (a bar if progress)."""
     def init(store: FitStore, body: BodyModel, datasets: list[SpinImageDataset]) -> None:
         prior = load_pose_prior(cfg.fitting)
         pose, betas = mean_pose_axis_angle(cfg)
@@ -105,7 +105,7 @@ def static_fits_init(cfg: RunConfig) -> StoreInit:
                 continue
             keypoints = canonical_crop_keypoints(spin.keypoints49(), spin.center, spin.scale, cfg.camera.crop_size)
             fits = fit_static(body, prior, torch.from_numpy(keypoints), pose, betas, cfg.fitting, cfg.camera,
-                              fit_rows=dataset.usable)  # rows with bad annotations get no fit
+                              fit_rows=dataset.usable, progress=progress)  # rows with bad annotations get no fit
             written = store.keep_best_samples(spin.name, np.arange(len(fits.error)), fits.pose, fits.betas[:, :10],
                                               fits.error, 0, "static")
             log.info("static fits of %s: %d stored", spin.name, int(written.sum()))
@@ -194,7 +194,8 @@ def run_training(
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(open_store(cfg, body, output_dir)) if needs_store else None
         if store is not None:
-            initialiser = init_store or (static_fits_init(cfg) if cfg.train.init_store_from_static_fits else None)
+            initialiser = init_store or (
+                static_fits_init(cfg, progress) if cfg.train.init_store_from_static_fits else None)
             if initialiser is not None:
                 initialiser(store, body, train_set.datasets)
             if cfg.train.mode == "static" and not any(store.count(n) for n in names):
