@@ -1,4 +1,8 @@
-"""One pydantic model tree for a run, loaded from YAML; every value has a default and a description."""
+"""One pydantic model tree for a run, loaded from YAML; every value has a default and a description.
+
+Long because the tree is the documentation of every key: one section class per YAML section, each field with
+its default, bounds and description, read in one place.
+"""
 
 from __future__ import annotations
 
@@ -182,6 +186,11 @@ class DataConfig(Section):
     bad_samples: Literal["skip", "raise"] = Field(
         "skip", description="a sample with a missing image or bad annotations: skip it (counted) or raise"
     )
+    ignore_3d: bool = Field(
+        False, description="train as if no image had 3D ground truth: every row's SMPL and 3D joints are withheld, "
+        "so all 3D supervision comes from fits (the paper's unpaired setting, Table 3; SPIN's --ignore_3d); "
+        "held-out evaluation still uses the truth"
+    )
 
 
 class NetworkConfig(Section):
@@ -237,6 +246,10 @@ class TrainConfig(Section):
         None, description="held-out set for the end-of-run evaluation and report; None: synth-test on synthetic data"
     )
     report_images: int = Field(8, ge=0, description="held-out images with mesh overlays in the end-of-run report")
+    evaluate_start: bool = Field(
+        True, description="before the first step, evaluate the starting network on the held-out set too, so the "
+        "summary and the report show start and end side by side (skipped on a resume)"
+    )
     loss: LossConfig = Field(default_factory=LossConfig)
     workers: int = Field(
         1, ge=1, description="data-parallel trainer workers on Ray Train (DDP), each taking batch_size / workers "

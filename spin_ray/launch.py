@@ -260,7 +260,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     took = f" in {summary['wall_s']:.0f} s" if "wall_s" in summary else ""
     print(f"{summary['mode']}: {summary['steps']} steps{took}, loss {summary['first_loss']:.3f} -> "
           f"{summary['final_loss']:.3f}, {summary.get('nan_skipped', 0)} NaN samples skipped")
-    for label, result in (("model", summary.get("evaluation")), ("mean pose", summary.get("baseline"))):
+    results = (("start", summary.get("start_evaluation")), ("model", summary.get("evaluation")),
+               ("mean pose", summary.get("baseline")))
+    for label, result in results:
         if result:
             print(f"  {label:<9} on {result['dataset']}: MPJPE {result['mpjpe_mm']:.1f} mm, "
                   f"PA-MPJPE {result['pa_mpjpe_mm']:.1f} mm, PVE {result['pve_mm']:.1f} mm")

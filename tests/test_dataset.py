@@ -104,6 +104,17 @@ def test_no_smpl_targets_stay_zero_and_flagged(tmp_path, cfg):
     assert (item["pose"] == 0).all() and (item["S"] == 0).all()
 
 
+def test_ignore_3d_withholds_the_truth_in_training_only(tmp_path, cfg):
+    spin = make_dataset(tmp_path)
+    unpaired = cfg.model_copy(update={"ignore_3d": True})
+    item = SpinImageDataset(spin, unpaired, train=True)[0]
+    assert not item["has_smpl"] and not item["has_3d"]
+    assert (item["pose"] == 0).all() and (item["betas"] == 0).all() and (item["S"] == 0).all()
+    assert item["keypoints"][:, 2].sum() > 0  # the 2D keypoints still supervise
+    held_out = SpinImageDataset(spin, unpaired, train=False)[0]  # evaluation keeps its ground truth
+    assert held_out["has_smpl"] and held_out["has_3d"]
+
+
 def test_bad_rows_are_counted_skips_or_errors(tmp_path, cfg):
     spin = make_dataset(tmp_path)
     (tmp_path / spin.imgname[1]).unlink()  # missing image

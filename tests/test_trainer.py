@@ -203,6 +203,9 @@ def test_run_training_static_with_static_fits_init(tiny_spin_data, tmp_path):
     assert summary.steps == 4 and summary.mode == "static"
     assert summary.store["tiny-itw"]["records"] > 80  # static fits of (nearly) every sample
     assert summary.evaluation["samples"] == 32 and summary.baseline["name"] == "mean-pose"
+    # The start is evaluated before the first step on the same held-out rows; 4 steps moved the network.
+    assert summary.start_evaluation["name"] == "start" and summary.start_evaluation["samples"] == 32
+    assert summary.start_evaluation["pa_mpjpe_mm"] != summary.evaluation["pa_mpjpe_mm"]
     assert (out / "report.png").stat().st_size > 10_000
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
@@ -212,6 +215,21 @@ def test_run_training_static_with_static_fits_init(tiny_spin_data, tmp_path):
                                                                         "init_store_from_static_fits": False})})
     again = run_training(more, resume=out / "checkpoints" / "last.pt", progress=False, report=False)
     assert again.steps == 6
+    assert again.start_evaluation is None  # a resume does not know its run's start
+
+
+def test_report_shows_the_same_heldout_images_at_start_and_end(tiny_spin_data, tmp_path):
+    from PIL import Image
+
+    from spin_ray.train.run import run_training
+
+    heights = {}
+    for evaluate_start in (False, True):
+        cfg = tiny_config(tiny_spin_data, tmp_path / str(evaluate_start), steps=2, evaluate_start=evaluate_start)
+        summary = run_training(cfg, progress=False)
+        assert (summary.start_evaluation is not None) == evaluate_start
+        heights[evaluate_start] = Image.open(summary.report).size[1]
+    assert heights[True] > heights[False] + 100  # a second row of overlays: the start's, under the end's
 
 
 def test_async_mode_needs_the_ray_pipeline(tiny_spin_data, tmp_path):

@@ -100,7 +100,8 @@ class SpinImageDataset(Dataset):
         res = self.cfg.img_res
         crop, keypoints = augment_crop(image, self._keypoints[index], s.center[index], float(s.scale[index]), params, res)
         aug = torch.from_numpy(params.as_array())[None]
-        has_smpl, has_3d = bool(s.has_smpl[index]), bool(s.has_3d[index])
+        withheld = self.train and self.cfg.ignore_3d  # the unpaired setting: fits are the only 3D supervision
+        has_smpl, has_3d = bool(s.has_smpl[index]) and not withheld, bool(s.has_3d[index]) and not withheld
         pose = torch.from_numpy(s.pose[index])[None]
         joints = torch.from_numpy(s.S[index])[None]
         return {

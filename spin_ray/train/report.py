@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,14 @@ if TYPE_CHECKING:
 
 LOSS_TERMS: tuple[str, ...] = ("loss", "keypoints_2d", "keypoints_3d", "pose", "betas", "camera")
 OVERLAY_OPACITY = 0.7
+
+
+@dataclass
+class StartView:
+    """The starting network on the held-out set: its errors and mesh overlays, for the report's before and after."""
+
+    result: EvalResult
+    overlays: list[np.ndarray]
 
 
 def _series(history: list[StepMetrics], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -77,9 +86,9 @@ def mesh_overlays(trainer: Trainer, entry: DatasetEntry, count: int) -> list[np.
 
 def write_report(
     trainer: Trainer, path: str | Path, heldout: DatasetEntry | None = None,
-    evaluated: tuple[EvalResult, EvalResult] | None = None,
+    evaluated: tuple[EvalResult, EvalResult] | None = None, start: StartView | None = None,
 ) -> Path:
-    """Write the PNG report of a run and return its path."""
+    """Write the PNG report of a run and return its path (with `start`: the same held-out images before and after)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,8 +97,11 @@ def write_report(
     history = trainer.history
     count = trainer.cfg.train.report_images if heldout is not None else 0
     overlays = mesh_overlays(trainer, heldout, count) if count else []
+    before = start.overlays[: len(overlays)] if start is not None else []
     columns = max(4, min(8, len(overlays)))
-    grid_rows = math.ceil(len(overlays) / columns) if overlays else 0
+    block = math.ceil(len(overlays) / columns) if overlays else 0  # rows of one set of overlays
+    panels = [("start", before), ("end", overlays)] if before else [("", overlays)]
+    grid_rows = block * len(panels)
     fig = plt.figure(figsize=(15, 4.2 + 2.0 * grid_rows))
     spec = fig.add_gridspec(1 + grid_rows, columns, height_ratios=[2.2] + [1.0] * grid_rows)
     thirds = [spec[0, : columns // 3], spec[0, columns // 3: 2 * columns // 3], spec[0, 2 * columns // 3:]]
@@ -126,14 +138,19 @@ def write_report(
     ax.set_title("share of the batch")
     ax.legend(fontsize=7)
 
-    for i, image in enumerate(overlays):
-        ax = fig.add_subplot(spec[1 + i // columns, i % columns])
-        ax.imshow(image)
-        ax.axis("off")
+    for p, (label, images) in enumerate(panels):
+        for i, image in enumerate(images):
+            ax = fig.add_subplot(spec[1 + p * block + i // columns, i % columns])
+            ax.imshow(image)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if label and i % columns == 0:
+                ax.set_ylabel(f"{label} (step {0 if label == 'start' else trainer.step})", fontsize=9)
     title = f"{trainer.cfg.name}: {trainer.step} steps, {trainer.cfg.network.backbone} @ {trainer.cfg.data.img_res}px"
     if evaluated is not None:
         model, baseline = (r.summary() for r in evaluated)
-        title += (f" | held-out {model['dataset']}: PA-MPJPE {model['pa_mpjpe_mm']:.1f} mm "
+        began = f"start {start.result.summary()['pa_mpjpe_mm']:.1f} -> end " if start is not None else ""
+        title += (f" | held-out {model['dataset']}: PA-MPJPE {began}{model['pa_mpjpe_mm']:.1f} mm "
                   f"(mean pose {baseline['pa_mpjpe_mm']:.1f}), MPJPE {model['mpjpe_mm']:.1f} mm")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

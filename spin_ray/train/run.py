@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from spin_ray.train.modes import STORE_MODES, make_supervisor
 from spin_ray.train.sampling import make_train_loader
 from spin_ray.train.trainer import StepMetrics, Trainer
 
+if TYPE_CHECKING:
+    from spin_ray.train.report import StartView
+
 log = logging.getLogger(__name__)
 StoreInit = Callable[[FitStore, BodyModel, list[SpinImageDataset]], None]
 
@@ -46,6 +50,7 @@ class RunSummary:
     checkpoint: str
     output_dir: str
     report: str | None = None
+    start_evaluation: dict | None = None  # the starting network on the held-out set (train.evaluate_start)
     evaluation: dict | None = None
     baseline: dict | None = None
     store: dict = field(default_factory=dict)
@@ -122,6 +127,19 @@ def evaluate_heldout(trainer: Trainer, entry: DatasetEntry, batch_size: int) -> 
     return model, baseline
 
 
+def view_start(trainer: Trainer, entry: DatasetEntry, overlays: bool) -> StartView:
+    """Evaluate the network as it starts (and draw its overlays if the run writes a report)."""
+    from spin_ray.train.report import StartView, mesh_overlays
+
+    dataset = evaluation_dataset(entry.npz, entry.image_root, trainer.cfg.data.img_res, name=entry.name,
+                                 bad_samples=trainer.cfg.data.bad_samples)
+    result = evaluate(model_predictor(trainer.model), trainer.body, dataset, trainer.cfg.train.batch_size, name="start")
+    trainer.model.train()
+    count = trainer.cfg.train.report_images if overlays else 0
+    log.info("held-out %s at the start: PA-MPJPE %.1f mm", entry.name, result.summary()["pa_mpjpe_mm"])
+    return StartView(result, mesh_overlays(trainer, entry, count) if count else [])
+
+
 def store_counts(store: FitStore | None, names: list[str]) -> dict:
     """Records and improvements per dataset, for the summary."""
     if store is None:
@@ -153,7 +171,7 @@ def summarise_run(
 
 def finish_run(
     trainer: Trainer, metrics: list[StepMetrics], train_seconds: float, store: FitStore | None, names: list[str],
-    heldout: DatasetEntry | None, output_dir: Path, report: bool = True,
+    heldout: DatasetEntry | None, output_dir: Path, report: bool = True, start: StartView | None = None,
 ) -> RunSummary:
     """The run's summary, held-out evaluation and report: how every run ends (one trainer or rank 0 of many)."""
     summary = summarise_run(trainer, metrics, train_seconds, store, names, output_dir)
@@ -161,9 +179,11 @@ def finish_run(
     if heldout is not None:
         evaluated = evaluate_heldout(trainer, heldout, trainer.cfg.train.batch_size)
         summary.evaluation, summary.baseline = evaluated[0].summary(), evaluated[1].summary()
+    if start is not None:
+        summary.start_evaluation = start.result.summary()
     if report:
         from spin_ray.train.report import write_report
-        summary.report = str(write_report(trainer, output_dir / "report.png", heldout, evaluated))
+        summary.report = str(write_report(trainer, output_dir / "report.png", heldout, evaluated, start))
     return summary
 
 
@@ -208,12 +228,15 @@ def run_training(
             trainer = Trainer.resume(resume, cfg, supervisor, body, output_dir)
         else:
             trainer = Trainer(cfg, initial_network(cfg, body), body, supervisor, output_dir)
+        start = None
+        if heldout is not None and trainer.step == 0 and cfg.train.evaluate_start:
+            start = view_start(trainer, heldout, overlays=report)
         loader = make_train_loader(train_set, cfg.train.batch_size, cfg.seed, trainer.samples_consumed,
                                    cfg.data.num_workers)
         loop_started = time.monotonic()
         metrics = trainer.fit_loop(loader, max(0, cfg.train.steps - trainer.step), progress=progress,
                                    on_step=on_step)
         train_seconds = time.monotonic() - loop_started
-        summary = finish_run(trainer, metrics, train_seconds, store, names, heldout, output_dir, report)
+        summary = finish_run(trainer, metrics, train_seconds, store, names, heldout, output_dir, report, start)
     (output_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary
