@@ -204,21 +204,27 @@ class FitTruth:
 
         from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
         from spin_ray.data.synth import ensure_synthetic_data, load_hidden_truth
-        from spin_ray.eval.evaluate import lsp14_joints
+        from spin_ray.eval.ground_truth import EvalBodies
 
         self.body = BodyModel.from_config(cfg.body)
+        self.use_h36m = EvalBodies(self.body).use_h36m
         truth = load_hidden_truth(ensure_synthetic_data(cfg, progress=False)[ITW])
         with torch.no_grad():
             pose = torch.as_tensor(truth["pose"], dtype=torch.float32)
             betas = torch.as_tensor(truth["shape"], dtype=torch.float32)[:, :self.body.num_betas]
-            self.joints, _ = lsp14_joints(self.body, axis_angle_pose_to_rotmats(pose), betas)
+            self.joints = self.lsp14(axis_angle_pose_to_rotmats(pose), betas)
+
+    def lsp14(self, rotmat, betas):
+        """The 14 LSP joints the held-out evaluation scores (J14: the first 14 of SPIN's J17)."""
+        from spin_ray.eval.joint_sets import NUM_J14, eval_joints
+
+        return eval_joints(self.body, rotmat, betas, self.use_h36m)[0][:, :NUM_J14]
 
     def pa_mpjpe(self, fits) -> float:
         """Mean PA-MPJPE of the stored fits (a StoredFits of synth-itw) against the truth; NaN if none."""
         import torch
 
         from spin_ray.body.body_model import axis_angle_pose_to_rotmats
-        from spin_ray.eval.evaluate import lsp14_joints
         from spin_ray.eval.metrics import pa_mpjpe
 
         found = fits.indices[fits.found]
@@ -227,7 +233,7 @@ class FitTruth:
         with torch.no_grad():
             pose = torch.as_tensor(fits.pose[fits.found], dtype=torch.float32)
             betas = torch.as_tensor(fits.betas[fits.found], dtype=torch.float32)[:, :self.body.num_betas]
-            joints, _ = lsp14_joints(self.body, axis_angle_pose_to_rotmats(pose), betas)
+            joints = self.lsp14(axis_angle_pose_to_rotmats(pose), betas)
             return float(pa_mpjpe(joints, self.joints[torch.as_tensor(found)]).mean())
 
 
@@ -298,7 +304,7 @@ def start_ray() -> None:
     """The study's local Ray: this machine's cores, a small object store."""
     import ray
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=256 * 2**20,
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=256 * 2**20,
              log_to_driver=False, configure_logging=False)
 
 
