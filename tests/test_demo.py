@@ -170,6 +170,29 @@ def test_checkpoint_weights_and_config_are_used(scene, tmp_path, capsys):
     assert not (tmp_path / "refused").exists()
 
 
+def test_a_rejected_fit_is_said_in_the_terminal_and_on_every_picture(scene, tmp_path, capsys):
+    # The checkpoint's config sets the validity threshold below any real fit's error: the fit is rejected.
+    cfg = RunConfig.model_validate({"data": {"img_res": 64}, "fitting": {"valid_error_threshold": 1e-6}})
+    model = HMR.from_config(cfg.network, cfg.body.num_betas)
+    checkpoint = save_checkpoint(tmp_path / "strict.pt", {"model": model.state_dict(),
+                                                          "config": cfg.model_dump(mode="json")})
+    code, stdout, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--checkpoint", checkpoint,
+                          "--refine", "--out", tmp_path / "strict")
+    assert code == 0
+    assert "SMPLify (staged): ranking error" in stdout and "REJECTED" in stdout
+    assert "note: the fit is REJECTED" in stdout and "fitting.valid_error_threshold 1e-06" in stdout
+    for suffix in ("_overlay_crop.png", "_overlay.png", "_side.png"):
+        picture = read_rgb(tmp_path / "strict" / f"person{suffix}")
+        band = picture[:6]
+        assert (band[..., 0] > 150).mean() > 0.5 and (band[..., 1] < 60).mean() > 0.5, suffix  # the red band
+    assert "fit REJECTED" in (tmp_path / "strict" / "person.obj").read_text().splitlines()[0]
+    # The same fit with the paper's recipe and threshold is valid and unmarked.
+    code, stdout, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--refine", "--recipe", "spin",
+                          "--out", tmp_path / "plain")
+    assert code == 0 and "SMPLify (spin): ranking error" in stdout and ": valid" in stdout
+    assert read_rgb(tmp_path / "plain" / "person_overlay.png")[:6, :, 0].mean() < 150
+
+
 def _bad_json(folder: Path, name: str, text: str) -> Path:
     (folder / name).write_text(text)
     return folder / name

@@ -53,8 +53,15 @@ def test_fit_sends_only_missing_rows_and_equals_the_local_fit(tiny_spin_data, re
     npz = tiny_spin_data["tiny-itw"]
     local = tmp_path / "local.npy"
     assert main(["fit", str(npz), "--local", "--iterations", ITERATIONS, "--out", str(local), "--no-progress"]) == 0
+    said = capsys.readouterr().out
+    assert "(staged recipe)" in said and re.search(r"\d+ valid \(< 100\), \d+ rejected", said), said
     table, errors = np.load(local), np.load(errors_path_for(local))
     n = len(errors)
+    paper = tmp_path / "paper.npy"  # --recipe spin: the paper's SMPLify, another fit of the same rows
+    assert main(["fit", str(npz), "--local", "--iterations", ITERATIONS, "--out", str(paper), "--no-progress",
+                 "--recipe", "spin", "--limit", "8"]) == 0
+    assert "(spin recipe)" in capsys.readouterr().out
+    assert not np.allclose(np.load(errors_path_for(paper)), errors[:8])
     namespace = f"fit-{uuid.uuid4().hex[:8]}"
     # A store a killed run left half full: the first 40 rows hold the local fits.
     with FitStore.open(redis_server.url, namespace, body_model_hash=_body_hash()) as store:

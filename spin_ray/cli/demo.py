@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spin_ray.cli.arg_types import finite_float, non_negative_int
+from spin_ray.cli.arg_types import RECIPES, finite_float, non_negative_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="person box in pixels: top-left corner, width, height (default: from the keypoints)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint written by `spin-ray train`")
     parser.add_argument("--refine", action="store_true", help="refine the estimate with SMPLify on the keypoints")
+    parser.add_argument("--recipe", choices=RECIPES, default="staged",
+                        help="fitting recipe of --refine (default staged: decreasing prior weights and a free depth, "
+                             "measured better than spin from a network's or the mean pose's start; spin is the paper's)")
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
     parser.add_argument("--person", type=non_negative_int, default=None,
                         help="index into the JSON's people (default: the highest total confidence)")
@@ -37,7 +40,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     result = run_demo(DemoRequest(
         image=args.image, keypoints=args.keypoints, out=args.out, bbox=tuple(args.bbox) if args.bbox else None,
-        checkpoint=args.checkpoint, refine=args.refine, person=args.person,
+        checkpoint=args.checkpoint, refine=args.refine, person=args.person, recipe=args.recipe,
     ))
     for note in result.notes:
         print(f"note: {note}")
@@ -45,8 +48,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"person {result.person}: box center ({cx:.1f}, {cy:.1f}), side {200 * result.scale:.1f} px, "
           f"network input {result.img_res} px")
     if result.smplify_error is not None:
-        print(f"SMPLify: ranking error {result.initial_error:.2f} -> {result.smplify_error:.2f}, "
-              f"mean keypoint distance {result.pixel_error:.2f} px in the fitting crop")
+        verdict = "REJECTED (above fitting.valid_error_threshold)" if result.rejected else "valid"
+        print(f"SMPLify ({result.recipe}): ranking error {result.initial_error:.2f} -> {result.smplify_error:.2f}, "
+              f"mean keypoint distance {result.pixel_error:.2f} px in the fitting crop: {verdict}")
     for path in result.written:
         print(f"wrote {path}")
     return 0

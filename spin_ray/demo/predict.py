@@ -20,7 +20,8 @@ from spin_ray.data.augment import SCALE_UNIT_PX, crop_image, crop_matrix, transf
 from spin_ray.data.dataset import normalise_crop
 from spin_ray.eval.evaluate import Predictor
 from spin_ray.fitting.priors import load_pose_prior
-from spin_ray.fitting.smplify import SmplifyParams, SmplifyResult, smplify
+from spin_ray.fitting.recipes import fit
+from spin_ray.fitting.smplify import SmplifyParams, SmplifyResult
 from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
 
 
@@ -59,9 +60,9 @@ def fitting_keypoints(openpose: np.ndarray, center: np.ndarray, scale: float, ca
 def refine(
     body: BodyModel, estimate: BodyEstimate, keypoints: torch.Tensor, fitting: FittingConfig, camera: CameraConfig,
 ) -> SmplifyResult:
-    """SMPLify from the estimate on crop-pixel keypoints (1, 49, 3), with the run's fitting settings."""
+    """SMPLify from the estimate on crop-pixel keypoints (1, 49, 3), with the run's fitting settings and recipe."""
     init = SmplifyParams.from_pose(estimate.pose, estimate.betas, estimate.camera_t)
-    return smplify(body, load_pose_prior(fitting), keypoints, init, fitting, camera)
+    return fit(body, load_pose_prior(fitting), keypoints, init, fitting, camera)
 
 
 def from_smplify(result: SmplifyResult) -> BodyEstimate:

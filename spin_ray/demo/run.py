@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from spin_ray.demo.predict import (
     refine,
     regress,
 )
-from spin_ray.demo.views import encode_png, obj_text, render_views
+from spin_ray.demo.views import encode_png, obj_text, render_views, stamp
 from spin_ray.errors import InputError
 from spin_ray.eval.evaluate import mean_params_predictor, model_predictor
 from spin_ray.model.hmr import HMR
@@ -38,6 +38,7 @@ class DemoRequest:
     checkpoint: Path | None = None
     refine: bool = False
     person: int | None = None
+    recipe: str = "staged"  # fitting.recipe of --refine: the demo starts from a network's guess, often a poor one
 
 
 @dataclass
@@ -55,6 +56,8 @@ class DemoResult:
     smplify_error: float | None = None  # ranking error after SMPLify (None without --refine)
     initial_error: float | None = None  # ranking error of the regressor's estimate
     pixel_error: float | None = None  # mean keypoint distance after SMPLify, fitting-crop pixels
+    rejected: bool = False  # the fit's ranking error is not below fitting.valid_error_threshold
+    recipe: str | None = None  # the fitting recipe of --refine
     notes: list[str] = field(default_factory=list)
 
 
@@ -124,22 +127,35 @@ def run_demo(request: DemoRequest) -> DemoResult:
     camera = cfg.camera
     estimate = regress(predictor, network_input(image, center, scale, cfg.data.img_res), camera)
     initial_error = smplify_error = pixel_error = None
+    rejected = False
     if request.refine:
-        fit = refine(body, estimate, fitting_keypoints(openpose, center, scale, camera), cfg.fitting, camera)
+        fitting = cfg.fitting.model_copy(update={"recipe": request.recipe})
+        fit = refine(body, estimate, fitting_keypoints(openpose, center, scale, camera), fitting, camera)
         initial_error = float(fit.initial_error[0])
         if bool(fit.failed[0]):
             notes.append("SMPLify failed (a non-finite loss); showing the regressor's estimate instead")
         else:
             estimate = from_smplify(fit)
             smplify_error, pixel_error = float(fit.error[0]), float(fit.pixel_error[0])
+            threshold = fitting.valid_error_threshold
+            rejected = not smplify_error < threshold
+            if rejected:
+                notes.append(f"the fit is REJECTED: its ranking error {smplify_error:.1f} is not below "
+                             f"fitting.valid_error_threshold {threshold:g}, so training would not use it; the "
+                             "pictures say so (check the keypoints and the box, or try --recipe staged)")
 
     vertices = camera_frame_vertices(body, estimate)
     views = render_views(image, vertices, body.faces, center, scale, camera.crop_size, camera.focal_length,
                          image_focal_length(scale, camera))
+    if rejected:
+        warning = f"fit rejected: error {smplify_error:.3g} >= {fitting.valid_error_threshold:g}"
+        views = replace(views, crop_overlay=stamp(views.crop_overlay, warning),
+                        image_overlay=stamp(views.image_overlay, warning), side_view=stamp(views.side_view, warning))
     paths = output_paths(request)
     source = f"checkpoint {request.checkpoint}" if request.checkpoint else "open model mean parameters"
-    comment = (f"spin-ray demo of {request.image.name}, person {person}, {source}"
-               f"{', refined with SMPLify' if smplify_error is not None else ''}\n"
+    refined = f", refined with SMPLify ({request.recipe})" if smplify_error is not None else ""
+    comment = (f"spin-ray demo of {request.image.name}, person {person}, {source}{refined}"
+               f"{' (fit REJECTED: error above the validity threshold)' if rejected else ''}\n"
                "camera frame: x right, y down, z forward (depth), metres; faces 1-based")
     written = write_all({
         paths["crop"]: encode_png(views.crop_overlay, "crop overlay"),
@@ -148,4 +164,5 @@ def run_demo(request: DemoRequest) -> DemoResult:
         paths["mesh"]: obj_text(vertices, body.faces, comment).encode(),
     })
     return DemoResult(written, person, center, scale, cfg.data.img_res, request.checkpoint, vertices,
-                      views.image_mask, smplify_error, initial_error, pixel_error, notes)
+                      views.image_mask, smplify_error, initial_error, pixel_error, rejected,
+                      request.recipe if request.refine else None, notes)

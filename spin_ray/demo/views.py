@@ -19,6 +19,7 @@ MESH_COLOR = (0.65, 0.74, 0.86)
 MESH_OPACITY = 0.8  # the photo shows through a little, so misalignment is visible
 SIDE_VIEW_DEGREES = 90.0
 WHITE = 255
+WARNING_RED = (200, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,23 @@ def render_views(
         side_view=overlay(white, side_rgba),
         image_mask=image_rgba[..., 3] > 0,
     )
+
+
+def stamp(rgb: np.ndarray, text: str) -> np.ndarray:
+    """A copy of an RGB picture with `text` in white on a red band across its top (a warning people cannot miss)."""
+    out = rgb.copy()
+    height, width = out.shape[:2]
+    scale = max(0.35, min(1.0, width / 640))
+    thickness = max(1, round(2 * scale))
+    (text_w, text_h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    if text_w > width - 8:  # long text on a small picture: shrink it to fit
+        scale *= (width - 8) / text_w
+        (text_w, text_h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    band = min(height, text_h + base + 8)
+    out[:band] = WARNING_RED
+    cv2.putText(out, text, (4, band - base - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness,
+                cv2.LINE_AA)
+    return out
 
 
 def encode_png(rgb: np.ndarray, what: str) -> bytes:

@@ -17,7 +17,8 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.body.frames import canonicalise_keypoints, canonicalise_pose
 from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.fitting.scoring import score_fits
-from spin_ray.fitting.smplify import SmplifyParams, smplify
+from spin_ray.fitting.recipes import fit
+from spin_ray.fitting.smplify import SmplifyParams
 from spin_ray.geometry import keypoints_to_pixels
 
 
@@ -45,12 +46,12 @@ def fit_predictions(
     body: BodyModel, prior: torch.nn.Module, start: SmplifyParams, keypoints: torch.Tensor, aug: torch.Tensor,
     fitting: FittingConfig, camera: CameraConfig,
 ) -> CanonicalFits:
-    """SMPLify from predictions in an augmented crop (normalised keypoints (B,49,3)), as canonical fits.
+    """SMPLify (fitting.recipe) from predictions in an augmented crop (normalised keypoints (B,49,3)), canonical.
 
     The error is inf where SMPLify failed or any value of the fit is not finite; such rows are
     never written (`FitStore.keep_best_samples` skips them).
     """
-    result = smplify(body, prior, keypoints_to_pixels(keypoints, camera.crop_size), start, fitting, camera)
+    result = fit(body, prior, keypoints_to_pixels(keypoints, camera.crop_size), start, fitting, camera)
     fits = to_canonical(body, result.params.pose, result.params.betas, keypoints, aug, camera, fitting)
     usable = (
         ~result.failed
