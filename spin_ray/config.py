@@ -67,16 +67,29 @@ class FittingConfig(Section):
         None, description="names of the 49 keypoints that the body stage and the ranking error ignore; None: SPIN's "
                           "five (OP Neck, OP RHip, OP LHip, Right Hip, Left Hip; spin_ray/body/joints.py)"
     )
-    recipe: Literal["spin", "staged"] = Field(
-        "spin", description="fitting.fit's recipe: spin (the paper's two stages, the conformance reference) or staged "
-                            "(depth released in the body stage, prior weights decreasing over steps; spin_ray/fitting/"
-                            "recipes.py)"
+    recipe: Literal["spin", "staged", "multistart"] = Field(
+        "spin", description="fitting.fit's recipe: spin (the paper's two stages, the conformance reference), staged "
+                            "(depth released in the body stage, prior weights decreasing over steps) or multistart "
+                            "(staged from the start and from the pose prior's component means, the best kept; "
+                            "spin_ray/fitting/recipes.py)"
     )
     staged_prior_scales: tuple[float, ...] = Field(
-        (3.0, 1.0, 0.3, 0.1), min_length=1,
-        description="staged: one body step per value, pose/angle/shape prior weights times the value in that step",
+        (3.0, 1.0, 0.3), min_length=1,
+        description="staged: one body step per value, pose/angle/shape prior weights times the value in that step "
+                    "(a last step at 0.1 fits detector noise: its 3D error rises while the 2D error falls)",
     )
-    staged_iterations: int = Field(25, ge=0, description="staged: Adam iterations of each body step")
+    staged_iterations: int = Field(20, ge=0, description="staged: Adam iterations of each body step")
+    multistart_starts: int = Field(
+        8, ge=1, description="multistart: the start plus this many minus one of the pose prior's most likely "
+                             "component means as body poses, screened together"
+    )
+    multistart_camera_iterations: int = Field(
+        5, ge=0, description="multistart: camera-stage Adam iterations of the screening of every start"
+    )
+    multistart_screen_iterations: int = Field(
+        10, ge=0, description="multistart: body iterations of the screening (first staged prior scale); the start "
+                              "with the lowest ranking error then runs the remaining staged steps"
+    )
     staged_depth_lr_scale: float = Field(
         50.0, gt=0, description="staged: the body steps move the camera depth this many times faster than x, y "
                                 "(people stand ~50 m away from the 5000 px camera)"

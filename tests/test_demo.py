@@ -179,7 +179,7 @@ def test_a_rejected_fit_is_said_in_the_terminal_and_on_every_picture(scene, tmp_
     code, stdout, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--checkpoint", checkpoint,
                           "--refine", "--out", tmp_path / "strict")
     assert code == 0
-    assert "SMPLify (staged): ranking error" in stdout and "REJECTED" in stdout
+    assert "SMPLify (multistart): ranking error" in stdout and "REJECTED" in stdout
     assert "note: the fit is REJECTED" in stdout and "fitting.valid_error_threshold 1e-06" in stdout
     for suffix in ("_overlay_crop.png", "_overlay.png", "_side.png"):
         picture = read_rgb(tmp_path / "strict" / f"person{suffix}")

@@ -54,7 +54,7 @@ def test_fit_sends_only_missing_rows_and_equals_the_local_fit(tiny_spin_data, re
     local = tmp_path / "local.npy"
     assert main(["fit", str(npz), "--local", "--iterations", ITERATIONS, "--out", str(local), "--no-progress"]) == 0
     said = capsys.readouterr().out
-    assert "(staged recipe)" in said and re.search(r"\d+ valid \(< 100\), \d+ rejected", said), said
+    assert "(multistart recipe)" in said and re.search(r"\d+ valid \(< 100\), \d+ rejected", said), said
     table, errors = np.load(local), np.load(errors_path_for(local))
     n = len(errors)
     paper = tmp_path / "paper.npy"  # --recipe spin: the paper's SMPLify, another fit of the same rows

@@ -26,9 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="person box in pixels: top-left corner, width, height (default: from the keypoints)")
     parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint written by `spin-ray train`")
     parser.add_argument("--refine", action="store_true", help="refine the estimate with SMPLify on the keypoints")
-    parser.add_argument("--recipe", choices=RECIPES, default="staged",
-                        help="fitting recipe of --refine (default staged: decreasing prior weights and a free depth, "
-                             "measured better than spin from a network's or the mean pose's start; spin is the paper's)")
+    parser.add_argument("--recipe", choices=RECIPES, default="multistart",
+                        help="fitting recipe of --refine (default multistart: the network's guess and the pose prior's "
+                             "component means screened, the best refined as staged; it recovers from a poor guess. "
+                             "staged: from the guess alone; spin: the paper's SMPLify)")
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
     parser.add_argument("--person", type=non_negative_int, default=None,
                         help="index into the JSON's people (default: the highest total confidence)")

@@ -67,16 +67,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="start from this trained checkpoint's predictions on each canonical crop")
     parser.add_argument("--iterations", type=non_negative_int, default=None,
                         help="Adam iterations of each SMPLify stage (default: fitting.iterations_camera/_body)")
-    parser.add_argument("--recipe", choices=RECIPES, default="staged",
-                        help="fitting recipe (default staged: decreasing prior weights and a free depth, measured "
-                             "better than spin from the mean pose and from a network's predictions, at ~1.5x the "
-                             "work; spin is the paper's SMPLify)")
+    parser.add_argument("--recipe", choices=RECIPES, default=None,
+                        help="fitting recipe (default: multistart from the mean pose, staged from --init or "
+                             "--checkpoint; each measured better than spin, the paper's SMPLify, from such starts at "
+                             "under 2x its cost: benchmarks/RESULTS.md, 'Fit quality')")
     parser.add_argument("--limit", type=positive_int, default=None, help="fit only the first N samples")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads of this process")
     parser.add_argument("--bad-samples", choices=("skip", "raise"), default=None,
                         help="rows with bad annotations: skip them or stop (default: data.bad_samples, skip)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_fit)
+
+
+def default_recipe(args: argparse.Namespace) -> str:
+    """The recipe for the start: multistart from the mean pose (a far start), staged from given fits or a network."""
+    return "staged" if args.init is not None or args.checkpoint is not None else "multistart"
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
@@ -88,7 +93,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
     url = args.store or (None if cfg.store.url or cfg.store.url_env else os.environ.get(URL_ENV) or None)
     return with_overrides(cfg, data={"bad_samples": args.bad_samples},
                           fitting={"iterations_camera": iterations, "iterations_body": iterations,
-                                   "recipe": args.recipe},
+                                   "recipe": args.recipe or default_recipe(args)},
                           store={"url": url, "namespace": args.namespace})
 
 

@@ -38,7 +38,7 @@ class DemoRequest:
     checkpoint: Path | None = None
     refine: bool = False
     person: int | None = None
-    recipe: str = "staged"  # fitting.recipe of --refine: the demo starts from a network's guess, often a poor one
+    recipe: str = "multistart"  # fitting.recipe of --refine: the network's guess on a photo is often a poor start
 
 
 @dataclass
@@ -142,7 +142,7 @@ def run_demo(request: DemoRequest) -> DemoResult:
             if rejected:
                 notes.append(f"the fit is REJECTED: its ranking error {smplify_error:.1f} is not below "
                              f"fitting.valid_error_threshold {threshold:g}, so training would not use it; the "
-                             "pictures say so (check the keypoints and the box, or try --recipe staged)")
+                             "pictures say so (check the keypoints and the box)")
 
     vertices = camera_frame_vertices(body, estimate)
     views = render_views(image, vertices, body.faces, center, scale, camera.crop_size, camera.focal_length,

@@ -1,15 +1,20 @@
-"""Fitting recipes behind one call: `spin` (the paper's SMPLify, unchanged) and `staged` (a better 3D fit).
+"""Fitting recipes behind one call: `spin` (the paper's SMPLify, unchanged), `staged` and `multistart`.
 
 `staged` keeps SPIN's camera stage, then runs the body stage as a few steps whose pose, bending and
 shape prior weights decrease (a far start first moves under strong priors, the last steps follow the
 keypoints), and lets the camera translation move in every body step, the depth with a larger step:
-SPIN pins the depth of its start, so a start 10 % too far stays 10 % too far. Measured in
-benchmarks/bench_fit_quality.py (RESULTS.md, "Fit quality, recipes").
+SPIN pins the depth of its start, so a start 10 % too far stays 10 % too far.
+`multistart` screens several starts at once, the given one and the pose prior's most likely component
+means as body poses (same orientation, shape and camera), with a short camera stage and the first
+staged step, keeps per sample the one with the lowest ranking error, and runs the remaining staged
+steps from it: a far start (the mean pose) ends in the basin of the pose that explains the keypoints.
+Measured in benchmarks/bench_fit_quality.py (RESULTS.md, "Fit quality, recipes").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
@@ -28,7 +33,7 @@ from spin_ray.fitting.smplify import (
     smplify,
 )
 
-RECIPES = ("spin", "staged")
+RECIPES = ("spin", "staged", "multistart")
 
 
 def scaled_priors(fitting: FittingConfig, scale: float) -> FittingConfig:
@@ -65,6 +70,44 @@ def staged_fit(
     return fit_result(body, inputs, params, failed, fitting, camera)
 
 
+def prior_starts(init: SmplifyParams, pose_prior: torch.nn.Module, count: int) -> SmplifyParams:
+    """(count * B) starts: init, then init with its body pose replaced by each of the prior's count - 1 most
+    likely component means (start k of sample b is row k * B + b)."""
+    means = getattr(pose_prior, "means", None)
+    if means is None or count == 1:
+        return init
+    likely = torch.argsort(pose_prior.log_normaliser)[: count - 1]  # -log weight + normaliser: most likely first
+    batch = init.body_pose.shape[0]
+    poses = [init.body_pose] + [means[k].to(init.body_pose).expand(batch, -1) for k in likely.tolist()]
+    repeat = len(poses)
+    return SmplifyParams(init.global_orient.repeat(repeat, 1), torch.cat(poses), init.betas.repeat(repeat, 1),
+                         init.camera_t.repeat(repeat, 1))
+
+
+def multistart_fit(
+    body: BodyModel, pose_prior: torch.nn.Module, keypoints_2d: torch.Tensor, init: SmplifyParams,
+    fitting: FittingConfig, camera: CameraConfig,
+    on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
+) -> SmplifyResult:
+    """Screen init and the prior's component means together (short camera stage, first staged step), keep each
+    sample's lowest ranking error, then run the remaining staged steps from it (on_iteration sees those)."""
+    batch = keypoints_2d.shape[0]
+    starts = prior_starts(init, pose_prior, fitting.multistart_starts)
+    repeat = starts.body_pose.shape[0] // batch
+    screening = fitting.model_copy(update={
+        "iterations_camera": fitting.multistart_camera_iterations,
+        "staged_prior_scales": fitting.staged_prior_scales[:1], "staged_iterations": fitting.multistart_screen_iterations})
+    screened = staged_fit(body, pose_prior, keypoints_2d.repeat(repeat, 1, 1), starts, screening, camera)
+    best = screened.error.view(repeat, batch).argmin(dim=0)  # failed starts score inf
+    rows = best * batch + torch.arange(batch, device=best.device)
+    winner = SmplifyParams(*(t[rows] for t in screened.params.tensors()))
+    rest = fitting.model_copy(update={"iterations_camera": 0, "staged_prior_scales": fitting.staged_prior_scales[1:]
+                                      or fitting.staged_prior_scales[-1:]})
+    result = staged_fit(body, pose_prior, keypoints_2d, winner, rest, camera, on_iteration)
+    # The caller compares the fit with its own start (keep-best): report init's error, not the winner's.
+    return replace(result, initial_error=screened.initial_error[:batch])
+
+
 def fit(
     body: BodyModel, pose_prior: torch.nn.Module, keypoints_2d: torch.Tensor, init: SmplifyParams,
     fitting: FittingConfig, camera: CameraConfig,
@@ -75,4 +118,6 @@ def fit(
         return smplify(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration)
     if fitting.recipe == "staged":
         return staged_fit(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration)
+    if fitting.recipe == "multistart":
+        return multistart_fit(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration)
     raise InputError(f"fitting.recipe {fitting.recipe!r} is not one of {RECIPES}")
