@@ -1,5 +1,6 @@
-"""A person cut off at the waist (legs outside the crop): the staged recipe keeps the height and fits what is seen."""
+"""A person cut off at the waist (legs outside the crop): the staged and multistart recipes keep the height and fits what is seen."""
 
+import pytest
 import torch
 
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
@@ -20,7 +21,8 @@ def rest_height(body: BodyModel, betas: torch.Tensor) -> torch.Tensor:
     return rest[..., 1].amax(dim=1) - rest[..., 1].amin(dim=1)
 
 
-def test_waist_truncated_person_keeps_height_and_fits_the_visible_joints():
+@pytest.mark.parametrize("recipe", ["staged", "multistart"])
+def test_waist_truncated_person_keeps_height_and_fits_the_visible_joints(recipe):
     body = BodyModel.embedded()
     problem = synthetic_problems(body, 16, torch.Generator().manual_seed(11), CFG.camera)
     keypoints = problem.keypoints_2d.clone()
@@ -29,7 +31,7 @@ def test_waist_truncated_person_keeps_height_and_fits_the_visible_joints():
     assert (keypoints[:, SPIN49_NAMES.index("OP RAnkle"), 2] == 0).all()
     init = mean_pose_init(body, mean_body_pose(torch.Generator().manual_seed(1)), keypoints, CFG.camera)
     result = fit(body, load_pose_prior(CFG.fitting), keypoints, init,
-                 CFG.fitting.model_copy(update={"recipe": "staged"}), CFG.camera)
+                 CFG.fitting.model_copy(update={"recipe": recipe}), CFG.camera)
     truth = rest_height(body, problem.betas)
     height_error = (rest_height(body, result.params.betas) - truth).abs() / truth
     assert not result.failed.any()
