@@ -38,14 +38,19 @@ def body():
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory, body):
     """A photo of one person in part colours, its silhouette, and OpenPose JSON with a weaker second person."""
-    folder = tmp_path_factory.mktemp("demo_scene")
     problem = synthetic_problems(body, 1, torch.Generator().manual_seed(3), CameraConfig())
+    return render_scene(tmp_path_factory.mktemp("demo_scene"), body, problem.pose, problem.betas, problem.camera_t)
+
+
+def render_scene(folder: Path, body, pose: torch.Tensor, betas: torch.Tensor, camera_t: torch.Tensor) -> dict:
+    """The photo, silhouette and OpenPose JSON of one person (pose (1,72), betas, camera_t) seen by FOCAL."""
+    folder.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        out = body(axis_angle_pose_to_rotmats(problem.pose), problem.betas)
-        keypoints = perspective_projection(out.keypoints, problem.camera_t, FOCAL,
+        out = body(axis_angle_pose_to_rotmats(pose), betas)
+        keypoints = perspective_projection(out.keypoints, camera_t, FOCAL,
                                            camera_center=torch.tensor(PRINCIPAL)[None])[0, :25].numpy()
     colours = np.random.default_rng(0).uniform(0.2, 1.0, (24, 3))[body.smpl.lbs_weights.argmax(1).numpy()]
-    vertices, translation = out.vertices[0].numpy(), problem.camera_t[0].numpy()
+    vertices, translation = out.vertices[0].numpy(), camera_t[0].numpy()
     with MeshRenderer(WIDTH, HEIGHT, body.faces) as renderer:
         image = renderer.part_colors(vertices, translation, FOCAL, PRINCIPAL, vertex_colors=colours)
         silhouette = renderer.silhouette(vertices, translation, FOCAL, PRINCIPAL)
@@ -125,6 +130,30 @@ def test_refined_mesh_covers_the_person(scene, body, tmp_path, capsys):
     rows = np.clip(np.rint(uv[:, 1]).astype(int), 0, HEIGHT - 1)
     cols = np.clip(np.rint(uv[:, 0]).astype(int), 0, WIDTH - 1)
     assert scene["silhouette"][rows, cols].mean() > 0.7
+
+
+def test_refine_finds_a_wide_stride_from_a_mean_pose_guess(body, tmp_path, capsys):
+    # Issue 20's photo: legs wide apart, a network whose guess is the mean pose (zeroed output layers).
+    problem = synthetic_problems(body, 1, torch.Generator().manual_seed(3), CameraConfig())
+    pose = problem.pose.clone()
+    pose[0, 3:9] = torch.tensor([-0.7, 0.0, 0.45, 0.6, 0.0, -0.45])  # left hip forward and out, right back and out
+    pose[0, 9 + 3: 9 + 6] = torch.tensor([0.8, 0.0, 0.0])  # left knee bent
+    stride = render_scene(tmp_path / "stride", body, pose, problem.betas, problem.camera_t)
+    cfg = RunConfig.model_validate({"data": {"img_res": 64}})
+    state = HMR.from_config(cfg.network, cfg.body.num_betas).state_dict()
+    for name in ("dec_pose", "dec_betas", "dec_camera"):
+        state[f"{name}.weight"].zero_()
+        state[f"{name}.bias"].zero_()
+    checkpoint = save_checkpoint(tmp_path / "mean.pt", {"model": state, "config": cfg.model_dump(mode="json")})
+    distances = {}
+    for recipe in ("spin", "multistart"):
+        code, stdout, _ = run(capsys, stride["image"], "--keypoints", stride["json"], "--checkpoint", checkpoint,
+                              "--refine", "--recipe", recipe, "--out", tmp_path / recipe)
+        assert code == 0, stdout
+        distances[recipe] = float(re.search(r"mean keypoint distance ([\d.]+) px", stdout).group(1))
+        assert ": valid" in stdout
+    assert distances["multistart"] < 3.0, distances  # the legs follow the stance
+    assert distances["multistart"] < 0.5 * distances["spin"], distances
 
 
 def test_without_checkpoint_or_refine_uses_the_shipped_regressor_and_says_so(scene, tmp_path, capsys):
