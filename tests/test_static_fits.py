@@ -65,6 +65,8 @@ def test_fit_cli_refuses_bad_input(tmp_path, capsys):
     assert main(["fit", str(bad), "--out", str(tmp_path / "x.npy")]) == 1
     assert "bad.npz" in capsys.readouterr().err
     assert main(["fit", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "x.npy")]) == 1
+    err = capsys.readouterr().err
+    assert "missing.npz: dataset file does not exist (check the DATASET argument)" in err and "config" not in err
 
 
 def test_fit_cli_refuses_empty_work(tmp_path, capsys):

@@ -109,7 +109,7 @@ def _prepare(args: argparse.Namespace, cfg: RunConfig):
     from spin_ray.store.files import read_npy_fits
 
     root = args.image_root if args.image_root is not None else args.dataset.parent
-    data = load_spin_npz(args.dataset, image_root=root, name=args.name)
+    data = load_spin_npz(args.dataset, image_root=root, name=args.name, given_by="the DATASET argument")
     if len(data) == 0:
         raise InputError(f"{args.dataset}: nothing to fit, the dataset has no samples")
     data = data.head(len(data) if args.limit is None else args.limit)

@@ -176,11 +176,14 @@ def _from_arrays(arrays: dict[str, np.ndarray], name: str, image_root: Path, sou
     )
 
 
-def load_spin_npz(path: str | Path, image_root: str | Path, name: str | None = None) -> SpinDataset:
-    """Read and validate a SPIN dataset `.npz`; `name` defaults to the file's stem."""
+def load_spin_npz(
+    path: str | Path, image_root: str | Path, name: str | None = None, given_by: str = "data.datasets[].npz in the config",
+) -> SpinDataset:
+    """Read and validate a SPIN dataset `.npz`; `name` defaults to the file's stem; `given_by` names where the path
+    came from, for the error when it does not exist."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: dataset file does not exist (check data.datasets[].npz in the config)")
+        raise DataError(f"{path}: dataset file does not exist (check {given_by})")
     try:
         # allow_pickle=False: an .npz from elsewhere must never run code on load.
         with np.load(path, allow_pickle=False) as npz:
