@@ -1,6 +1,6 @@
 """The fidelity study from the shipped regressor (issue 21): every mode, several seeds, paired and unpaired.
 
-Usage: python benchmarks/fidelity/seeds.py [--seeds 0,1,2] [--settings paired,staged,unpaired] [--write-results]
+Usage: python benchmarks/fidelity/seeds.py [--seeds 0,1,2] [--settings paired,better,unpaired] [--write-results]
        python benchmarks/fidelity/seeds.py --report-only [--write-results]   (tables from the cached runs)
 
 Every run starts from the shipped weights (spin_ray/model/assets/pretrained_resnet18_96.pt.xz) and trains as the
@@ -9,9 +9,10 @@ synth-3d / synth-itw, synth-test held out) for STEPS steps in modes 2d, static, 
 0, 1, 2 (data order, augmentation, dropout). Settings: `paired` (synth-3d's SMPL and 3D truth supervise, as in
 the paper's Table 1) and `unpaired` (data.ignore_3d: no image's 3D truth is used, all 3D supervision comes from
 fits, the paper's Table 3). Equal wall-clock: per seed, `sync` trains again for as many steps as it does in the
-training time of that seed's `async` run (part b), compared with that `async` run. Setting `staged` (issue 20):
-the paired setting with the loop's fits made by fitting.recipe `staged` instead of `spin`, `sync` and `async`
-for seeds 0 and 1, compared with the paired runs.
+training time of that seed's `async` run (part b), compared with that `async` run. Setting `better` (issue 20):
+the paired setting with every fit by the better recipes (the static fits of the mean pose by `multistart`, the
+loop's fits from the network's predictions by `staged`), `static`, `sync` and `async` for seeds 0 and 1, compared
+with the paired runs, whose fits are all `spin`'s.
 
 Each run's row is cached in benchmarks/fidelity/shipped/ (one JSON per setting, seed, part and mode, keyed by
 its config), so the study goes on where it stopped, across sessions; a cached run is never trained again.
@@ -41,10 +42,12 @@ REPO = study_run.REPO
 CACHE = HERE / "shipped"
 SHIPPED = REPO / "spin_ray" / "model" / "assets" / "pretrained_resnet18_96.pt.xz"
 MODES = ("2d", "static", "sync", "async")
-SETTINGS = ("paired", "staged", "unpaired")
-# `staged`: the paired setting with the loop's fits by fitting.recipe staged (issue 20), in-the-loop modes only.
-SETTING_MODES = {"paired": MODES, "unpaired": MODES, "staged": ("sync", "async")}
-STAGED_SEEDS = (0, 1)  # issue 20 asks for two seeds per arm
+SETTINGS = ("paired", "better", "unpaired")
+# `better`: the paired setting with the better recipes' fits (issue 20): the modes that read fits.
+SETTING_MODES = {"paired": MODES, "unpaired": MODES, "better": ("static", "sync", "async")}
+BETTER_SEEDS = (0, 1)  # issue 20 asks for two seeds per arm
+STATIC_RECIPE = {"better": "multistart"}  # the recipe of a setting's static fits of the mean pose (else spin)
+LOOP_RECIPE = {"better": "staged"}  # the recipe of a setting's fits in the loop (else spin)
 STEPS = 300
 SIZE = study_run.StudySize({"synth-3d": 1000, "synth-itw": 1000, "synth-test": 200}, steps=STEPS, img_res=96,
                            batch_size=32, iterations=50, sample_every_s=15.0, shared_cache=True)
@@ -62,7 +65,7 @@ def run_config(study, setting: str, seed: int, part: str, label: str, steps: int
         "name": f"fidelity-{slug}", "seed": seed, "output_dir": out / "runs" / slug,
         "store": cfg.store.model_copy(update={"namespace": f"fidelity-{slug}"}),
         "data": cfg.data.model_copy(update={"ignore_3d": setting == "unpaired"}),
-        "fitting": cfg.fitting.model_copy(update={"recipe": "staged" if setting == "staged" else "spin"}),
+        "fitting": cfg.fitting.model_copy(update={"recipe": LOOP_RECIPE.get(setting, "spin")}),
     })
 
 
@@ -124,18 +127,25 @@ def study(seeds: list[int], settings: list[str], out: Path, cache: Path = CACHE,
         base = base.model_copy(update={"train": base.train.model_copy(update={"report_images": 0})})
         prepare_data(base, progress=False)
         body_hash = BodyModel.from_config(base.body).identity
-        fits = study_run.static_fits_file(base, body_hash, out)
-        shared = study_run.Shared(body_hash, fits, SHIPPED, study_run.FitTruth(base))
+        truth = study_run.FitTruth(base)
+
+        def shared_for(setting: str) -> study_run.Shared:
+            """What a setting's runs start from: the static fits by its recipe (computed once, kept in OUT)."""
+            recipe = STATIC_RECIPE.get(setting, "spin")
+            static = base.model_copy(update={"fitting": base.fitting.model_copy(update={"recipe": recipe})})
+            return study_run.Shared(body_hash, study_run.static_fits_file(static, body_hash, out), SHIPPED, truth)
+
         study_run.start_ray()
         try:
             for setting in settings:
+                shared = shared_for(setting)
                 for seed in seeds:
-                    if setting == "staged" and seed not in STAGED_SEEDS:
+                    if setting == "better" and seed not in BETTER_SEEDS:
                         continue
                     rows = {label: train_cached(cache, size, run_config(base, setting, seed, "a", label,
                                                                         size.steps, out),
                                                 setting, seed, "a", label, shared) for label in SETTING_MODES[setting]}
-                    if setting == "staged":
+                    if setting == "better":
                         continue  # compared with the paired runs at equal steps only
                     steps = max(1, round(rows["async"]["train_s"] * rows["sync"]["steps_per_s"]))
                     train_cached(cache, size, run_config(base, setting, seed, "b", "sync", steps, out), setting,
@@ -216,20 +226,22 @@ def improves(runs: dict[int, dict]) -> tuple[bool | None, str]:
 
 
 def recipe_claims(rows: list[dict]) -> list[tuple[str, bool | None, str]]:
-    """Issue 20's question: do staged fits in the loop train a better network (and hold better fits) than spin's?"""
+    """Issue 20's question: do the better recipes' fits train a better network (and hold better fits) than spin's?"""
     out = []
-    for mode in SETTING_MODES["staged"]:
-        spin, staged = pick(rows, "paired", "a", mode), pick(rows, "staged", "a", mode)
-        out.append((f"`{mode}` with staged fits beats `{mode}` with spin fits (held-out PA-MPJPE)",
-                    *compare(spin, staged)))
-        out.append((f"`{mode}`: the store's fits end closer to the withheld truth with staged (fits' PA-MPJPE)",
-                    *compare(spin, staged, "fit_pa_end")))
+    for mode in SETTING_MODES["better"]:
+        spin, better = pick(rows, "paired", "a", mode), pick(rows, "better", "a", mode)
+        out.append((f"`{mode}` with the better recipes' fits beats `{mode}` with spin's (held-out PA-MPJPE)",
+                    *compare(spin, better)))
+        out.append((f"`{mode}`: the store's fits end closer to the withheld truth with the better recipes "
+                    "(fits' PA-MPJPE)", *compare(spin, better, "fit_pa_end")))
+    out.append(("`2d` worse than `static` when the static fits are multistart's",
+                *compare(pick(rows, "paired", "a", "2d"), pick(rows, "better", "a", "static"))))
     return out
 
 
 def claims(rows: list[dict], setting: str) -> list[tuple[str, bool | None, str]]:
     """The paper's claims in one setting: (claim, held, evidence)."""
-    if setting == "staged":
+    if setting == "better":
         return recipe_claims(rows)
     a = {mode: pick(rows, setting, "a", mode) for mode in MODES}
     sync_b = pick(rows, setting, "b", "sync")
@@ -283,7 +295,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8.5, 3.4))
     labels = [*MODES, "sync (b)"]
-    for offset, setting, colour in ((-0.27, "paired", "tab:blue"), (0.0, "staged", "tab:green"),
+    for offset, setting, colour in ((-0.27, "paired", "tab:blue"), (0.0, "better", "tab:green"),
                                     (0.27, "unpaired", "tab:orange")):
         for i, (part, mode) in enumerate([("a", m) for m in MODES] + [("b", "sync")]):
             values = [r["pa_mpjpe"] for r in pick(rows, setting, part, mode).values()]
@@ -309,13 +321,14 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def section(rows: list[dict], seeds: list[int]) -> str:
     """The RESULTS.md section: setup, one table and the claims per setting."""
-    expected = sum(len(SETTING_MODES[s]) + (s != "staged") for s in SETTINGS for seed in seeds
-                   if s != "staged" or seed in STAGED_SEEDS)
+    expected = sum(len(SETTING_MODES[s]) + (s != "better") for s in SETTINGS for seed in seeds
+                   if s != "better" or seed in BETTER_SEEDS)
     machines = sorted({r["machine"] for r in rows})
     loads = [x for r in rows for x in r.get("load", [])]
     lines = [
         f"Runs: {len(rows)} of {expected} (paired and unpaired: seeds {', '.join(map(str, seeds))} x "
-        f"{len(MODES)} modes + sync at async's time; staged: seeds {', '.join(map(str, STAGED_SEEDS))} x sync, async). "
+        f"{len(MODES)} modes + sync at async's time; better: seeds {', '.join(map(str, BETTER_SEEDS))} x static, sync, "
+        "async). "
         "Cached per run in benchmarks/fidelity/shipped/; "
         "command: `python benchmarks/fidelity/seeds.py --write-results` (continues where it stopped).",
         *machines[:1],
@@ -332,8 +345,8 @@ def section(rows: list[dict], seeds: list[int]) -> str:
     for setting in SETTINGS:
         what = {"paired": "synth-3d's SMPL and 3D truth supervise",
                 "unpaired": "data.ignore_3d: no 3D truth in training, every 3D target is a fit",
-                "staged": "issue 20: paired, the loop's fits by fitting.recipe staged instead of spin; the "
-                          "static fits of the mean pose it starts from stay spin's"}[setting]
+                "better": "issue 20: paired, every fit by the better recipes: the static fits of the mean pose by "
+                          "multistart, the loop's by staged"}[setting]
         lines += ["", f"### {setting.capitalize()} ({what})", "", table(rows, setting), ""]
         verdicts = {True: "held", False: "**did not hold**", None: "not measured yet"}
         lines += [f"- {verdicts[held]}: {claim}: {evidence}." for claim, held, evidence in claims(rows, setting)]
@@ -348,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     """Train the missing runs (unless --report-only), then print (and with --write-results record) the section."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help="any of paired, staged, unpaired, run in the order given")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="any of paired, better, unpaired, run in the order given")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "fidelity-shipped", help="run folders")
     parser.add_argument("--report-only", action="store_true", help="tables from the cached runs, no training")
     parser.add_argument("--probe", action="store_true",
