@@ -183,7 +183,8 @@ def _fit_local(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
     rejected = int((ok & ~valid).sum())
     print(f"fitted {int(fits.fitted.sum())} of {n} samples of {args.dataset.name} ({cfg.fitting.recipe} recipe): "
           f"{int(fits.failed.sum())} failed{skipped}, median error {median:.2f}, {int(valid.sum())} valid "
-          f"(< {cfg.fitting.valid_error_threshold:g}), {rejected} rejected (error above it: training will not use them)")
+          f"(< {cfg.fitting.valid_error_threshold:g}), {rejected} rejected "
+          "(error above it: training will not use them)")
     print(f"wrote {args.out} and {errors_path_for(args.out)}")
     return 0
 

@@ -177,7 +177,8 @@ def _from_arrays(arrays: dict[str, np.ndarray], name: str, image_root: Path, sou
 
 
 def load_spin_npz(
-    path: str | Path, image_root: str | Path, name: str | None = None, given_by: str = "data.datasets[].npz in the config",
+    path: str | Path, image_root: str | Path, name: str | None = None,
+    given_by: str = "data.datasets[].npz in the config",
 ) -> SpinDataset:
     """Read and validate a SPIN dataset `.npz`; `name` defaults to the file's stem; `given_by` names where the path
     came from, for the error when it does not exist."""

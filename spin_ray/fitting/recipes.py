@@ -96,7 +96,9 @@ def multistart_fit(
     repeat = starts.body_pose.shape[0] // batch
     screening = fitting.model_copy(update={
         "iterations_camera": fitting.multistart_camera_iterations,
-        "staged_prior_scales": fitting.staged_prior_scales[:1], "staged_iterations": fitting.multistart_screen_iterations})
+        "staged_prior_scales": fitting.staged_prior_scales[:1],
+        "staged_iterations": fitting.multistart_screen_iterations,
+    })
     screened = staged_fit(body, pose_prior, keypoints_2d.repeat(repeat, 1, 1), starts, screening, camera)
     best = screened.error.view(repeat, batch).argmin(dim=0)  # failed starts score inf
     rows = best * batch + torch.arange(batch, device=best.device)
