@@ -297,12 +297,13 @@ def plot(rows: list[dict], path: Path) -> None:
     labels = [*MODES, "sync (b)"]
     for offset, setting, colour in ((-0.27, "paired", "tab:blue"), (0.0, "better", "tab:green"),
                                     (0.27, "unpaired", "tab:orange")):
+        labelled = False
         for i, (part, mode) in enumerate([("a", m) for m in MODES] + [("b", "sync")]):
             values = [r["pa_mpjpe"] for r in pick(rows, setting, part, mode).values()]
             if values:
                 mean, sd = mean_sd(values)
-                ax.bar(i + offset, mean, width=0.27, color=colour, alpha=0.6,
-                       label=setting if i == 0 else None)
+                ax.bar(i + offset, mean, width=0.27, color=colour, alpha=0.6, label=None if labelled else setting)
+                labelled = True
                 ax.scatter([i + offset] * len(values), values, color="black", s=8, zorder=3)
     starts = [r["start_pa_mpjpe"] for r in rows if math.isfinite(r.get("start_pa_mpjpe", math.nan))]
     values = [r["pa_mpjpe"] for r in rows]
