@@ -7,6 +7,7 @@ its default, bounds and description, read in one place.
 from __future__ import annotations
 
 from pathlib import Path
+import typing
 from typing import Literal
 
 import yaml
@@ -47,6 +48,11 @@ class CameraConfig(Section):
     crop_size: int = Field(224, gt=0, description="side in pixels of the square crop the keypoints live in")
 
 
+# SMPLify recipes (spin_ray/fitting/recipes.py); the one list, for the config and the command line.
+Recipe = Literal["spin", "staged", "multistart"]
+RECIPES: tuple[str, ...] = typing.get_args(Recipe)
+
+
 class FittingConfig(Section):
     iterations_camera: int = Field(50, ge=0, description="Adam iterations of the camera stage")
     iterations_body: int = Field(50, ge=0, description="Adam iterations of the body stage")
@@ -67,7 +73,7 @@ class FittingConfig(Section):
         None, description="names of the 49 keypoints that the body stage and the ranking error ignore; None: SPIN's "
                           "five (OP Neck, OP RHip, OP LHip, Right Hip, Left Hip; spin_ray/body/joints.py)"
     )
-    recipe: Literal["spin", "staged", "multistart"] = Field(
+    recipe: Recipe = Field(
         "spin", description="fitting.fit's recipe: spin (the paper's two stages, the conformance reference), staged "
                             "(depth released in the body stage, prior weights decreasing over steps) or multistart "
                             "(staged from the start and from the pose prior's component means, the best kept; "

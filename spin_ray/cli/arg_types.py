@@ -10,14 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import typing
 from collections.abc import Callable
 from pathlib import Path
-
-from spin_ray.config import FittingConfig
-
-# The fitting recipes a command may be told to use: fitting.recipe's values.
-RECIPES: tuple[str, ...] = typing.get_args(FittingConfig.model_fields["recipe"].annotation)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from spin_ray.cli.arg_types import RECIPES, finite_float, non_negative_int
+from spin_ray.cli.arg_types import finite_float, non_negative_int
+from spin_ray.config import RECIPES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spin_ray.cli.arg_types import RECIPES, non_negative_float, non_negative_int, path_with_suffix, positive_int
-from spin_ray.config import RunConfig, StoreConfig, load_config, with_overrides
+from spin_ray.cli.arg_types import non_negative_float, non_negative_int, path_with_suffix, positive_int
+from spin_ray.config import RECIPES, RunConfig, StoreConfig, load_config, with_overrides
 
 _DEFAULT_NAMESPACE = StoreConfig().namespace
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from spin_ray.body.body_model import BodyModel
-from spin_ray.config import CameraConfig, FittingConfig
+from spin_ray.config import RECIPES, CameraConfig, FittingConfig
 from spin_ray.errors import InputError
 from spin_ray.fitting.smplify import (
     SmplifyParams,
@@ -33,7 +33,6 @@ from spin_ray.fitting.smplify import (
     smplify,
 )
 
-RECIPES = ("spin", "staged", "multistart")
 
 
 def scaled_priors(fitting: FittingConfig, scale: float) -> FittingConfig:
