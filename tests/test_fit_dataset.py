@@ -219,3 +219,64 @@ def test_checkpoint_starts_are_the_networks_predictions_on_canonical_crops(tiny_
     assert main(["fit", str(npz), "--local", "--checkpoint", str(checkpoint), "--limit", "8", "--iterations", "2",
                  "--out", str(out_file), "--no-progress"]) == 0
     assert np.isfinite(np.load(errors_path_for(out_file))).all()
+
+
+def test_two_datasets_with_one_file_name_never_share_fits(tiny_spin_data, redis_server, ray_local, tmp_path, capsys):
+    # Once, b/data.npz "had a fit already" for every row: a/data.npz's, exported as b's with exit 0.
+    from tests.test_dataset_names import _rows
+
+    src = tiny_spin_data["tiny-itw"]
+    a = _rows(src, np.arange(4), tmp_path / "a" / "data.npz")
+    b = _rows(src, np.arange(4, 8), tmp_path / "b" / "data.npz")
+    flags = ["--store", redis_server.url, "--namespace", f"names-{uuid.uuid4().hex[:8]}", "--iterations", "1",
+             "--fitters", "1", "--no-progress", "--image-root", str(src.parent)]
+    assert main(["fit", str(a), *flags, "--out", str(tmp_path / "a" / "fits.npy")]) == 0
+    capsys.readouterr()
+    b_out = tmp_path / "b" / "fits.npy"
+    assert main(["fit", str(b), *flags, "--out", str(b_out)]) == 1
+    err = capsys.readouterr().err
+    assert str(a) in err and str(b) in err and "--dataset-name" in err and len(err.strip().splitlines()) == 1, err
+    assert not b_out.exists()
+    # Under its own name b is fitted from scratch; a's rows are still a's.
+    assert main(["fit", str(b), *flags, "--dataset-name", "data-b", "--out", str(b_out)]) == 0
+    assert _sent_and_fitted(capsys.readouterr().out)[:2] == (0, 4)
+    a_fits = np.load(tmp_path / "a" / "fits.npy")
+    assert not np.allclose(np.load(b_out)[:, 72:], a_fits[:, 72:])
+
+
+def test_fit_checks_the_output_folder_before_fitting(tiny_spin_data, tmp_path, capsys):
+    # Once, a bad --out folder failed with a traceback after the whole fit, losing it.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    npz = str(tiny_spin_data["tiny-itw"])
+    assert main(["fit", npz, "--local", "--out", str(blocker / "fits.npy"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {blocker / 'fits.npy'}: cannot write into {blocker}" in err and "Traceback" not in err
+    assert "fitted" not in capsys.readouterr().out
+    nested = tmp_path / "new" / "deeper" / "fits.npy"  # a missing folder is made, as before
+    assert main(["fit", npz, "--local", "--out", str(nested), "--limit", "2", "--iterations", "0",
+                 "--no-progress"]) == 0
+    assert nested.exists()
+
+
+def test_iterations_change_the_default_recipes_fit(tiny_spin_data, tmp_path, capsys):
+    npz = str(tiny_spin_data["tiny-itw"])
+    errors = {}
+    for n in ("0", "2"):
+        out = tmp_path / f"fits{n}.npy"
+        assert main(["fit", npz, "--local", "--out", str(out), "--limit", "3", "--iterations", n,
+                     "--no-progress"]) == 0
+        assert "(multistart recipe)" in capsys.readouterr().out
+        errors[n] = np.load(errors_path_for(out))
+    assert not np.allclose(errors["0"], errors["2"])
+
+
+def test_the_image_root_note_says_check_when_it_was_given(tiny_spin_data, tmp_path, capsys):
+    npz = str(tiny_spin_data["tiny-itw"])
+    args = ["fit", npz, "--local", "--out", str(tmp_path / "f.npy"), "--limit", "1", "--iterations", "0",
+            "--no-progress"]
+    assert main(args) == 0  # the images lie beside the npz: no note
+    assert "image-root" not in capsys.readouterr().err
+    assert main([*args, "--image-root", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "check --image-root" in err and "give --image-root" not in err

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from spin_ray.body.body_model import BodyModel
-from spin_ray.config import RunConfig
+from spin_ray.config import RECIPES, RunConfig
 from spin_ray.errors import InputError
 from spin_ray.fitting.priors import load_pose_prior
-from spin_ray.fitting.recipes import fit, prior_starts
+from spin_ray.fitting.recipes import fit, iteration_overrides, prior_starts
 from spin_ray.fitting.starts import mean_body_pose, mean_pose_init
 from spin_ray.fitting.smplify import smplify
 from spin_ray.eval.metrics import pa_mpjpe
@@ -106,3 +106,27 @@ def test_unknown_recipe_is_refused(body, prior):
     object.__setattr__(fitting, "recipe", "magic")  # bypass validation to reach the dispatcher
     with pytest.raises(InputError, match="magic"):
         fit(body, prior, problem.keypoints_2d, network_like_init(problem, torch.Generator()), fitting, CFG.camera)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_iterations_act_on_every_stage_of_every_recipe(body, prior, recipe):
+    # `spin-ray fit --iterations N` once set spin's two stages only: staged and multistart ignored it.
+    problem = synthetic_problems(body, 2, torch.Generator().manual_seed(9), CFG.camera)
+    init = network_like_init(problem, torch.Generator().manual_seed(10))
+
+    def run(n: int):
+        fitting = CFG.fitting.model_copy(update={"recipe": recipe, **iteration_overrides(recipe, n)})
+        seen = []
+        result = fit(body, prior, problem.keypoints_2d, init, fitting, CFG.camera,
+                     on_iteration=lambda p, failed: seen.append(1))
+        return result, len(seen)
+
+    (none, seen_none), (one, seen_one), (two, seen_two) = run(0), run(1), run(2)
+    assert seen_none == 0 and seen_two == 2 * seen_one > 0
+    assert not torch.equal(one.params.body_pose, two.params.body_pose)
+    assert not torch.equal(none.params.body_pose, one.params.body_pose)
+
+
+def test_iteration_overrides_refuse_an_unknown_recipe():
+    with pytest.raises(InputError, match="fast"):
+        iteration_overrides("fast", 3)

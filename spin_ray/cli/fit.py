@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="redis:// or rediss:// URL of the fit store (default: the config's store.url or "
                              "store.url_env, else $SPIN_RAY_REDIS_URL, else an embedded Redis under --output-dir/redis)")
     parser.add_argument("--namespace", default=None, help=f"fit-store namespace (default: {_DEFAULT_NAMESPACE!r})")
-    parser.add_argument("--name", default=None, help="the dataset's name in the store (default: the .npz's stem)")
+    parser.add_argument("--dataset-name", "--name", dest="name", default=None,
+                        help="the dataset's name in the store (default: the .npz's stem); a name is bound to its "
+                             "dataset's content, so another dataset under a taken name is refused")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="where an embedded store keeps its data (default: outputs/fit-NAMESPACE)")
     parser.add_argument("--fitters", type=positive_int, default=None, help="fitter actors (default: pipeline.num_fitters)")
@@ -66,7 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     start.add_argument("--checkpoint", type=Path, default=None,
                        help="start from this trained checkpoint's predictions on each canonical crop")
     parser.add_argument("--iterations", type=non_negative_int, default=None,
-                        help="Adam iterations of each SMPLify stage (default: fitting.iterations_camera/_body)")
+                        help="Adam iterations of each stage of the recipe: spin's camera and body stages, staged's "
+                             "camera stage and each body step, multistart's screening stages and each refinement "
+                             "step (default: the config's fitting.* iterations)")
     parser.add_argument("--recipe", choices=RECIPES, default=None,
                         help="fitting recipe (default: multistart from the mean pose, staged from --init or "
                              "--checkpoint; each measured better than spin, the paper's SMPLify, from such starts at "
@@ -87,19 +91,21 @@ def default_recipe(args: argparse.Namespace) -> str:
 def _config(args: argparse.Namespace) -> RunConfig:
     from spin_ray.cli.store_common import URL_ENV
 
+    from spin_ray.fitting.recipes import iteration_overrides
+
     cfg = load_config(args.config) if args.config else RunConfig()
-    iterations = args.iterations
+    recipe = args.recipe or default_recipe(args)
     # As `spin-ray store ...` does: a job on a cluster names its Redis in the environment.
     url = args.store or (None if cfg.store.url or cfg.store.url_env else os.environ.get(URL_ENV) or None)
-    return with_overrides(cfg, data={"bad_samples": args.bad_samples},
-                          fitting={"iterations_camera": iterations, "iterations_body": iterations,
-                                   "recipe": args.recipe or default_recipe(args)},
+    iterations = {} if args.iterations is None else iteration_overrides(recipe, args.iterations)
+    return with_overrides(cfg, data={"bad_samples": args.bad_samples}, fitting={"recipe": recipe, **iterations},
                           store={"url": url, "namespace": args.namespace})
 
 
 def _prepare(args: argparse.Namespace, cfg: RunConfig):
     """(the dataset fit: keypoints, usable rows, starts; the body model) from the flags."""
     from spin_ray.body.body_model import BodyModel
+    from spin_ray.data.identity import dataset_fingerprint
     from spin_ray.data.row_checks import check_rows, image_sizes
     from spin_ray.data.spin_format import load_spin_npz
     from spin_ray.errors import InputError
@@ -112,13 +118,15 @@ def _prepare(args: argparse.Namespace, cfg: RunConfig):
     data = load_spin_npz(args.dataset, image_root=root, name=args.name, given_by="the DATASET argument")
     if len(data) == 0:
         raise InputError(f"{args.dataset}: nothing to fit, the dataset has no samples")
+    fingerprint = dataset_fingerprint(data)  # of the whole file: --limit fits its first rows, not another dataset
     data = data.head(len(data) if args.limit is None else args.limit)
     n = len(data)
     sizes = image_sizes(data)
     unknown = int(np.isnan(sizes).any(axis=1).sum())
     if unknown:
+        fix = "check --image-root" if args.image_root is not None else "give --image-root"
         print(f"note: {unknown} of {n} images not found under {root}: their boxes are checked only against the "
-              "image's top-left corner (give --image-root to check them fully)", file=sys.stderr)
+              f"image's top-left corner ({fix} to check them fully)", file=sys.stderr)
     usable = check_rows(data, sizes).enforce(cfg.data.bad_samples, report=lambda m: print(f"warning: {m}",
                                                                                           file=sys.stderr))
     if not usable.any():
@@ -146,10 +154,11 @@ def _prepare(args: argparse.Namespace, cfg: RunConfig):
         if missed:
             print(f"note: {missed} rows have no readable image under {root}: they start from the mean pose",
                   file=sys.stderr)
-    return DatasetFit(data.name, keypoints, usable, pose, betas, step), body
+    return DatasetFit(data.name, keypoints, usable, pose, betas, step, fingerprint, str(args.dataset)), body
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from spin_ray.cli.outputs import writable_output
     from spin_ray.errors import InputError
 
     torch.set_num_threads(args.threads)
@@ -159,6 +168,8 @@ def _fit(args: argparse.Namespace) -> int:
     if local and (args.fitters or args.fitter_gpus is not None or args.refit_above is not None):
         raise InputError("--fitters, --fitter-gpus and --refit-above are for the fitter pool: leave out --local")
     cfg = _config(args)
+    if args.out is not None:
+        writable_output(args.out, "--out")  # before the fitting: hours of fits must not be lost to a bad folder
     job, body = _prepare(args, cfg)
     return _fit_local(args, cfg, job, body) if local else _fit_into_store(args, cfg, job, body)
 
@@ -209,10 +220,12 @@ def _fit_into_store(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
                 print(f"fit store: embedded Redis at {redact_url(url)}, data in {redis_dir} (kept for the next run)",
                       file=sys.stderr, flush=True)
             run_cfg = pool_cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})
-            with ray_session(run_cfg), FitStore.from_config(run_cfg.store, body.identity, url=url) as store:
-                summary = fit_dataset(lambda: FitterPool(run_cfg, store.address, name=f"fit-{job.dataset}"), store,
-                                      body, job, run_cfg, args.refit_above, progress=not args.no_progress)
-                exported = store.export_npy(job.dataset, args.out, len(job.usable)) if args.out else None
+            with FitStore.from_config(run_cfg.store, body.identity, url=url) as store:
+                store.bind_dataset(job.dataset, job.fingerprint, job.source)  # refused before Ray starts
+                with ray_session(run_cfg):
+                    summary = fit_dataset(lambda: FitterPool(run_cfg, store.address, name=f"fit-{job.dataset}"),
+                                          store, body, job, run_cfg, args.refit_above, progress=not args.no_progress)
+                    exported = store.export_npy(job.dataset, args.out, len(job.usable)) if args.out else None
     except KeyboardInterrupt as stopped:
         signum = received[0] if received else getattr(stopped, "signum", signal.SIGINT)
         print(f"spin-ray fit: stopped by {signal.Signals(signum).name}; every fit found so far is in {where}; run "

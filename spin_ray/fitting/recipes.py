@@ -109,6 +109,19 @@ def multistart_fit(
     return replace(result, initial_error=screened.initial_error[:batch])
 
 
+def iteration_overrides(recipe: str, iterations: int) -> dict[str, int]:
+    """FittingConfig fields that give every stage of `recipe` `iterations` Adam iterations (one home for `--iterations`)."""
+    if recipe == "spin":
+        return {"iterations_camera": iterations, "iterations_body": iterations}
+    if recipe == "staged":
+        return {"iterations_camera": iterations, "staged_iterations": iterations}
+    if recipe == "multistart":
+        # The refinement has no camera stage of its own (the screening's camera carries over).
+        return {"multistart_camera_iterations": iterations, "multistart_screen_iterations": iterations,
+                "staged_iterations": iterations}
+    raise InputError(f"fitting.recipe {recipe!r} is not one of {RECIPES}")
+
+
 def fit(
     body: BodyModel, pose_prior: torch.nn.Module, keypoints_2d: torch.Tensor, init: SmplifyParams,
     fitting: FittingConfig, camera: CameraConfig,

@@ -55,6 +55,8 @@ class DatasetFit:
     init_pose: np.ndarray  # (N or 1, 72) float32 axis-angle start
     init_betas: np.ndarray  # (N or 1, num_betas) float32 start
     step: int = 0  # trainer step stored with the fits (a checkpoint's; 0 for the mean pose or given fits)
+    fingerprint: str | None = None  # the dataset's content (data/identity.py): binds `dataset` to it in the store
+    source: str = "?"  # where the dataset came from (its .npz), for messages
 
     def __post_init__(self) -> None:
         n = self.keypoints.shape[0]
@@ -172,6 +174,8 @@ def fit_dataset(start_pool: Callable[[], FitterPool], store: FitStore, body: Bod
                 cfg: RunConfig, refit_above: float | None = None, progress: bool = True) -> DatasetFitSummary:
     """Send every row that needs a fit to a pool from start_pool (started only if some row does), wait for the last."""
     started = time.monotonic()
+    if job.fingerprint is not None:
+        store.bind_dataset(job.dataset, job.fingerprint, job.source)  # another dataset's fits are never reused
     todo = rows_to_fit(store, job.dataset, job.usable, refit_above)
     tracker = _Progress(store, job.dataset, len(todo), progress)
     fitters = 0

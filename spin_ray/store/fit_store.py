@@ -6,6 +6,8 @@ Keys of a namespace NS (every name is checked by `records.check_name`, so ':' on
 - `spinray:NS:idx:DS`          sorted set: member I, score = error of the stored record
 - `spinray:NS:stats:DS`        hash: `src:S` records per source, `n:STEP` / `s:STEP` count and error sum
                                of the fits written at each trainer step (improvements over time)
+- `spinray:NS:datasets`        hash: dataset name -> JSON {fingerprint, source} of the dataset it stands for
+                               (store/dataset_names.py: another dataset under a taken name is refused)
 - `spinray:NS:check`           JSON: summary of the last `spin-ray store check` (store/integrity.py)
 - `spinray:NS:quarantine:...`  records `store check --repair` moved aside (kept for a person to look at)
 
@@ -28,6 +30,7 @@ import redis
 from spin_ray.errors import FitStoreError
 from spin_ray.store import exports, files
 from spin_ray.store import records as rec
+from spin_ray.store.dataset_names import bind_dataset
 from spin_ray.store.decode import decode_records
 from spin_ray.store.integrity import load_summary
 from spin_ray.store.lua import INIT_META_LUA, KEEP_BEST_LUA, READ_LUA
@@ -170,6 +173,11 @@ class FitStore:
             with self._redis_errors("reading namespace metadata"):
                 self._meta = self._open_namespace()
         return self._meta
+
+    def bind_dataset(self, dataset: str, fingerprint: str, source: str) -> None:
+        """Bind the dataset name to its content's fingerprint here, or raise FitStoreError if another dataset has it."""
+        with self._redis_errors(f"binding dataset {dataset}"):
+            bind_dataset(self._client, self._prefix, dataset, fingerprint, source)
 
     # -- writes -------------------------------------------------------------------------------------
 
