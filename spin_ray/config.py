@@ -142,6 +142,10 @@ class PipelineConfig(Section):
         description="module:Class of the fitter actors (FitterActor's calls: fit, ping, pid); the default runs SMPLify",
     )
     startup_timeout_s: float = Field(300.0, gt=0, description="wait this long for new fitters to answer a ping")
+    autoscaler_report_wait_s: float = Field(
+        10.0, ge=0, description="a request no live node meets waits this long for the autoscaler's first report of "
+        "its node types; none by then: not refused ahead (the waits stay bounded by startup_timeout_s)"
+    )
     metrics_window_s: float = Field(30.0, gt=0, description="seconds of recent results behind fits/s and mean error")
     trainer_num_cpus: float = Field(
         1.0, ge=0, description="CPUs Ray reserves for the trainer actor (each trainer worker when train.workers > 1)"

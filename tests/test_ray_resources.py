@@ -16,7 +16,13 @@ from spin_ray.config import config_from_dict
 from spin_ray.errors import ConfigError, PipelineError
 from spin_ray.launch import main as launch_main
 from spin_ray.pipeline.ray_errors import spin_error
-from spin_ray.pipeline.resources import ClusterShape, check_requests, fitter_request, run_requests
+from spin_ray.pipeline.resources import (
+    ClusterShape,
+    autoscaler_shape,
+    check_requests,
+    fitter_request,
+    run_requests,
+)
 
 TESTS = Path(__file__).parent
 
@@ -68,6 +74,85 @@ def test_fixed_cluster_arithmetic_and_autoscaler_node_types():
         check_requests([fitter_request(cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(
             update={"fitter_num_gpus": 2.0})}))], ClusterShape([{"CPU": 8.0}], {"gpu": {"CPU": 8.0, "GPU": 1.0}}))
     check_requests(run_requests(cfg), ClusterShape([{"CPU": 8.0}], unknown_autoscaler=True))
+
+
+# What Ray 2.60's v1 monitor writes to the GCS (ray_constants.DEBUG_AUTOSCALING_STATUS) in its first loops on a
+# new cluster: before its autoscaler has load metrics, a status with no autoscaler_report; then a report whose
+# head has not yet heartbeated (no active node).
+MONITOR_STARTING = json.dumps({"gcs_request_time": 0.01, "time": 1.0e9, "monitor_pid": 4242,
+                               "load_metrics_report": {"usage": {}, "resource_demand": [], "pg_demand": [],
+                                                       "request_demand": [], "node_types": []}})
+MONITOR_NO_ACTIVE_NODE = json.dumps({"autoscaler_report": {"active_nodes": {}, "pending_nodes": [],
+                                                           "pending_launches": {}, "failed_nodes": []}})
+MONITOR_FAKE_GPU_CLUSTER = json.dumps({"autoscaler_report": {"active_nodes": {"ray.head.default": 1},
+                                                             "pending_nodes": [], "pending_launches": {}}})
+MONITOR_FIXED_CLUSTER = json.dumps({"autoscaler_report": {"active_nodes": {"node_5ca1e": 1}, "pending_launches": {}}})
+HEAD_ONLY = [{"CPU": 1.0, "object_store_memory": 1e8}]
+
+
+def _half_gpu_fitter():
+    return [fitter_request(config_from_dict({"pipeline": {"fitter_num_gpus": 0.5, "fitter_num_cpus": 0}}))]
+
+
+def _readers(*statuses, types=None):
+    """Status reader giving each status once, then the last one forever; counts its calls."""
+    calls = []
+
+    def read_status():
+        calls.append(1)
+        return statuses[min(len(calls), len(statuses)) - 1]
+
+    return (lambda: types), read_status, calls
+
+
+@pytest.mark.parametrize("status", [None, MONITOR_STARTING, MONITOR_NO_ACTIVE_NODE],
+                         ids=["no-status", "before-first-update", "head-not-active"])
+def test_an_autoscaler_that_has_not_reported_its_nodes_is_waited_for_boundedly_then_not_refused(status):
+    """Issue 26 item 10: a just-started autoscaling cluster whose monitor had written a status without nodes was
+    taken for a fixed cluster ('fitter_num_gpus: 0.5, but the largest node has 0 GPUs (1 live node)')."""
+    read_types, read_status, calls = _readers(status)
+    started = time.monotonic()
+    shape = autoscaler_shape(HEAD_ONLY, 1.5, read_types, read_status)
+    waited = time.monotonic() - started
+    assert 1.5 <= waited < 4 and len(calls) >= 3  # polled for the whole (bounded) wait
+    assert shape.unknown_autoscaler and shape.node_types == {}
+    check_requests(_half_gpu_fitter(), shape)  # not refused: the waits stay bounded by startup_timeout_s
+
+
+def test_the_first_report_of_nodes_decides_as_soon_as_it_comes():
+    # The fake (or any launcher) provider's node types: may add anything, so not refused; no full wait.
+    read_types, read_status, calls = _readers(MONITOR_STARTING, MONITOR_STARTING, MONITOR_FAKE_GPU_CLUSTER)
+    started = time.monotonic()
+    shape = autoscaler_shape(HEAD_ONLY, 30, read_types, read_status)
+    assert time.monotonic() - started < 5 and len(calls) == 3 and shape.unknown_autoscaler
+    check_requests(_half_gpu_fitter(), shape)
+    # A report naming only live nodes (the read-only provider): a fixed cluster, refused naming the key.
+    read_types, read_status, _ = _readers(MONITOR_STARTING, MONITOR_FIXED_CLUSTER)
+    shape = autoscaler_shape(HEAD_ONLY, 30, read_types, read_status)
+    assert not shape.unknown_autoscaler
+    with pytest.raises(PipelineError, match=r"^pipeline.fitter_num_gpus: 0.5, but the largest node has 0 GPUs"):
+        check_requests(_half_gpu_fitter(), shape)
+    # Node types reported (autoscaler v2): they count like nodes.
+    read_types, read_status, _ = _readers(None, types={"gpu": {"GPU": 2.0}})
+    shape = autoscaler_shape(HEAD_ONLY, 30, read_types, read_status)
+    assert shape.node_types == {"gpu": {"GPU": 2.0}}
+    check_requests(_half_gpu_fitter(), shape)
+
+
+def test_a_local_rays_own_monitor_report_reads_as_a_fixed_cluster(ray_local):
+    """The parser against the real monitor's status: a local Ray's read-only provider names only its live nodes."""
+    shape = autoscaler_shape([{"CPU": 1.0}], 60)
+    assert not shape.unknown_autoscaler and shape.node_types == {}
+
+
+def test_the_report_wait_is_a_config_value_with_a_default():
+    from spin_ray.config import PipelineConfig
+
+    field = PipelineConfig.model_fields["autoscaler_report_wait_s"]
+    assert field.default == 10.0 and field.description
+    assert config_from_dict({"pipeline": {"autoscaler_report_wait_s": 0}}).pipeline.autoscaler_report_wait_s == 0
+    with pytest.raises(ConfigError, match="autoscaler_report_wait_s"):
+        config_from_dict({"pipeline": {"autoscaler_report_wait_s": -1}})
 
 
 class _Raises:

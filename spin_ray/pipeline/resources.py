@@ -7,7 +7,9 @@ live nodes (`ray.nodes()`) and the node types an autoscaler may still add. Where
 reports its node types (autoscaler v2 puts them in the GCS: `ray._private.state.state.get_cluster_config()`,
 which Ray Train and Ray Data read for the same check) they count like nodes; an autoscaler that does
 not report them (v1: `ray up`, older KubeRay) may bring anything, so nothing is refused and the
-waits stay bounded by pipeline.startup_timeout_s. On a fixed cluster a request no node can hold, or
+waits stay bounded by pipeline.startup_timeout_s. An autoscaler that has not yet reported (a cluster
+still starting: its monitor's first status names no node) is waited for up to
+pipeline.autoscaler_report_wait_s, then counts as unknown, never as a fixed cluster. On a fixed cluster a request no node can hold, or
 a trainer and one fitter that cannot be placed side by side, is a PipelineError naming the config key.
 """
 
@@ -16,17 +18,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from spin_ray.config import RunConfig
+from spin_ray.config import PipelineConfig, RunConfig
 from spin_ray.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 RESOURCE_NAMES = {"CPU": "CPUs", "GPU": "GPUs"}
-# A new cluster's monitor writes its first autoscaling status within a few seconds; a request that
-# fits no live node waits this long for it before the cluster counts as fixed.
-AUTOSCALER_STATUS_WAIT_S = 10.0
+# What a request that fits no live node waits for the autoscaler's first report, unless told otherwise.
+AUTOSCALER_REPORT_WAIT_S = PipelineConfig.model_fields["autoscaler_report_wait_s"].default
 STATUS_POLL_S = 0.5
 
 
@@ -76,45 +78,74 @@ def _reported_node_types() -> dict[str, dict[str, float]] | None:
             for i, group in enumerate(config.node_group_configs) if group.max_count != 0}
 
 
-def _autoscaler_hides_types(wait_s: float) -> bool:
-    """True if an autoscaler (v1) that can add nodes of unreported types runs; waits up to wait_s for its first status."""
-    from ray._private import ray_constants
-    from ray.experimental.internal_kv import _internal_kv_get
+def _status_hides_types(raw: bytes | str | None) -> bool | None:
+    """From the v1 monitor's status: whether its autoscaler may add nodes of types it does not report.
 
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-        except Exception as err:  # noqa: BLE001
-            log.debug("no autoscaler status (%s)", err)
-            return False
-        if raw:
-            break
-        if time.monotonic() >= deadline:
-            # No status yet (a loaded or just-started cluster): an autoscaler may still come up, so
-            # refusing could turn away a run that would be placed; the waits stay bounded.
-            log.info("no autoscaling status within %g s: resource requests that no live node meets are not "
-                     "refused ahead (waits are bounded by pipeline.startup_timeout_s)", wait_s)
-            return True
-        time.sleep(STATUS_POLL_S)
-    report = json.loads(raw).get("autoscaler_report") or {}
+    None while it has not reported its nodes yet: the monitor writes a status from its first loop,
+    before its autoscaler has load metrics, so a status without nodes in it says nothing about them.
+    """
+    if not raw:
+        return None
+    try:
+        report = json.loads(raw).get("autoscaler_report") or {}
+    except (ValueError, AttributeError):
+        return None
+    names = {*(report.get("active_nodes") or {}), *(report.get("pending_launches") or {}),
+             *(node[1] for node in report.get("pending_nodes") or [] if len(node) > 1)}
+    if not names:
+        return None
     # A local Ray's monitor runs the read-only provider, whose node types are its live nodes, named
     # "node_<id>"; any other name is a node type of a real (or Ray's fake multi-node) provider.
-    names = set(report.get("active_nodes") or {}) | set(report.get("pending_launches") or {})
     return any(not str(name).startswith("node_") for name in names)
 
 
-def cluster_shape(with_autoscaler: bool = True) -> ClusterShape:
+def _monitor_status() -> bytes | None:
+    """The v1 monitor's latest autoscaling status in the GCS (None if there is none or no GCS to ask)."""
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        return _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    except Exception as err:  # noqa: BLE001
+        log.debug("no autoscaler status (%s)", err)
+        return None
+
+
+def autoscaler_shape(
+    nodes: list[dict[str, float]], wait_s: float,
+    read_types: Callable[[], dict[str, dict[str, float]] | None] = _reported_node_types,
+    read_status: Callable[[], bytes | str | None] = _monitor_status,
+) -> ClusterShape:
+    """The live nodes with what the autoscaler may add, waiting up to wait_s for its first report.
+
+    A report of node types (v2) counts them; a v1 status that names node types means it may add
+    anything (unknown); one that names only live nodes means a fixed cluster. No report within
+    wait_s (a cluster still starting, or a loaded head) is unknown, never refused.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        node_types = read_types()
+        if node_types is not None:
+            return ClusterShape(nodes, node_types)
+        hides = _status_hides_types(read_status())
+        if hides is not None:
+            return ClusterShape(nodes, unknown_autoscaler=hides)
+        if time.monotonic() >= deadline:
+            log.info("no autoscaler report of node types within %g s (pipeline.autoscaler_report_wait_s): resource "
+                     "requests that no live node meets are not refused ahead (waits are bounded by "
+                     "pipeline.startup_timeout_s)", wait_s)
+            return ClusterShape(nodes, unknown_autoscaler=True)
+        time.sleep(STATUS_POLL_S)
+
+
+def cluster_shape(with_autoscaler: bool = True, report_wait_s: float | None = None) -> ClusterShape:
     """The connected cluster's live nodes and, if asked, what its autoscaler may add (inside a Ray session)."""
     import ray
 
     nodes = [{k: float(v) for k, v in node["Resources"].items()} for node in ray.nodes() if node.get("Alive")]
     if not with_autoscaler:
         return ClusterShape(nodes)
-    node_types = _reported_node_types()
-    if node_types is not None:
-        return ClusterShape(nodes, node_types)
-    return ClusterShape(nodes, unknown_autoscaler=_autoscaler_hides_types(AUTOSCALER_STATUS_WAIT_S))
+    return autoscaler_shape(nodes, AUTOSCALER_REPORT_WAIT_S if report_wait_s is None else report_wait_s)
 
 
 def run_requests(cfg: RunConfig) -> list[Request]:
@@ -211,20 +242,21 @@ def check_requests(requests: list[Request], shape: ClusterShape) -> None:
                             f"the others would wait forever. Use pipeline.num_fitters: {fit} or fewer CPUs/GPUs each")
 
 
-def check_placeable(requests: list[Request], autoscaler: bool = True) -> None:
+def check_placeable(requests: list[Request], autoscaler: bool = True, report_wait_s: float | None = None) -> None:
     """Fail in seconds, naming the key, if a request can never be placed (in a Ray session).
 
     The live nodes decide alone when everything fits on them (one `ray.nodes()` call); only then is
-    the autoscaler asked what it may add (`autoscaler=False`: there is none, as on a local Ray).
+    the autoscaler asked what it may add (`autoscaler=False`: there is none, as on a local Ray),
+    waiting up to report_wait_s (default: pipeline.autoscaler_report_wait_s's) for its first report.
     """
     try:
         check_requests(requests, cluster_shape(with_autoscaler=False))
     except PipelineError:
         if not autoscaler:
             raise
-        check_requests(requests, cluster_shape())
+        check_requests(requests, cluster_shape(report_wait_s=report_wait_s))
 
 
 def check_run_resources(cfg: RunConfig, autoscaler: bool = True) -> None:
     """check_placeable for the run's trainer actor or Ray Train workers and (async) its fitters."""
-    check_placeable(run_requests(cfg), autoscaler)
+    check_placeable(run_requests(cfg), autoscaler, cfg.pipeline.autoscaler_report_wait_s)
