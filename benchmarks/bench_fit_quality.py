@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 kp = keypoints[noise]
                 init = (network_like_init(problem, torch.Generator().manual_seed(args.seed + 2)) if start == "network"
-                        else mean_pose_init(body, mean_pose, kp, cfg.camera))
+                        else mean_pose_init(body, mean_pose, kp, cfg.camera, cfg.fitting))
                 out = run_case(body, prior, problem, kp, init, fitting, cfg.camera)
                 out.update(recipe=recipe, start_kind=start, noise=noise, seed=args.seed,
                            fitting=json.loads(fitting.model_dump_json()), machine=machine_line())
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost_rounds > 0:
         kp = keypoints["detector"]
         inits = {"network": network_like_init(problem, torch.Generator().manual_seed(args.seed + 2)),
-                 "mean": mean_pose_init(body, mean_pose, kp, cfg.camera)}
+                 "mean": mean_pose_init(body, mean_pose, kp, cfg.camera, cfg.fitting)}
         cost = interleaved_cost(body, prior, kp, inits, cfg.fitting, cfg.camera, args.recipes, args.cost_rounds)
         lines += [
             "", f"Cost per fit, this run, on the detector keypoints: {args.cost_rounds} rounds, each timing every "

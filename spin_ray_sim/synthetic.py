@@ -9,7 +9,7 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.body.frames import augment_keypoints, augment_pose
 from spin_ray.config import CameraConfig
 from spin_ray.data.augment import AugParams
-from spin_ray.fitting.smplify import camera_from_keypoints
+from spin_ray.fitting.smplify import SPIN49_IGNORED_IN_FIT, camera_from_keypoints
 from spin_ray.fitting.starts import typical_depth
 from spin_ray.pipeline.requests import FitRequest
 from spin_ray.geometry import keypoints_to_pixels, pixels_to_normalised
@@ -44,7 +44,7 @@ def synthetic_request(
         keypoints = augment_keypoints(keypoints, aug)
         pose = augment_pose(init.pose, aug)
         camera_t = camera_from_keypoints(body, pose, init.betas, keypoints_to_pixels(keypoints, camera.crop_size), camera,
-                                         typical_depth(camera))
+                                         typical_depth(camera), SPIN49_IGNORED_IN_FIT)  # the default config's
     else:
         aug = torch.from_numpy(np.tile(AugParams().as_array(), (batch, 1)))
         pose, camera_t = init.pose, init.camera_t

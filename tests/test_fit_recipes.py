@@ -89,7 +89,8 @@ def test_prior_starts_put_the_start_first_then_the_likeliest_component_means(bod
 
 def test_multistart_recovers_from_the_mean_pose(body, prior):
     problem = synthetic_problems(body, 16, torch.Generator().manual_seed(21), CFG.camera)
-    init = mean_pose_init(body, mean_body_pose(torch.Generator().manual_seed(1)), problem.keypoints_2d, CFG.camera)
+    init = mean_pose_init(body, mean_body_pose(torch.Generator().manual_seed(1)), problem.keypoints_2d,
+                          CFG.camera, CFG.fitting)
     results = {recipe: fit(body, prior, problem.keypoints_2d, init, CFG.fitting.model_copy(update={"recipe": recipe}),
                            CFG.camera) for recipe in ("spin", "multistart")}
     pa = {r: pa_mpjpe(posed_joints(body, res.params.pose, res.params.betas), problem.joints_3d).median()

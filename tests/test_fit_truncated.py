@@ -29,7 +29,8 @@ def test_waist_truncated_person_keeps_height_and_fits_the_visible_joints(recipe)
     waist = keypoints[:, SPIN49_NAMES.index("OP MidHip"), 1:2]
     keypoints[..., 2] = torch.where(keypoints[..., 1] >= waist, 0.0, keypoints[..., 2])  # image y grows downwards
     assert (keypoints[:, SPIN49_NAMES.index("OP RAnkle"), 2] == 0).all()
-    init = mean_pose_init(body, mean_body_pose(torch.Generator().manual_seed(1)), keypoints, CFG.camera)
+    init = mean_pose_init(body, mean_body_pose(torch.Generator().manual_seed(1)), keypoints,
+                          CFG.camera, CFG.fitting)
     result = fit(body, load_pose_prior(CFG.fitting), keypoints, init,
                  CFG.fitting.model_copy(update={"recipe": recipe}), CFG.camera)
     truth = rest_height(body, problem.betas)

@@ -59,7 +59,7 @@ def test_network_like_init_converges(body, problem, network_fit):
 def test_mean_pose_init_ends_worse(body, prior, problem, network_fit):
     _, from_network = network_fit
     mean_pose = mean_body_pose(torch.Generator().manual_seed(1))
-    init = mean_pose_init(body, mean_pose, problem.keypoints_2d, CFG.camera)
+    init = mean_pose_init(body, mean_pose, problem.keypoints_2d, CFG.camera, CFG.fitting)
     from_mean = smplify(body, prior, problem.keypoints_2d, init, CFG.fitting, CFG.camera)
     pa_mean = pa_mpjpe_mm(body, from_mean.params, problem.joints_3d).median()
     pa_network = pa_mpjpe_mm(body, from_network.params, problem.joints_3d).median()

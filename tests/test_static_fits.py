@@ -74,3 +74,30 @@ def test_fit_cli_refuses_empty_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # refused when parsed (tests/test_cli_numbers.py has the others)
         main(["fit", str(path), "--out", str(tmp_path / "x.npy"), "--limit", "0"])
     assert exit_.value.code == 2 and "--limit: must be a whole number >= 1" in capsys.readouterr().err
+
+
+def test_the_closed_form_camera_follows_the_configured_ignored_joints():
+    # The starting camera once used SPIN's ignored joints whatever fitting.ignored_joints said.
+    import inspect
+
+    from spin_ray.body.joints import SPIN49_NAMES
+    from spin_ray.fitting.smplify import camera_from_keypoints
+    from spin_ray.fitting.starts import mean_body_pose, mean_pose_init
+    from spin_ray.fitting.static_fits import static_start
+
+    assert inspect.signature(camera_from_keypoints).parameters["ignored"].default is inspect.Parameter.empty
+    body = BodyModel.embedded()
+    problem = synthetic_problems(body, 4, torch.Generator().manual_seed(8), CFG.camera)
+    kp = problem.keypoints_2d.clone()
+    neck = SPIN49_NAMES.index("OP Neck")
+    kp[:, neck, :2] += 60.0  # SPIN ignores OP Neck; a skeleton that trusts it sees it 60 px off
+    pose, betas = problem.pose, problem.betas
+    trusting = CFG.fitting.model_copy(update={"ignored_joints": ()})
+    spin_start, _, _ = static_start(body, kp, pose, betas, CFG.camera, CFG.fitting)
+    other_start, _, _ = static_start(body, kp, pose, betas, CFG.camera, trusting)
+    exact_start, _, _ = static_start(body, problem.keypoints_2d, pose, betas, CFG.camera, CFG.fitting)
+    torch.testing.assert_close(spin_start.camera_t, exact_start.camera_t)  # ignored: the moved neck changes nothing
+    assert (other_start.camera_t - spin_start.camera_t).abs().max() > 1e-3
+    mean = mean_body_pose(torch.Generator().manual_seed(1))
+    assert not torch.allclose(mean_pose_init(body, mean, kp, CFG.camera, CFG.fitting).camera_t,
+                              mean_pose_init(body, mean, kp, CFG.camera, trusting).camera_t)

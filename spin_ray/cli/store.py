@@ -282,10 +282,10 @@ def _gallery(args: argparse.Namespace) -> int:
             raise FitStoreError(f"--{mode} {k}: show at least one sample per dataset")
         selection = Selection(mode, k=k, datasets=tuple(args.dataset or ()))
     locations = data_locations(args)
-    body, camera = _gallery_body(args)
+    body, camera, fitting = _gallery_body(args)
     predictor = load_predictor(args.checkpoint, camera) if args.checkpoint is not None else None
     with open_store(args) as store:
-        data = build_gallery(store, selection, locations, args.out, body, camera, args.threshold, predictor)
+        data = build_gallery(store, selection, locations, args.out, body, camera, args.threshold, predictor, fitting)
     page = write_page(data, args.out)
     print(f"wrote {page} ({len(data.cards)} cards" + (f", {len(data.notices)} notices" if data.notices else "") + ")")
     for notice in data.notices:
@@ -294,11 +294,11 @@ def _gallery(args: argparse.Namespace) -> int:
 
 
 def _gallery_body(args: argparse.Namespace):
-    """The body model and crop camera of the run config, or the embedded model and default camera."""
+    """The body model, crop camera and fitting config of the run config, or the embedded model and defaults."""
     from spin_ray.body.body_model import BodyModel
-    from spin_ray.config import CameraConfig, load_config
+    from spin_ray.config import CameraConfig, FittingConfig, load_config
 
     if args.config is None:
-        return BodyModel.embedded(), CameraConfig()
+        return BodyModel.embedded(), CameraConfig(), FittingConfig()
     cfg = load_config(args.config)
-    return BodyModel.from_config(cfg.body), cfg.camera
+    return BodyModel.from_config(cfg.body), cfg.camera, cfg.fitting

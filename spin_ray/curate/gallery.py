@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from spin_ray.config import CameraConfig
+from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.errors import FitStoreError
 from spin_ray.curate.sample_ids import SampleId
 from spin_ray.curate.sample_paths import DatasetCache, DatasetLocation
@@ -142,11 +142,12 @@ def _read_rgb(path: Path) -> np.ndarray | None:
 class _MeshPainter:
     """Body model + renderer: meshes of (pose, betas) at closed-form cameras, painted over crops."""
 
-    def __init__(self, body, camera: CameraConfig) -> None:
+    def __init__(self, body, camera: CameraConfig, ignored: tuple[int, ...]) -> None:
         from spin_ray.render.renderer import MeshRenderer
 
         self.body = body
         self.camera = camera
+        self.ignored = ignored  # the keypoints the store's ranking (and so the closed-form camera) leaves out
         self.renderer = MeshRenderer(camera.crop_size, camera.crop_size, body.faces)
 
     def close(self) -> None:
@@ -159,7 +160,7 @@ class _MeshPainter:
 
         return camera_from_keypoints(
             self.body, torch.from_numpy(pose), torch.from_numpy(betas), torch.from_numpy(keypoints_px),
-            self.camera, typical_depth(self.camera),
+            self.camera, typical_depth(self.camera), self.ignored,
         ).numpy()
 
     def paint(
@@ -203,11 +204,17 @@ def build_gallery(
     camera: CameraConfig | None = None,
     threshold: float = 100.0,
     predictor: Predictor | None = None,
+    fitting: FittingConfig | None = None,
 ) -> GalleryData:
-    """Select samples, write their crop / fit / prediction images under out_dir/images, return the page data."""
+    """Select samples, write their crop / fit / prediction images under out_dir/images, return the page data.
+
+    camera and fitting are the run config's (default: the default config's).
+    """
     from spin_ray.data.augment import crop_image, crop_matrix, transform_points
+    from spin_ray.fitting.smplify import ignored_joints
 
     camera = camera or CameraConfig()
+    fitting = fitting or FittingConfig()
     out_dir = Path(out_dir)
     images_dir = out_dir / IMAGES_DIR
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +238,7 @@ def build_gallery(
         )
     chosen = select_samples(store, selection, data.notices)
     datasets = DatasetCache(locations)
-    painter = _MeshPainter(body, camera) if chosen else None
+    painter = _MeshPainter(body, camera, ignored_joints(fitting)) if chosen else None
     res = camera.crop_size
     try:
         for name, indices in chosen:

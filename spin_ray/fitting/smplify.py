@@ -344,9 +344,10 @@ def camera_stage(
 
 def camera_from_keypoints(
     body: BodyModel, pose: torch.Tensor, betas: torch.Tensor, keypoints_2d: torch.Tensor,
-    camera: CameraConfig, initial_depth: float, ignored: tuple[int, ...] = SPIN49_IGNORED_IN_FIT,
+    camera: CameraConfig, initial_depth: float, ignored: tuple[int, ...],
 ) -> torch.Tensor:
-    """Closed-form camera translation (B, 3) for given parameters, fitted to the visible keypoints not ignored."""
+    """Closed-form camera translation (B, 3) for given parameters, fitted to the visible keypoints not `ignored`
+    (the config's: `ignored_joints(fitting)`)."""
     with torch.no_grad():
         points = body.keypoints(axis_angle_pose_to_rotmats(pose), betas)
         conf = torch.nan_to_num(fit_confidences(torch.nan_to_num(keypoints_2d), ignored), nan=0.0)

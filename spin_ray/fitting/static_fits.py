@@ -21,7 +21,7 @@ from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.errors import InputError
 from spin_ray.fitting.canonical_fits import fit_predictions
 from spin_ray.fitting.starts import typical_depth
-from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, rejected_samples
+from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, ignored_joints, rejected_samples
 from spin_ray.geometry import pixels_to_normalised
 
 SCALE_UNIT_PX = 200.0  # SPIN's `scale` is the person box in pixels divided by 200
@@ -64,6 +64,7 @@ def canonical_crop_keypoints(
 
 def static_start(
     body: BodyModel, keypoints_px: torch.Tensor, pose: torch.Tensor, betas: torch.Tensor, camera: CameraConfig,
+    fitting: FittingConfig,
 ) -> tuple[SmplifyParams, torch.Tensor, torch.Tensor]:
     """An SMPLify start in canonical crops from given parameters: (start, normalised keypoints, augmentation records).
 
@@ -73,7 +74,7 @@ def static_start(
     """
     kp = keypoints_px
     safe_kp = torch.where(rejected_samples(kp)[:, None, None], torch.zeros_like(kp), kp)
-    camera_t = camera_from_keypoints(body, pose, betas, safe_kp, camera, typical_depth(camera))
+    camera_t = camera_from_keypoints(body, pose, betas, safe_kp, camera, typical_depth(camera), ignored_joints(fitting))
     normalised = torch.cat([pixels_to_normalised(kp[..., :2], camera.crop_size), kp[..., 2:]], dim=-1)
     aug = torch.tensor(CANONICAL_AUG, dtype=kp.dtype).expand(kp.shape[0], -1)
     return SmplifyParams.from_pose(pose, betas, camera_t), normalised, aug
@@ -113,7 +114,7 @@ def fit_static(
         rows = todo[start:start + fitting.batch_size]
         index = torch.from_numpy(rows)
         start, kp, aug = static_start(body, keypoints_px[index], init_pose[index].clone(),
-                                      init_betas[index].clone(), camera)
+                                      init_betas[index].clone(), camera, fitting)
         fits = fit_predictions(body, pose_prior, start, kp, aug, fitting, camera)
         pose[rows] = fits.pose.numpy()
         betas[rows] = fits.betas.numpy()

@@ -133,7 +133,7 @@ def start_predictions(body: BodyModel, job: DatasetFit, rows: np.ndarray, cfg: R
     """The rows' starts as a step's predictions in the canonical crop, what the pool takes from a trainer."""
     pose, betas = job.start_of(rows)
     keypoints = torch.from_numpy(np.ascontiguousarray(job.keypoints[rows], np.float32))
-    start, normalised, aug = static_start(body, keypoints, pose, betas, cfg.camera)
+    start, normalised, aug = static_start(body, keypoints, pose, betas, cfg.camera, cfg.fitting)
     return StepPredictions(job.step, [job.dataset] * len(rows), rows.astype(np.int64), start, normalised, aug)
 
 
