@@ -1,9 +1,10 @@
 """`python -m spin_ray.launch CONFIG.yaml`: a whole run on Ray, locally or on a cluster.
 
 Validates the config, starts or joins Ray (`RAY_ADDRESS` / pipeline.ray_address, or a local Ray),
-starts the embedded Redis unless the config names one, builds the synthetic data on first use,
-runs the trainer actor (which in `async` mode owns the fitter pool), shows progress, and prints
-what the run did. Exits non-zero with a one-line message on failure.
+starts the embedded Redis unless the config names one, checks that the run's actors can ever be
+placed, builds the synthetic data on first use, runs the trainer actor (which in `async` mode owns
+the fitter pool), shows progress, and prints what the run did. Exits non-zero with a one-line
+message on failure.
 """
 
 from __future__ import annotations
@@ -234,16 +235,16 @@ def prepare_data(cfg: RunConfig, progress: bool) -> None:
 
 
 def launch(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """A whole run: data, Redis, Ray, the trainer actor; the summary (also written to output_dir)."""
+    """A whole run: Redis, Ray, the resource check, data, the trainer actor; the summary (also written to output_dir)."""
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    prepare_data(cfg, progress)
-    started = time.monotonic()
     with store_url(cfg.store, output_dir / "redis") as url, ray_session(cfg) as own_local_ray:
         run_cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})
-        # Fail in seconds on what can never be placed, before anything waits; a local Ray we started has
-        # no autoscaler to ask.
+        # Fail in seconds on what can never be placed, before anything waits or the data are built (a
+        # minute on a new machine); a local Ray we started has no autoscaler to ask.
         check_run_resources(run_cfg, autoscaler=not own_local_ray)
+        prepare_data(cfg, progress)
+        started = time.monotonic()
         if run_cfg.train.workers > 1:  # data-parallel trainers on Ray Train, one shared fitter pool
             from spin_ray.pipeline.train_workers import run_train_workers
 

@@ -82,6 +82,26 @@ def test_bad_config_exits_with_a_message(tmp_path, capsys):
     assert "train.mode" in capsys.readouterr().err
 
 
+def test_resources_that_can_never_come_are_refused_before_any_synthetic_data_is_built(tmp_path, redis_server,
+                                                                                      ray_local, capsys):
+    """Issue 26 item 12: trainer_num_gpus: 4 on a machine without GPUs spent ~60 s building data first."""
+    cfg = config_from_dict({
+        "name": "no-gpu", "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+        "store": {"url": redis_server.url, "namespace": f"launch-{uuid.uuid4().hex[:8]}"},
+        "synth": {"sizes": {"synth-3d": 4, "synth-itw": 0, "synth-test": 4}, "image_size": 64, "workers": 1},
+        "train": {"mode": "async", "steps": 2, "batch_size": 2},
+        "pipeline": {"num_fitters": 1, "trainer_num_gpus": 4},
+    })
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    assert launch_main([str(config), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "spin_ray.launch: PipelineError: pipeline.trainer_num_gpus: 4, but the largest node has 0 GPUs"), err
+    synth = tmp_path / "cache" / "synth"  # where the generator writes (and its partial folders)
+    assert not synth.exists() or not any(synth.iterdir()), sorted(synth.rglob("*"))[:5]
+
+
 @pytest.mark.slow  # the embedded server heals itself in the default run: tests/test_faults.py
 def test_redis_killed_mid_run_the_run_waits_and_finishes(tmp_path, tiny_spin_data):
     """kill -9 the store's server mid-run, restart it on the same data dir: the run completes."""
