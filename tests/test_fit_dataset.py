@@ -280,3 +280,24 @@ def test_the_image_root_note_says_check_when_it_was_given(tiny_spin_data, tmp_pa
     assert main([*args, "--image-root", str(tmp_path)]) == 0
     err = capsys.readouterr().err
     assert "check --image-root" in err and "give --image-root" not in err
+
+
+def test_a_full_store_stops_the_fit_with_one_line_and_exit_1(tiny_spin_data, ray_local, tmp_path, capsys):
+    # Once: exit 0, "512 unfinished ... run again to retry" (it cannot help) and counts that disagreed.
+    import redis
+
+    from spin_ray.store.server import EmbeddedRedis
+
+    npz = str(tiny_spin_data["tiny-itw"])
+    with EmbeddedRedis(tmp_path / "redis") as server:
+        flags = ["--store", server.url, "--namespace", "full", "--iterations", "1", "--fitters", "1",
+                 "--no-progress"]
+        assert main(["fit", npz, *flags, "--limit", "3"]) == 0
+        capsys.readouterr()
+        redis.Redis.from_url(server.url).config_set("maxmemory", 1)  # every write from now on is refused
+        assert main(["fit", npz, *flags]) == 1
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and "StoreFullError" in err[0] and "maxmemory" in err[0], captured.err
+        assert "tiny-itw: 3 of " in err[0] and "usable rows have a fit" in err[0]
+        assert "run again to retry" not in captured.out + captured.err

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig
-from spin_ray.errors import InputError, PipelineError
+from spin_ray.errors import InputError, PipelineError, StoreFullError
 from spin_ray.fitting.static_fits import static_start
 from spin_ray.pipeline.fitter import FitterActor
 from spin_ray.pipeline.pool import FitterPool
@@ -179,16 +179,20 @@ def fit_dataset(start_pool: Callable[[], FitterPool], store: FitStore, body: Bod
     todo = rows_to_fit(store, job.dataset, job.usable, refit_above)
     tracker = _Progress(store, job.dataset, len(todo), progress)
     fitters = 0
+    usable = int(job.usable.sum())
     try:
         if len(todo):
             with start_pool() as pool:
                 _send_all(pool, body, job, cfg, todo, tracker)
                 fitters = pool.metrics().num_fitters
+    except StoreFullError as full:
+        # What the store holds, not what reports said: a refused request may have written part of its batch.
+        raise StoreFullError(f"{full} ({job.dataset}: {_stored_errors(store, job).size} of {usable} usable rows "
+                             "have a fit in the store)", full.written) from None
     finally:
         tracker.close()
     seconds = time.monotonic() - started
     errors = _stored_errors(store, job)
-    usable = int(job.usable.sum())
     return DatasetFitSummary(
         dataset=job.dataset, rows=len(job.usable), usable=usable, stored_before=usable - len(todo), sent=len(todo),
         fitted=tracker.fitted, failed=tracker.failed, written=tracker.written,

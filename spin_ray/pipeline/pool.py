@@ -30,10 +30,10 @@ from ray.actor import ActorHandle
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from spin_ray.config import RunConfig
-from spin_ray.errors import ConfigError, PipelineError
+from spin_ray.errors import ConfigError, PipelineError, StoreFullError
 from spin_ray.pipeline.fitter import HEALTH_GROUP
 from spin_ray.pipeline.ray_errors import cause_line as _cause
-from spin_ray.pipeline.ray_errors import spin_error
+from spin_ray.pipeline.ray_errors import remote_spin_error, spin_error
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.pipeline.resources import check_placeable, fitter_request
 from spin_ray.store.records import FitStoreAddress
@@ -207,6 +207,8 @@ class FitterPool:
         self._step = 0
         self._started = time.monotonic()
         self._last_error: str | None = None
+        # A full store refuses every write that follows: no retry can help, so the pool's user hears it.
+        self._store_full: StoreFullError | None = None
         self._closed = False
         self._ray_metrics = _RayMetrics(name)
         check_placeable([fitter_request(config)])  # in seconds, before any fitter waits for what cannot come
@@ -318,6 +320,7 @@ class FitterPool:
         self.set_step(request.step)
         self._collect(timeout_s=0.0)  # not poll(): its reports stay for the caller's next poll
         self._require_fitters()
+        self._require_store_room()
         if self._pipeline.busy_policy == "block":
             self._wait_for_room()  # may raise: the request then was never taken, so it is not counted
         self._counts.submitted += 1
@@ -346,6 +349,7 @@ class FitterPool:
         self._check_open()
         self._collect(timeout_s=0.0)
         self._publish()
+        self._require_store_room()
         reports = list(self._reports)
         self._reports.clear()
         return reports
@@ -362,6 +366,7 @@ class FitterPool:
                 self._publish()
                 return False
             self._collect(timeout_s=min(remaining, WAIT_SLICE_S), at_least_one=True)
+            self._require_store_room()
         self._publish()
         return True
 
@@ -370,6 +375,7 @@ class FitterPool:
         deadline = time.monotonic() + self._pipeline.block_timeout_s
         while self._free_capacity() <= len(self._pending):
             self._require_fitters()
+            self._require_store_room()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PipelineError(
@@ -403,6 +409,8 @@ class FitterPool:
                     self._last_error = f"{sent.slot.actor_id}: request {sent.request.request_id}: {_cause(err)}"
                     log.warning("pool %s: %s", self.name, self._last_error)
                     self._finish(sent.request.request_id)
+                    if isinstance(remote := remote_spin_error(err), StoreFullError):
+                        self._store_full = self._store_full or remote
                 else:
                     self._record(report)
         self._check_starting()
@@ -490,6 +498,11 @@ class FitterPool:
     def _free_capacity(self) -> int:
         per_fitter = sum(max(0, self._pipeline.max_in_flight_per_fitter - s.in_flight) for s in self._active())
         return max(0, min(per_fitter, self.max_in_flight() - len(self._sent)))
+
+    def _require_store_room(self) -> None:
+        """Raise the store's StoreFullError once a fitter met it: every later write would be refused too."""
+        if self._store_full is not None:
+            raise self._store_full
 
     def _require_fitters(self) -> None:
         if self._target > 0 and not any(not s.retiring and not s.dead for s in self._slots):

@@ -43,8 +43,10 @@ def bind_dataset(client: redis.Redis, prefix: str, name: str, fingerprint: str, 
     """Bind `name` to the dataset `fingerprint` (from `source`), or raise FitStoreError if another dataset has it."""
     check_name("dataset", name)
     wanted = json.dumps({"fingerprint": fingerprint, "source": source})
-    bound = _parse(name, client.eval(BIND_LUA, 1, bindings_key(prefix), name, wanted))
-    assert bound is not None  # the script just set it if it was free
+    key = bindings_key(prefix)
+    # Read first: a bound name needs no write (a full Redis refuses every write, also one that changes nothing).
+    bound = _parse(name, client.hget(key, name)) or _parse(name, client.eval(BIND_LUA, 1, key, name, wanted))
+    assert bound is not None  # the script sets it when it is free
     if bound["fingerprint"] != fingerprint:
         raise FitStoreError(
             f"dataset name {name!r} in namespace {prefix.split(':')[1]!r} belongs to another dataset "
