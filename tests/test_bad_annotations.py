@@ -32,6 +32,10 @@ KINDS = {
     "nan-keypoint": (lambda a: a["part"].__setitem__((BAD, 3, 0), np.nan), "keypoint", "keypoint 28"),
     "inf-openpose-keypoint": (lambda a: a["openpose"].__setitem__((BAD, 1), (np.inf, 5.0, 0.7)), "keypoint",
                               "keypoint 1 (OP Neck)"),
+    "huge-keypoint": (lambda a: a["part"].__setitem__((BAD, 3, 0), 1e300), "keypoint",
+                      "keypoint 28 (Left Hip) is at [inf, "),  # beyond float32: inf once read
+    "absurd-keypoint": (lambda a: a["openpose"].__setitem__((BAD, 4, 1), -3e30), "keypoint",
+                        "keypoint 4 (OP RWrist) is at ["),  # fits float32, but squared in a loss it does not
     "confidence-above-1": (lambda a: a["part"].__setitem__((BAD, 0, 2), 2.0), "confidence", "confidence 2.0"),
     "nan-confidence": (lambda a: a["openpose"].__setitem__((BAD, 0, 2), np.nan), "confidence", "confidence nan"),
     "box-outside-image": (lambda a: a["center"].__setitem__(BAD, (2000.0, 45.0)), "box",
@@ -86,6 +90,19 @@ def test_check_rows_names_the_bad_row_and_why(tmp_path, kind):
     message = str(check.error())
     assert f"row {BAD} (images/toy_{BAD}.png)" in message and "set data.bad_samples: skip" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("kind, why", [
+    ("huge-keypoint", "beyond float32's range"),
+    ("absurd-keypoint", "an absurd magnitude, beyond +-1e+06 px"),
+])
+def test_a_keypoint_of_absurd_size_is_named_for_its_size_without_a_numpy_warning(tmp_path, kind, why):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the float32 cast of 1e300 used to print an overflow warning
+        spin = load_spin_npz(write(tmp_path, kind), tmp_path)
+        check = check_rows(spin, image_sizes(spin))
+    assert check.reason.tolist() == ["", "", "keypoint", "", ""]
+    assert why in check.detail(BAD) and why in str(check.error())
 
 
 def test_every_bad_row_is_found_at_once_and_counted(tmp_path):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,7 +104,8 @@ def test_coco_ground_truth_round_trip(scene, tmp_path, capsys):
 def test_box_factor_and_keypoint_boxes(scene):
     people = read_source(scene["gt"], "coco")
     spin, report = import_people(people, ImportOptions(box="keypoints", box_factor=1.0, min_inside=0), None)
-    assert report.removed["truncated"] == 0 and report.kept == KEEP + 1
+    # No truncation filter; the cut-off person still goes: too few of its joints are inside the image.
+    assert report.removed["truncated"] == 0 and report.removed["outside"] == 1 and report.kept == KEEP
     visible = spin.part[0, :, 2] > 0
     side = np.ptp(spin.part[0, visible, :2], axis=0).max()
     assert spin.scale[0] == pytest.approx(side / 200, rel=1e-5)
@@ -220,3 +224,155 @@ def test_the_gallery_reads_a_keypoint_file_as_the_rows_data_import_writes(scene,
     assert on_the_fly.imgname.tolist() == imported.imgname.tolist()
     np.testing.assert_allclose(on_the_fly.keypoints49(), imported.keypoints49())
     np.testing.assert_allclose(on_the_fly.center, imported.center)
+
+
+# -- bad annotations are left out and counted, never imported as if they were fine (issue 26, item 6) --------
+
+def _edited(scene, tmp_path, edit) -> "Path":
+    data = json.loads(scene["gt"].read_text())
+    edit(data)
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _flip_width(d):
+    x, y, w, h = d["annotations"][0]["bbox"]
+    d["annotations"][0]["bbox"] = [x + w, y, -w, h]  # the same box drawn right to left
+
+
+def _far_keypoints(d, person, joints):
+    points = np.array(d["annotations"][person]["keypoints"], float).reshape(17, 3)
+    points[joints, 0] += 5000.0  # far right of the 224 px image; the bbox is unchanged and inside
+    d["annotations"][person]["keypoints"] = points.reshape(-1).tolist()
+
+
+def _animals(d):
+    d["categories"] = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+    d["annotations"][2]["category_id"] = 18
+    d["annotations"][5]["category_id"] = 18
+
+
+@pytest.mark.parametrize("case, edit, counted, dropped", [
+    ("negative width", _flip_width, "1 bad bbox (width or height <= 0)", [0]),
+    ("another category", _animals, "2 not a person (category_id other than 1)", [2, 5]),
+    ("image file missing", lambda d: d["images"][3].update(file_name="gone.png"),
+     "1 image file missing or unreadable under --images", [3]),
+    ("zero width", lambda d: d["images"][4].update(width=0), "1 image width or height 0 or less", [4]),
+    ("duplicate image id", lambda d: d["images"].append({**d["images"][6], "file_name": d["images"][7]["file_name"]}),
+     "1 image id listed twice with different files", [6]),
+    ("keypoints outside", lambda d: _far_keypoints(d, 8, slice(None)),
+     "1 fewer than 6 visible joints inside the image", [8]),
+])
+def test_bad_annotations_are_left_out_and_counted(scene, tmp_path, capsys, case, edit, counted, dropped):
+    out = tmp_path / "mine.npz"
+    code, stdout, err = _run(capsys, _edited(scene, tmp_path, edit), "--format", "coco", "--images", scene["images"],
+                             "--out", out)
+    assert code == 0, err
+    assert f"kept {KEEP - len(dropped)} of 14 people" in stdout and counted in stdout, stdout
+    spin = load_spin_npz(out, scene["images"])
+    kept = [i for i in range(KEEP) if i not in dropped]
+    boxes = np.array([a["bbox"] for a in scene["annotations"]])[kept]
+    np.testing.assert_allclose(spin.center, boxes[:, :2] + boxes[:, 2:] / 2, atol=1e-3)
+    np.testing.assert_allclose(spin.scale, 1.2 * boxes[:, 2:].max(axis=1) / 200, rtol=1e-5)
+
+
+def test_keypoints_outside_the_image_are_not_visible_and_counted(scene, tmp_path, capsys):
+    out = tmp_path / "mine.npz"
+    path = _edited(scene, tmp_path, lambda d: _far_keypoints(d, 0, [9, 10]))  # both wrists, 5000 px away
+    code, stdout, _ = _run(capsys, path, "--format", "coco", "--images", scene["images"], "--out", out)
+    assert code == 0 and f"kept {KEEP} of 14 people" in stdout
+    assert "note: 2 keypoints of 1 person lie outside their image (beyond 10% of its side) and were set to not visible" \
+        in stdout, stdout
+    spin = load_spin_npz(out, scene["images"])
+    wrists = [COCO_FROM_PART[9], COCO_FROM_PART[10]]
+    assert (spin.part[0, wrists, 2] == 0).all() and (spin.part[1, wrists, 2] == 1).all()
+    assert (spin.part[0, [COCO_FROM_PART[7], COCO_FROM_PART[8]], 2] == 1).all()  # the elbows stay
+
+
+def test_a_file_without_a_person_category_is_one_line(scene, tmp_path, capsys):
+    def dogs(d):
+        d["categories"] = [{"id": 18, "name": "dog"}, {"id": 17, "name": "cat"}]
+        for a in d["annotations"]:
+            a["category_id"] = 18
+    path = _edited(scene, tmp_path, dogs)
+    code, _, err = _run(capsys, path, "--format", "coco", "--out", tmp_path / "x.npz")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "none of its categories is a person (18 'dog', 17 'cat')" in err and "--category-id" in err
+    assert not (tmp_path / "x.npz").exists()
+    code, stdout, err = _run(capsys, path, "--format", "coco", "--out", tmp_path / "x.npz", "--category-id", "18")
+    assert code == 0, err
+    assert "took category_id 18 ('dog') as people (--category-id)" in stdout
+
+
+def test_a_missing_images_folder_is_one_line(scene, tmp_path, capsys):
+    code, stdout, err = _run(capsys, scene["gt"], "--format", "coco", "--images", tmp_path / "nope",
+                             "--out", tmp_path / "x.npz")
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"--images {tmp_path / 'nope'}: no such folder" in err
+    assert not (tmp_path / "x.npz").exists() and stdout == ""
+
+
+def test_a_keypoint_beyond_float32_is_refused_with_its_reason_and_no_numpy_warning(scene, tmp_path, capsys):
+    def huge(d):
+        d["annotations"][1]["keypoints"][0] = 1e300
+    path = _edited(scene, tmp_path, huge)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy RuntimeWarning would print on the terminal
+        code, stdout, err = _run(capsys, path, "--format", "coco", "--images", scene["images"],
+                                 "--out", tmp_path / "x.npz")
+    assert code == 0, err
+    assert "1 refused by the row checks (1 keypoint)" in stdout, stdout
+    assert "annotations[1]" in stdout and "beyond float32's range" in stdout, stdout
+
+
+# -- the output path is checked before the import work; an interrupted write leaves nothing (items 8, 13) ----
+
+def test_missing_output_folders_are_created(scene, tmp_path, capsys):
+    out = tmp_path / "a" / "b" / "mine.npz"
+    code, stdout, _ = _run(capsys, scene["gt"], "--format", "coco", "--out", out)
+    assert code == 0 and out.is_file() and f"wrote {out}" in stdout
+
+
+def _refuses_files(folder: Path) -> bool:
+    try:
+        (folder / ".spin-ray-probe").touch()
+    except OSError:
+        return folder.is_dir()
+    (folder / ".spin-ray-probe").unlink()
+    return False
+
+
+@pytest.mark.parametrize("blocked", ["file in the way", "read-only folder"])
+def test_an_unwritable_output_is_one_line_before_any_reading(scene, tmp_path, capsys, blocked):
+    if blocked == "file in the way":
+        (tmp_path / "taken").write_text("a file, not a folder")
+        out = tmp_path / "taken" / "sub" / "mine.npz"
+    elif os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        out = folder / "mine.npz"
+    elif _refuses_files(Path("/sys")):  # root writes into any folder but on a read-only mount
+        out = Path("/sys/mine.npz")
+    else:
+        pytest.skip("no read-only folder for root here")
+    missing_source = tmp_path / "never-read.json"  # the output is checked first, so this is never opened
+    code, stdout, err = _run(capsys, missing_source, "--format", "coco", "--out", out)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"--out {out}: cannot write" in err and "never-read.json" not in err
+    assert stdout == "" and not out.exists()
+
+
+def test_an_interrupted_write_leaves_no_temporary_file(scene, tmp_path, capsys, monkeypatch):
+    real = np.savez_compressed
+
+    def interrupted(file, **arrays):
+        real(file, **arrays)  # the bytes are written ...
+        raise KeyboardInterrupt  # ... and Ctrl-C comes before the rename
+
+    monkeypatch.setattr(np, "savez_compressed", interrupted)
+    out = tmp_path / "mine.npz"
+    code, _, err = _run(capsys, scene["gt"], "--format", "coco", "--out", out)
+    assert code == 130 and "interrupted" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither mine.npz nor mine.npz.tmp.npz

@@ -132,3 +132,33 @@ def test_writer_round_trips_and_validates(tmp_path):
         write_spin_npz(tmp_path / "bad.npz", imgname=arrays["imgname"], center=arrays["center"],
                        scale=arrays["scale"][:2], part=arrays["part"])
     assert not (tmp_path / "bad.npz").exists()
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, OSError])
+def test_an_interrupted_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch, interruption):
+    arrays = spin_arrays()
+    path = write_spin_npz(tmp_path / "data.npz", **arrays)
+    before = path.read_bytes()
+    real = np.savez_compressed
+
+    def cut_short(file, **values):
+        real(file, **values)  # every byte of the new file is written ...
+        raise interruption("Ctrl-C or a full disk")  # ... and the rename never comes
+
+    monkeypatch.setattr(np, "savez_compressed", cut_short)
+    with pytest.raises(interruption):
+        write_spin_npz(path, **spin_arrays(seed=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.npz"]  # no data.npz.tmp.npz
+    assert path.read_bytes() == before
+
+
+def test_values_beyond_float32_read_as_inf_without_a_numpy_warning(tmp_path):
+    import warnings
+
+    arrays = spin_arrays()
+    arrays["part"][1, 2, 0] = 1e300
+    path = write_spin_npz(tmp_path / "data.npz", **arrays)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        spin = load_spin_npz(path, tmp_path)
+    assert spin.part[1, 2, 0] == np.inf  # the row checks name it (tests/test_bad_annotations.py)

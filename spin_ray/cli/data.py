@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="leave out detections whose person score is below this (default 0: keep all)")
     parser.add_argument("--match-tolerance", type=positive_float, default=0.1,
                         help="--gt-and-detections: largest mean limb distance / person size of a match (default 0.1)")
+    parser.add_argument("--keypoint-margin", type=non_negative_float, default=0.1,
+                        help="keypoints further outside their image than this fraction of its longer side are set "
+                             "to not visible, where the image size is known (default 0.1)")
+    parser.add_argument("--category-id", default=None, metavar="ID",
+                        help="COCO: the category whose annotations are people (default: the category named "
+                             "'person'; COCO's id 1 in a file that names none); the others are left out and counted")
     parser.set_defaults(func=_import)
 
 
@@ -60,21 +66,27 @@ def _import(args: argparse.Namespace) -> int:
 
     from spin_ray.data.importers.coco_json import image_table_of
     from spin_ray.data.importers.sources import read_source
-    from spin_ray.data.importers.to_spin import ImportOptions, import_people
+    from spin_ray.data.importers.to_spin import ImportOptions, check_image_dir, import_people
+    from spin_ray.data.spin_format import check_writable
     from spin_ray.errors import ConfigError
 
     try:
         options = ImportOptions(box=args.box, box_factor=args.box_factor, min_joints=args.min_joints,
                                 min_box_side=args.min_box_side, min_inside=args.min_inside,
-                                min_score=args.min_score, match_tolerance=args.match_tolerance)
+                                min_score=args.min_score, match_tolerance=args.match_tolerance,
+                                keypoint_margin=args.keypoint_margin)
     except ValidationError as err:
         first = err.errors()[0]
         raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    # Before any reading: a large import must not end in "cannot write".
+    check_writable(args.out, "--out")
+    check_image_dir(args.images)
 
     def read(source: Path, fmt: str, images=None):
         files = sum(1 for _ in source.rglob("*.json")) if fmt == "openpose" and source.is_dir() else 0
         with tqdm(total=files, desc=f"reading {source.name}", unit="file", disable=files < PROGRESS_MIN) as bar:
-            return read_source(source, fmt, image_dir=args.images, images=images, progress=bar.update)
+            return read_source(source, fmt, image_dir=args.images, images=images, progress=bar.update,
+                               category_id=args.category_id)
 
     people = read(args.source, args.format)
     detections = None

@@ -3,7 +3,8 @@
 A row is bad when (first failing rule wins, in this order):
 - its center or scale is NaN/inf, or its scale is not > 0 (scale is the box side / 200);
 - a keypoint confidence is NaN/inf or outside [0, 1];
-- a keypoint with confidence > 0 has NaN/inf coordinates. A keypoint with confidence 0 is "not
+- a keypoint with confidence > 0 has NaN/inf coordinates, or coordinates beyond +-MAX_COORDINATE px (an
+  absurd magnitude; a value beyond float32's range reads as inf). A keypoint with confidence 0 is "not
   annotated": its coordinates are never used, so NaN there is fine (the loader zeroes them);
 - its 3D joints `S` (where the file has them) or SMPL pose/shape (where has_smpl) hold NaN/inf;
 - its person box (center +- 100 * scale) does not overlap the image. Where the image size is not
@@ -29,6 +30,9 @@ from spin_ray.data.spin_format import SpinDataset
 from spin_ray.errors import DataError
 
 BadSamples = Literal["skip", "raise"]
+# No photo is a million pixels across; a keypoint beyond this is a unit or export error, and its square
+# (in the reprojection losses) would overflow float32 long before 1e38.
+MAX_COORDINATE = 1e6
 SKIP_HINT = "set data.bad_samples: skip (or --bad-samples skip) to skip such rows"
 
 # Reason keys, in the order they are checked, and what each says about a row.
@@ -36,11 +40,17 @@ REASONS: dict[str, str] = {
     "center": "center is NaN or inf",
     "scale": "scale is not a positive finite number (box side / 200)",
     "confidence": "a keypoint confidence is NaN, inf or outside [0, 1]",
-    "keypoint": "a keypoint with confidence > 0 has NaN or inf coordinates",
+    "keypoint": f"a keypoint with confidence > 0 has NaN, inf or absurd (beyond +-{MAX_COORDINATE:g} px) coordinates",
     "S": "S (3D joints) holds NaN or inf",
     "smpl": "pose or shape holds NaN or inf although has_smpl is set",
     "box": "the person box does not overlap the image",
 }
+
+
+def plausible(coordinates: np.ndarray) -> np.ndarray:
+    """Elementwise: finite and within +-MAX_COORDINATE (False for NaN, inf and absurd magnitudes)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(coordinates) <= MAX_COORDINATE
 
 
 def box_overlaps_image(center: np.ndarray, scale: np.ndarray, size: np.ndarray | None = None) -> np.ndarray:
@@ -118,7 +128,7 @@ def check_rows(spin: SpinDataset, image_size: np.ndarray | None = None) -> RowCh
             "center": ~np.isfinite(spin.center).all(axis=1),
             "scale": ~(np.isfinite(spin.scale) & (spin.scale > 0)),
             "confidence": ~((conf >= 0) & (conf <= 1)).all(axis=1),  # NaN fails both comparisons
-            "keypoint": ((conf > 0) & ~np.isfinite(keypoints[..., :2]).all(axis=-1)).any(axis=1),
+            "keypoint": ((conf > 0) & ~plausible(keypoints[..., :2]).all(axis=-1)).any(axis=1),
             "S": spin.has_3d & ~np.isfinite(spin.S).reshape(len(spin), -1).all(axis=1) if len(spin) else spin.has_3d,
             "smpl": spin.has_smpl & ~(np.isfinite(spin.pose).all(axis=1) & np.isfinite(spin.betas).all(axis=1)),
             "box": ~box_overlaps_image(spin.center, spin.scale, image_size),
@@ -140,9 +150,11 @@ def describe(spin: SpinDataset, row: int, key: str, size: np.ndarray | None = No
         j = int(np.flatnonzero(~((keypoints[:, 2] >= 0) & (keypoints[:, 2] <= 1)))[0])
         return f"keypoint {j} ({SPIN49_NAMES[j]}) has confidence {float(keypoints[j, 2])} (must be in [0, 1])"
     if key == "keypoint":
-        j = int(np.flatnonzero((keypoints[:, 2] > 0) & ~np.isfinite(keypoints[:, :2]).all(axis=1))[0])
-        return (f"keypoint {j} ({SPIN49_NAMES[j]}) is at {_rounded(keypoints[j, :2])} with confidence "
-                f"{float(keypoints[j, 2])} (NaN or inf; set its confidence to 0 if it is not annotated)")
+        j = int(np.flatnonzero((keypoints[:, 2] > 0) & ~plausible(keypoints[:, :2]).all(axis=1))[0])
+        why = ("NaN or inf; a value beyond float32's range (+-3.4e38) reads as inf"
+               if not np.isfinite(keypoints[j, :2]).all() else f"an absurd magnitude, beyond +-{MAX_COORDINATE:g} px")
+        return (f"keypoint {j} ({SPIN49_NAMES[j]}) is at {_coordinates(keypoints[j, :2])} with confidence "
+                f"{float(keypoints[j, 2])} ({why}; set its confidence to 0 if it is not annotated)")
     if key == "box":
         cx, cy = spin.center[row]
         side = SCALE_UNIT_PX * float(spin.scale[row])
@@ -156,16 +168,27 @@ def _rounded(values: np.ndarray) -> list[float]:
     return [round(float(v), 1) for v in values]
 
 
+def _coordinates(values: np.ndarray) -> str:
+    """'[12.5, inf]' or '[3e+30, 40.0]': pixels to 0.1, huge values in short scientific notation."""
+    return "[" + ", ".join(f"{v:.3g}" if np.isfinite(v) and abs(v) >= 1e6 else str(round(float(v), 1))
+                           for v in values) + "]"
+
+
 def image_sizes(spin: SpinDataset) -> np.ndarray:
     """(N,2) [w, h] of each row's image read from its header, NaN where the image is missing or unreadable."""
+    return image_sizes_of(spin.imgname, spin.image_root)
+
+
+def image_sizes_of(imgname: np.ndarray, image_root: str | Path) -> np.ndarray:
+    """(N,2) [w, h] of each image (relative to `image_root`) read from its header, NaN where missing or unreadable."""
     from PIL import Image, UnidentifiedImageError
 
-    sizes = np.full((len(spin), 2), np.nan)
+    sizes = np.full((len(imgname), 2), np.nan)
     known: dict[str, tuple[int, int]] = {}  # many rows can share one image
-    for row, name in enumerate(spin.imgname):
+    for row, name in enumerate(imgname):
         name = str(name)
         if name not in known:
-            path = Path(spin.image_root) / name
+            path = Path(image_root) / name
             try:
                 with Image.open(path) as image:  # reads the header only
                     known[name] = image.size

@@ -11,6 +11,8 @@ outside its image) are judged by data/row_checks.py, not here.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -122,7 +124,8 @@ def _validate(arrays: dict[str, np.ndarray], path) -> dict[str, np.ndarray]:
         else:
             if value.dtype.kind not in "biuf":
                 raise _fail(path, key, f"expected numbers, got dtype {value.dtype}")
-            value = value.astype(np.float32)
+            with np.errstate(over="ignore"):  # beyond float32 reads as inf, which the row checks name
+                value = value.astype(np.float32)
         out[key] = value
     if ("pose" in out) != ("shape" in out):
         present, absent = ("pose", "shape") if "pose" in out else ("shape", "pose")
@@ -229,8 +232,30 @@ def write_spin_npz(
             raise _fail(path, key, f"extra keys need one numeric row per sample, got {value.dtype} {value.shape}")
         arrays[key] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so an interrupted writer never leaves a truncated dataset behind.
+    # Write then rename, so an interrupted writer never leaves a truncated dataset behind, and remove the
+    # temporary file on any way out (an error, Ctrl-C) so none is left beside it either.
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_writable(path: str | Path, option: str = "the output") -> Path:
+    """Create `path`'s missing parent folders and make sure a file can be written there, else one line naming
+    `option` and why (checked before long work, so its result is never lost at the end)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise DataError(f"{option} {path}: cannot write there ({err.strerror or err}); choose a writable folder") \
+            from None
     return path

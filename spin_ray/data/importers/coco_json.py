@@ -17,13 +17,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, FiniteFloat, TypeAdapter, ValidationError
 
 from spin_ray.body.keypoint_formats import FORMATS, WHOLEBODY_FOOT_NAMES
-from spin_ray.data.importers.people import People, Role, make_people
+from spin_ray.data.importers.people import People, Role, as_float32, make_people
 from spin_ray.errors import DataError
 
 # Joints per person that each --format accepts; the first format.num_joints of them are used.
 # WholeBody's 23 are its annotation files' body (17, `keypoints`) and feet (6, `foot_kpts`) put together.
 ACCEPTED_JOINTS: dict[str, tuple[int, ...]] = {"coco": (17,), "halpe": (26, 136), "wholebody": (133, 23)}
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PERSON_NAME = "person"  # the category whose annotations are people, in a file that names its categories
+COCO_PERSON_ID = "1"  # COCO's person category: taken when a file does not name its categories
 
 
 class CocoImage(BaseModel):
@@ -46,6 +48,15 @@ class CocoPerson(BaseModel):
     score: FiniteFloat | None = None
     iscrowd: int = 0
     foot_kpts: list[FiniteFloat] | None = None
+    category_id: int | str | None = None
+
+
+class CocoCategory(BaseModel):
+    """One `categories` entry."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: int | str
+    name: str | None = None
 
 
 class CocoAnnotations(BaseModel):
@@ -54,6 +65,7 @@ class CocoAnnotations(BaseModel):
     model_config = ConfigDict(extra="ignore")
     images: list[CocoImage] = []
     annotations: list[CocoPerson]
+    categories: list[CocoCategory] = []
 
 
 _RESULTS = TypeAdapter(list[CocoPerson])
@@ -87,10 +99,58 @@ def load_json(path: Path) -> object:
 
 
 def image_table(images: list[CocoImage]) -> ImageTable:
-    """The `images` entries by id."""
+    """The `images` entries by id (the first entry of an id listed twice)."""
     nan = float("nan")
-    return {str(i.id): (i.file_name, nan if i.width is None else i.width, nan if i.height is None else i.height)
-            for i in images}
+    table: ImageTable = {}
+    for i in images:
+        table.setdefault(str(i.id), (i.file_name, nan if i.width is None else i.width,
+                                     nan if i.height is None else i.height))
+    return table
+
+
+def image_problems(images: list[CocoImage]) -> tuple[dict[str, str], list[str]]:
+    """Image id -> why its people cannot be imported ("image_id": listed twice with different files; "image_size":
+    width or height 0 or less), and notes on harmless repeats."""
+    problems: dict[str, str] = {}
+    seen: dict[str, CocoImage] = {}
+    repeats: set[str] = set()
+    for image in images:
+        key = str(image.id)
+        first = seen.setdefault(key, image)
+        if first is not image:
+            if (first.file_name, first.width, first.height) != (image.file_name, image.width, image.height):
+                problems[key] = "image_id"
+            else:
+                repeats.add(key)
+        if key not in problems and any(v is not None and v <= 0 for v in (image.width, image.height)):
+            problems[key] = "image_size"
+    notes = [f"{len(repeats)} image id(s) listed more than once with the same file, used once "
+             f"(e.g. {sorted(repeats)[0]})"] if repeats else []
+    return problems, notes
+
+
+def person_category(path: Path, categories: list[CocoCategory], chosen: int | str | None) -> tuple[str, str | None]:
+    """The category id whose annotations are people, and a note saying how it was chosen (None: nothing to say).
+
+    --category-id wins; else the category named "person"; a file whose named categories hold no person is
+    refused; a file that names none gets COCO's person id.
+    """
+    names = {str(c.id): c.name for c in categories}
+    if chosen is not None:
+        if categories and str(chosen) not in names:
+            listed = ", ".join(f"{k} {v!r}" if v else k for k, v in names.items())
+            raise DataError(f"{path}: --category-id {chosen} is not among the file's categories ({listed})")
+        name = f" ({names[str(chosen)]!r})" if names.get(str(chosen)) else ""
+        return str(chosen), f"took category_id {chosen}{name} as people (--category-id)"
+    named = {k: v for k, v in names.items() if v}
+    if not named:
+        return COCO_PERSON_ID, None
+    person = [k for k, v in named.items() if v.strip().lower() == PERSON_NAME]
+    if not person:
+        listed = ", ".join(f"{k} {v!r}" for k, v in named.items())
+        raise DataError(f"{path}: none of its categories is a person ({listed}); its keypoints are not people's "
+                        "(give --category-id ID to import one category as people anyway)")
+    return person[0], None
 
 
 def image_table_of(path: str | Path) -> ImageTable:
@@ -139,10 +199,17 @@ def _joint_array(path: Path, people: list[CocoPerson], format: str, where: str) 
 
 
 def read_coco(path: str | Path, format: str = "coco", *, role: Role | None = None, images: ImageTable | None = None,
-              image_dir: Path | None = None) -> People:
-    """People of a COCO-format annotation or results file; `role` overrides the file kind's (e.g. the demo's)."""
+              image_dir: Path | None = None, category_id: int | str | None = None) -> People:
+    """People of a COCO-format annotation or results file; `role` overrides the file kind's (e.g. the demo's).
+
+    Only the person category's annotations are people (see person_category); the others, and the people of
+    an image listed twice with different files or with a width or height of 0, are marked `excluded`.
+    """
     path = Path(path)
     data = load_json(path)
+    problems: dict[str, str] = {}
+    notes: list[str] = []
+    categories: list[CocoCategory] = []
     if isinstance(data, dict):
         what = "a COCO keypoint annotation file {images: [...], annotations: [{image_id, bbox, keypoints}]}"
         try:
@@ -151,6 +218,8 @@ def read_coco(path: str | Path, format: str = "coco", *, role: Role | None = Non
             raise validation_error(path, err, what) from None
         people, where, kind = parsed.annotations, "annotations", "gt"
         table = image_table(parsed.images)
+        problems, notes = image_problems(parsed.images)
+        categories = parsed.categories
     elif isinstance(data, list):
         what = "a COCO results file [{image_id, keypoints, score}, ...]"
         try:
@@ -162,6 +231,8 @@ def read_coco(path: str | Path, format: str = "coco", *, role: Role | None = Non
     else:
         raise DataError(f"{path}: expected a COCO annotation file (an object) or a results file (a list), "
                         f"got a JSON {type(data).__name__}")
+    person, note = person_category(path, categories, category_id)
+    notes += [note] if note else []
     joints = _joint_array(path, people, format, where)
     if kind == "gt":
         joints[..., 2] = joints[..., 2] > 0
@@ -175,11 +246,14 @@ def read_coco(path: str | Path, format: str = "coco", *, role: Role | None = Non
     nan = float("nan")
     info = [table.get(key, (key, nan, nan)) for key in ids]
     role = role or kind
+    excluded = ["category" if p.category_id is not None and str(p.category_id) != person
+                else problems.get(key, "") for p, key in zip(people, ids)]
     return make_people(
         str(path), format, role,
         imgname=[i[0] for i in info], entry=[f"{where}[{i}]" for i in range(len(people))],
-        keypoints=FORMATS[format].to_spin49(joints, "dataset" if role == "gt" else "openpose"),
+        keypoints=FORMATS[format].to_spin49(as_float32(joints), "dataset" if role == "gt" else "openpose"),
         bbox=[p.bbox if p.bbox is not None else (nan,) * 4 for p in people],
         score=[nan if p.score is None else p.score for p in people],
         crowd=[p.iscrowd != 0 for p in people], image_size=[i[1:] for i in info],
+        excluded=excluded, category=person, notes=tuple(notes),
     )

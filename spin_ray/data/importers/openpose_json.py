@@ -14,7 +14,7 @@ import numpy as np
 
 from spin_ray.body.keypoint_formats import FORMATS
 from spin_ray.data.importers.coco_json import load_json
-from spin_ray.data.importers.people import People, concat_people, make_people
+from spin_ray.data.importers.people import People, as_float32, concat_people, make_people
 from spin_ray.errors import DataError
 
 FORMAT_OF_COUNT = {25: "openpose25", 18: "openpose18"}
@@ -88,7 +88,7 @@ def read_openpose_folder(source: str | Path, image_dir: Path | None = None,
             joints[..., 2] = np.clip(joints[..., 2], 0.0, 1.0)
             tables.append(make_people(str(source), fmt, "detections", [name] * len(rows),
                                       [f"{path.name} people[{i}]" for i in rows],
-                                      FORMATS[fmt].to_spin49(joints, "openpose")))
+                                      FORMATS[fmt].to_spin49(as_float32(joints), "openpose")))
             formats.add(fmt)
         if progress is not None:
             progress(1)

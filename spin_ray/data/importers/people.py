@@ -27,6 +27,11 @@ class People:
     score: np.ndarray  # (N,) float64 detector score of the person; NaN where none
     crowd: np.ndarray  # (N,) bool: COCO iscrowd
     image_size: np.ndarray  # (N,2) float64 [w, h]; NaN where unknown
+    # (N,) str: why the reader says a row cannot be a person (a key of to_spin.FILTERS, e.g. "category"), "" where
+    # it can; the importer leaves these out and counts them with the rest.
+    excluded: np.ndarray
+    category: str | None = None  # the source's category id taken as people (COCO); None: no category
+    notes: tuple[str, ...] = ()  # what the reader decided that people should hear about
 
     def __len__(self) -> int:
         return len(self.imgname)
@@ -38,7 +43,8 @@ class People:
 
 
 def make_people(source: str, format: str, role: Role, imgname, entry, keypoints: np.ndarray, *, bbox=None,
-                score=None, crowd=None, image_size=None) -> People:
+                score=None, crowd=None, image_size=None, excluded=None, category: str | None = None,
+                notes: tuple[str, ...] = ()) -> People:
     """A People table with NaN/False filled in for what the source does not give."""
     n = len(imgname)
     return People(
@@ -49,7 +55,19 @@ def make_people(source: str, format: str, role: Role, imgname, entry, keypoints:
         score=np.full(n, np.nan) if score is None else np.asarray(score, np.float64).reshape(n),
         crowd=np.zeros(n, bool) if crowd is None else np.asarray(crowd, bool).reshape(n),
         image_size=np.full((n, 2), np.nan) if image_size is None else np.asarray(image_size, np.float64).reshape(n, 2),
+        excluded=np.full(n, "", dtype="<U16") if excluded is None else np.asarray(excluded, dtype="<U16").reshape(n),
+        category=category, notes=tuple(notes),
     )
+
+
+def as_float32(values: np.ndarray) -> np.ndarray:
+    """`values` as float32, with numbers beyond float32's range as +-inf (which the row checks name) and no numpy
+    overflow warning on the terminal."""
+    values = np.asarray(values, np.float64)
+    limit = np.finfo(np.float32).max
+    with np.errstate(invalid="ignore"):
+        beyond = np.abs(values) > limit
+    return np.where(beyond, np.copysign(np.inf, values), values).astype(np.float32)
 
 
 def concat_people(tables: list[People], source: str, format: str, role: Role) -> People:
@@ -58,4 +76,5 @@ def concat_people(tables: list[People], source: str, format: str, role: Role) ->
         return make_people(source, format, role, [], [], np.zeros((0, NUM_KEYPOINTS, 3)))
     arrays = {f.name: np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(People)
               if isinstance(getattr(tables[0], f.name), np.ndarray)}
-    return People(source=source, format=format, role=role, **arrays)
+    notes = tuple(note for t in tables for note in t.notes)
+    return People(source=source, format=format, role=role, category=tables[0].category, notes=notes, **arrays)

@@ -12,7 +12,7 @@ from spin_ray.body.joints import NUM_OPENPOSE
 from spin_ray.data.importers.coco_json import ACCEPTED_JOINTS, ImageTable, load_json, read_coco
 from spin_ray.data.importers.openpose_json import read_openpose_folder
 from spin_ray.data.importers.people import People, Role
-from spin_ray.data.importers.to_spin import ImportOptions, import_people
+from spin_ray.data.importers.to_spin import ImportOptions, check_image_dir, import_people
 from spin_ray.errors import DataError
 
 if TYPE_CHECKING:
@@ -22,16 +22,19 @@ SOURCE_FORMATS = ("coco", "openpose", "halpe", "wholebody")
 
 
 def read_source(source: str | Path, format: str, *, image_dir: Path | None = None, role: Role | None = None,
-                images: ImageTable | None = None, progress: Callable[[int], None] | None = None) -> People:
-    """People of `source`: an OpenPose folder or file (`openpose`), else a COCO-format JSON of `format`'s joints."""
+                images: ImageTable | None = None, progress: Callable[[int], None] | None = None,
+                category_id: int | str | None = None) -> People:
+    """People of `source`: an OpenPose folder or file (`openpose`), else a COCO-format JSON of `format`'s joints
+    (`category_id`: the COCO category taken as people, default the one named "person")."""
     if format not in SOURCE_FORMATS:
         raise DataError(f"unknown keypoint format {format!r}; use one of {', '.join(SOURCE_FORMATS)}")
+    check_image_dir(image_dir)
     if format == "openpose":
         return read_openpose_folder(source, image_dir, progress)
     if Path(source).is_dir():
         raise DataError(f"{source} is a folder; --format {format} reads one COCO-format JSON file "
                         "(use --format openpose for a folder of OpenPose JSON files)")
-    return read_coco(source, format, role=role, images=images, image_dir=image_dir)
+    return read_coco(source, format, role=role, images=images, image_dir=image_dir, category_id=category_id)
 
 
 def coco_format_of(data: object) -> str:
@@ -57,7 +60,7 @@ def people_of_image(path: str | Path, image: str | Path) -> list[np.ndarray]:
     people = read_coco(path, coco_format_of(data), role="detections")
     names = np.array([Path(n).name for n in people.imgname])
     ids = {image.name, image.stem} | ({str(int(image.stem))} if image.stem.isdigit() else set())
-    mine = np.isin(names, list(ids))
+    mine = np.isin(names, list(ids)) & (people.excluded != "category")  # another category's keypoints: no person
     if not mine.any() and len(set(names)) == 1 and not isinstance(data, dict):
         mine[:] = True
     if not mine.any() and len(people):
