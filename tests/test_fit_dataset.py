@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from spin_ray.cli import main
-from spin_ray.data.augment import IDENTITY_AUG
-from spin_ray.fitting.static_fits import CANONICAL_AUG
+from spin_ray.body.frames import NO_AUG, augment_keypoints
+from spin_ray.data.augment import IDENTITY_AUG, AugParams
 from spin_ray.geometry import axis_angle_to_matrix
 from spin_ray.pipeline.dataset_fit import rows_to_fit
 from spin_ray.store.fit_store import FitStore
@@ -44,8 +44,11 @@ def _sent_and_fitted(text: str) -> tuple[int, int, int]:
     return before, sent, fitted
 
 
-def test_canonical_aug_is_the_identity_record():
-    assert np.array_equal(np.array(CANONICAL_AUG, np.float32), IDENTITY_AUG.as_array())
+def test_the_no_augmentation_record_changes_nothing():
+    assert np.array_equal(AugParams().as_array(), np.array(NO_AUG, np.float32))
+    assert IDENTITY_AUG == AugParams()
+    keypoints = torch.rand(2, 49, 3, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(augment_keypoints(keypoints, torch.tensor([NO_AUG, NO_AUG])), keypoints)
 
 
 def test_fit_sends_only_missing_rows_and_equals_the_local_fit(tiny_spin_data, redis_server, ray_local, tmp_path,

@@ -119,3 +119,14 @@ def test_limb_joints_pair_the_same_joint_in_both_slot_sets():
     for op, ds in zip(LIMB12_OPENPOSE, LIMB12_DATASET, strict=True):
         side = {"R": "Right", "L": "Left"}[SPIN49_NAMES[op][3]]
         assert SPIN49_NAMES[ds] == f"{side} {SPIN49_NAMES[op][4:]}"
+
+
+def test_openpose_joint_names_come_from_the_one_body25_list():
+    from spin_ray.body.keypoint_formats import OPENPOSE_BODY25_NAMES, openpose_joint_name
+
+    assert OPENPOSE_BODY25_NAMES[:9] == ("nose", "neck", "right_shoulder", "right_elbow", "right_wrist",
+                                         "left_shoulder", "left_elbow", "left_wrist", "mid_hip")
+    assert OPENPOSE_BODY25_NAMES[19:] == ("left_big_toe", "left_small_toe", "left_heel", "right_big_toe",
+                                          "right_small_toe", "right_heel")
+    assert [openpose_joint_name(n) for n in ("OP REye", "OP LEar", "OP RKnee")] == ["right_eye", "left_ear",
+                                                                                     "right_knee"]

@@ -25,6 +25,10 @@ from spin_ray.geometry import (
 # Layout of an augmentation record as an array (what a batch carries and fitters receive).
 AUG_FIELDS: tuple[str, ...] = ("flip", "rot", "scale", "noise_r", "noise_g", "noise_b")
 AUG_DIM = len(AUG_FIELDS)
+# The record of a canonical crop: no flip, no rotation, unit scale and colour gains (what fits are stored in).
+NO_AUG: tuple[float, ...] = tuple(0.0 if name in ("flip", "rot") else 1.0 for name in AUG_FIELDS)
+# Box side in pixels of scale 1: SPIN's `scale` key is the person box divided by 200.
+SCALE_UNIT_PX = 200.0
 
 
 def _check_aug(aug: torch.Tensor, batch: int) -> torch.Tensor:

@@ -17,12 +17,13 @@ Choices (facts of SPIN's own COCO preprocessing where it has one):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
-from spin_ray.body.joints import SPIN49_NAMES
+from spin_ray.body.joints import OPENPOSE25_NAMES, SPIN49_NAMES
 
 Slots = Literal["openpose", "dataset"]
 
@@ -31,13 +32,17 @@ COCO17_NAMES: tuple[str, ...] = (
     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
     "left_knee", "right_knee", "left_ankle", "right_ankle",
 )
-# OpenPose's own joint names, in BODY_25 order (the first 25 of SPIN's 49, without the "OP " prefix).
-OPENPOSE_BODY25_NAMES: tuple[str, ...] = (
-    "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
-    "left_wrist", "mid_hip", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
-    "right_eye", "left_eye", "right_ear", "left_ear", "left_big_toe", "left_small_toe", "left_heel",
-    "right_big_toe", "right_small_toe", "right_heel",
-)
+
+
+def openpose_joint_name(slot: str) -> str:
+    """OpenPose's own name of a BODY_25 slot of SPIN's 49: 'OP RBigToe' -> 'right_big_toe', 'OP MidHip' -> 'mid_hip'."""
+    bare = slot.removeprefix("OP ")
+    side = {"R": "right_", "L": "left_"}.get(bare[0], "") if bare[1:2].isupper() else ""
+    return side + re.sub(r"(?<!^)(?=[A-Z])", "_", bare[1:] if side else bare).lower()
+
+
+# OpenPose's own joint names, in BODY_25 order: the first 25 of SPIN's 49 (body/joints.py), renamed.
+OPENPOSE_BODY25_NAMES: tuple[str, ...] = tuple(openpose_joint_name(slot) for slot in OPENPOSE25_NAMES)
 OPENPOSE_COCO18_NAMES: tuple[str, ...] = (
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
     "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",

@@ -20,14 +20,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from spin_ray.body.frames import AUG_DIM, AUG_FIELDS
+from spin_ray.body.frames import AUG_DIM, AUG_FIELDS, NO_AUG, SCALE_UNIT_PX
 from spin_ray.body.joints import DATASET24_FLIP_PERM, SPIN49_FLIP_PERM
 from spin_ray.errors import InputError
 from spin_ray.geometry import pixels_to_normalised
-
-# Box size in pixels of scale 1 (SPIN's 'scale' key is the person box divided by 200).
-SCALE_UNIT_PX = 200.0
-
 
 @dataclass(frozen=True)
 class AugParams:
@@ -51,7 +47,7 @@ class AugParams:
         return cls(bool(v[0] > 0.5), float(v[1]), float(v[2]), (float(v[3]), float(v[4]), float(v[5])))
 
 
-IDENTITY_AUG = AugParams()
+IDENTITY_AUG = AugParams.from_array(NO_AUG)
 
 
 def sample_aug_params(

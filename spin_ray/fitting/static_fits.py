@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from spin_ray.body.body_model import BodyModel
-from spin_ray.body.frames import AUG_FIELDS
+from spin_ray.body.frames import NO_AUG, SCALE_UNIT_PX
 from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.errors import InputError
 from spin_ray.fitting.canonical_fits import fit_predictions
@@ -24,9 +24,6 @@ from spin_ray.fitting.starts import typical_depth
 from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, ignored_joints, rejected_samples
 from spin_ray.geometry import pixels_to_normalised
 
-SCALE_UNIT_PX = 200.0  # SPIN's `scale` is the person box in pixels divided by 200
-# The augmentation record of a canonical crop: no flip, no rotation, unit scale and colour gains.
-CANONICAL_AUG = tuple(0.0 if name in ("flip", "rot") else 1.0 for name in AUG_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,7 @@ def static_start(
     safe_kp = torch.where(rejected_samples(kp)[:, None, None], torch.zeros_like(kp), kp)
     camera_t = camera_from_keypoints(body, pose, betas, safe_kp, camera, typical_depth(camera), ignored_joints(fitting))
     normalised = torch.cat([pixels_to_normalised(kp[..., :2], camera.crop_size), kp[..., 2:]], dim=-1)
-    aug = torch.tensor(CANONICAL_AUG, dtype=kp.dtype).expand(kp.shape[0], -1)
+    aug = torch.tensor(NO_AUG, dtype=kp.dtype).expand(kp.shape[0], -1)
     return SmplifyParams.from_pose(pose, betas, camera_t), normalised, aug
 
 
