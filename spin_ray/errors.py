@@ -25,6 +25,25 @@ class FitStoreUnavailable(FitStoreError):
     """Redis stopped answering (connection lost or timed out): waiting may help, the request was fine."""
 
 
+class StoreFullError(FitStoreError):
+    """Redis is at its `maxmemory` with the noeviction policy and refuses writes: running again cannot help.
+
+    `written` is how many rows of the refused call went in before Redis filled (None where unknown).
+    """
+
+    def __init__(self, message: str, written: int | None = None) -> None:
+        super().__init__(message)
+        self.written = written
+
+    def __reduce__(self) -> tuple:
+        # Keeps `written` through pickling (a Ray actor's error reaches the driver pickled).
+        return (type(self), (str(self), self.written))
+
+
+class DataDirInUseError(FitStoreError):
+    """A live process owns the embedded server's data dir (holds its lock): a second owner would corrupt its AOF."""
+
+
 class DataError(SpinRayError):
     """A dataset file or image is missing or malformed."""
 

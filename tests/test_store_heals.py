@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -83,19 +85,36 @@ def test_a_stop_is_not_a_crash(tmp_path, caplog):
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[-1].startswith("Z")
 
 
+# A run that writes 4 fits to its embedded server, says so, and waits to be killed.
+_LEFT_BY = """
+import sys
+import numpy as np
+from spin_ray.store.embedded import EmbeddedRedis
+from spin_ray.store.fit_store import FitStore
+server = EmbeddedRedis(sys.argv[1]).start()
+store = FitStore.open(server.url, "left", body_model_hash=sys.argv[2])
+store.keep_best("coco", np.arange(4), np.ones((4, 72)), np.zeros((4, 10)), np.ones(4), 1, "loop")
+print(server.pid, flush=True)
+sys.stdin.read()
+"""
+
+
 def test_a_server_left_by_a_killed_owner_is_stopped_before_a_new_one_starts(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="spin_ray.store.embedded")
-    left = EmbeddedRedis(tmp_path, max_restarts=0).start()  # stands for a run that was SIGKILLed
-    store = FitStore.open(left.url, "left", body_model_hash=TEST_BODY_HASH)
-    pose = np.ones((4, 72), np.float32)
-    assert store.keep_best("coco", np.arange(4), pose, np.zeros((4, 10), np.float32), np.ones(4), 1, "loop").all()
-    store.close()
-    leftover_pid = left.pid
+    run = subprocess.Popen([sys.executable, "-c", _LEFT_BY, str(tmp_path), TEST_BODY_HASH],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        leftover_pid = int(run.stdout.readline())
+    finally:
+        run.kill()  # SIGKILL: no clean-up, its redis-server is left running (and its data-dir lock dies with it)
+        run.wait()
+    assert os.path.exists(f"/proc/{leftover_pid}")
     with EmbeddedRedis(tmp_path) as server:
-        assert left._process.wait(5) == 0  # stopped with SIGTERM: a clean exit that flushed the AOF
         assert server.pid != leftover_pid
         assert any(f"pid {leftover_pid}" in r.getMessage() and "left running" in r.getMessage() for r in caplog.records)
+        # Stopped with SIGTERM: a clean exit that flushed the AOF.
+        assert "ready to exit" in (tmp_path / "redis.log").read_text().lower()
         again = FitStore.open(server.url, "left", body_model_hash=TEST_BODY_HASH)
         assert again.read("coco", np.arange(4)).found.all()
         again.close()
-    left.stop()
+    assert not os.path.exists(f"/proc/{leftover_pid}") or open(f"/proc/{leftover_pid}/stat").read().split(") ")[-1][0] in "ZX"

@@ -4,6 +4,11 @@ It binds 127.0.0.1 only, on a free port that is never 6379 (Ray's GCS default), 
 file fsynced every second in the data dir, and is stopped with SIGTERM (Redis then flushes the AOF)
 when the context manager exits, on Ctrl-C, or at interpreter exit.
 
+One owner at a time: `start()` takes an exclusive lock (flock on `owner.lock`, which holds the owner's pid)
+in the data dir and holds it until `stop()` or the owner's exit, so a second run or `store serve` on the
+same folder is refused with the live owner's pid (two servers on one AOF would corrupt it). A server
+that a dead owner left running is stopped, since the lock died with its owner.
+
 A watchdog thread heals it: when the server dies on its own (SIGKILL, OOM killer, a crash), it is
 started again on the same port from the same AOF, each restart logged, at most `max_restarts` within
 `restart_window_s`; clients reconnect by themselves, and a crash loses at most the last second of
@@ -14,6 +19,8 @@ pid is in the log, and `spin-ray store serve` handles SIGTERM for that reason.
 from __future__ import annotations
 
 import atexit
+import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -30,7 +37,7 @@ from urllib.parse import quote
 
 import redis
 
-from spin_ray.errors import FitStoreError
+from spin_ray.errors import DataDirInUseError, FitStoreError
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,8 @@ RAY_GCS_PORT = 6379  # Ray's GCS takes this port by default; an embedded Redis t
 _PORT_ATTEMPTS = 5  # a free port can be taken between probing and binding; try a few
 _WATCH_PERIOD_S = 0.1  # how often the watchdog looks at the server process
 PIDFILE = "redis.pid"  # in the data dir, written by redis-server, removed on a clean exit
+OWNER_LOCK = "owner.lock"  # in the data dir: flock-ed by the live owner, holds its pid
+_OWNER_PID_WAIT_S = 1.0  # a new owner writes its pid just after locking; wait this long to read it
 
 
 def find_redis_server() -> Path:
@@ -93,6 +102,102 @@ def _server_config(port: int, data_dir: Path, password: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+class OwnerLock:
+    """The exclusive lock of an embedded server's data dir: flock on `owner.lock`, which holds the owner's pid.
+
+    The kernel drops a flock when its owner exits, however it exits (SIGKILL too), so a held lock
+    means a live owner; the file's pid only names it. The descriptor is not inherited by redis-server
+    (Python opens it non-inheritable), so a server a dead owner left behind holds no lock.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def take(cls, data_dir: Path) -> "OwnerLock":
+        """Lock `data_dir` (created if missing) for this process; DataDirInUseError naming the live owner's pid."""
+        path = data_dir / OWNER_LOCK
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise FitStoreError(
+                f"cannot use {data_dir} as the Redis data dir ({err.strerror or type(err).__name__}): "
+                f"the server keeps its append-only file there; choose a writable folder"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise FitStoreError(f"cannot lock the Redis data dir {data_dir}: {err.strerror}") from None
+            owner = _read_owner_pid(path)
+            who = f"process {owner}" if owner is not None else "another process"
+            raise DataDirInUseError(
+                f"the Redis data dir {data_dir} is in use by {who} (it holds {path.name}; two servers on one "
+                f"append-only file would corrupt it): stop that run or `spin-ray store serve` first, connect to "
+                f"its server with --url, or use another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        """Give the data dir up (the pid is cleared first, so that no reader names a process that left)."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def _read_owner_pid(path: Path) -> int | None:
+    """The pid in a held lock file; None if it stays empty (its owner is between locking and writing it)."""
+    deadline = time.monotonic() + _OWNER_PID_WAIT_S
+    while True:
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
+
+
+def check_port_free(port: int) -> None:
+    """FitStoreError naming what listens on 127.0.0.1:`port`, if anything does (a Redis there would answer our PING)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As redis-server binds: SO_REUSEADDR, so a port left in TIME_WAIT by our own last server counts as free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            return
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise FitStoreError(f"cannot use port {port} on 127.0.0.1: {err.strerror}") from None
+    raise FitStoreError(f"port {port} on 127.0.0.1 is already in use by {_listener(port)}: choose another --port, "
+                        f"or leave it unset for a free one")
+
+
+def _listener(port: int) -> str:
+    """What answers on 127.0.0.1:`port`, in words, as far as a Redis PING tells."""
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        pid = client.info("server").get("process_id")
+        return f"another redis-server (pid {pid})"
+    except redis.AuthenticationError:
+        return "another redis-server (it asks for a password)"
+    except redis.ResponseError as err:
+        return "another redis-server (it asks for a password)" if "NOAUTH" in str(err) else "another program"
+    except redis.RedisError:
+        return "another program"
+    finally:
+        client.close()
+
+
 class EmbeddedRedis:
     """A redis-server child process on 127.0.0.1 with AOF in `data_dir`, restarted when it dies; a context manager."""
 
@@ -127,6 +232,7 @@ class EmbeddedRedis:
         self._stopping = threading.Event()
         self._down = threading.Event()  # set when the server is down for good (stopped, or not healed)
         self._watchdog: threading.Thread | None = None
+        self._owner: OwnerLock | None = None  # the data dir's lock, held from start() to stop()
 
     @property
     def url(self) -> str:
@@ -152,8 +258,19 @@ class EmbeddedRedis:
         """Start the server, wait until it answers PING, and start the watchdog that restarts it."""
         if self.running:
             return self
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._owner = self._owner or OwnerLock.take(self.data_dir)
+        try:
+            self._start_owned()
+        except BaseException:
+            self._release_owner()
+            raise
+        return self
+
+    def _start_owned(self) -> None:
+        """start() once this object owns the data dir."""
         stop_leftover_server(self.data_dir)
+        if self.requested_port is not None:
+            check_port_free(self.requested_port)
         attempts = 1 if self.requested_port is not None else _PORT_ATTEMPTS
         last_error = ""
         for _ in range(attempts):
@@ -169,7 +286,7 @@ class EmbeddedRedis:
                 if self.max_restarts > 0:
                     self._watchdog = threading.Thread(target=self._watch, name="embedded-redis-watchdog", daemon=True)
                     self._watchdog.start()
-                return self
+                return
             if "Address already in use" not in last_error:
                 break
         raise FitStoreError(
@@ -180,10 +297,13 @@ class EmbeddedRedis:
     def _launch(self, port: int) -> tuple[subprocess.Popen | None, str]:
         """Start redis-server on `port` from the data dir's config and AOF; (process, "") or (None, why not)."""
         conf = self.data_dir / "redis.conf"
-        # The config may hold a password: create it private before writing.
-        conf.touch(mode=0o600, exist_ok=True)
-        conf.chmod(0o600)
-        conf.write_text(_server_config(port, self.data_dir, self.password))
+        try:
+            # The config may hold a password: create it private before writing.
+            conf.touch(mode=0o600, exist_ok=True)
+            conf.chmod(0o600)
+            conf.write_text(_server_config(port, self.data_dir, self.password))
+        except OSError as err:
+            return None, f"cannot write {conf} ({err.strerror or type(err).__name__}): choose a writable data dir"
         process = subprocess.Popen(
             [str(self.binary), str(conf)],
             cwd=self.data_dir,
@@ -231,6 +351,8 @@ class EmbeddedRedis:
                         self.port, self.data_dir / "redis.log",
                     )
                     self.exit_status = status
+                    # Down for good: let the person (or a later run) who starts it by hand own the data dir.
+                    self._release_owner()
                     self._down.set()
                     return
                 recent.append(now)
@@ -263,9 +385,14 @@ class EmbeddedRedis:
                     err = process.stderr.read().decode(errors="replace") if process.stderr else ""
                     return False, err + self._log_tail()
                 try:
-                    if client.ping():
+                    # Our process must be the one answering: another server on the port would answer PING too.
+                    # PING first: it waits out the AOF load (LOADING), which INFO does not.
+                    if client.ping() and int(client.info("server").get("process_id", -1)) == process.pid:
                         return True, ""
+                    time.sleep(0.01)
                 except (redis.ConnectionError, redis.TimeoutError):
+                    time.sleep(0.01)
+                except redis.RedisError:  # another server that wants another password, or is not Redis
                     time.sleep(0.01)
             return False, f"no answer to PING within {self.startup_timeout_s:g} s"
         finally:
@@ -301,7 +428,13 @@ class EmbeddedRedis:
             if self.exit_status is None:
                 self.exit_status = process.returncode
         self.port = None
+        self._release_owner()
         self._down.set()
+
+    def _release_owner(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None:
+            owner.release()
 
     def wait(self) -> int:
         """Block until the server is down for good (stopped, or dead and not restarted); its last exit status."""
