@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from spin_ray.body.body_model import BodyModel
@@ -20,6 +21,21 @@ from spin_ray.fitting.scoring import score_fits
 from spin_ray.fitting.recipes import fit
 from spin_ray.fitting.smplify import SmplifyParams
 from spin_ray.geometry import keypoints_to_pixels
+
+
+@dataclass(frozen=True)
+class StepPredictions:
+    """A step's detached predictions as an SMPLify start, with the batch's sample names, keypoints and augmentation.
+
+    What the trainer hands the fitter pool and what `spin-ray fit` sends it: it lives here, below both.
+    """
+
+    step: int
+    datasets: list[str]  # (B,) dataset of each row
+    indices: np.ndarray  # (B,) int64 dataset rows
+    start: SmplifyParams  # axis-angle pose, betas, camera translation, in the batch's augmented frame
+    keypoints: torch.Tensor  # (B, 49, 3) normalised in the augmented crop
+    aug: torch.Tensor  # (B, 6) augmentation records
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from spin_ray.pipeline.fitter import FitterActor
 from spin_ray.pipeline.pool import FitterPool
 from spin_ray.pipeline.requests import FitRequest
 from spin_ray.store.fit_store import FitStore
-from spin_ray.train.supervision import StepPredictions
+from spin_ray.fitting.canonical_fits import StepPredictions
 
 # Store rows read per round of the "what is missing" scan (one pipelined batch read each).
 READ_CHUNK = 8192

@@ -22,7 +22,6 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import ray
 from pydantic import BaseModel, Field
@@ -31,15 +30,13 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from spin_ray.config import RunConfig
 from spin_ray.errors import ConfigError, PipelineError, StoreFullError
+from spin_ray.fitting.canonical_fits import StepPredictions
 from spin_ray.pipeline.fitter import HEALTH_GROUP
 from spin_ray.pipeline.ray_errors import cause_line as _cause
 from spin_ray.pipeline.ray_errors import remote_spin_error, spin_error
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.pipeline.resources import check_placeable, fitter_request
 from spin_ray.store.records import FitStoreAddress
-
-if TYPE_CHECKING:  # fitter and pool-service processes need not import the training stack
-    from spin_ray.train.supervision import StepPredictions
 
 log = logging.getLogger(__name__)
 

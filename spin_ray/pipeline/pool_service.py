@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ray
 from ray.actor import ActorHandle
@@ -21,13 +21,11 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from spin_ray.config import RunConfig
 from spin_ray.errors import PipelineError
+from spin_ray.fitting.canonical_fits import StepPredictions
 from spin_ray.pipeline.pool import REPORTS_KEPT, FitterPool, PoolMetrics
 from spin_ray.pipeline.ray_errors import cause_line as _cause
 from spin_ray.pipeline.ray_errors import spin_error
 from spin_ray.pipeline.requests import FitReport, FitRequest
-
-if TYPE_CHECKING:  # fitter and pool-service processes need not import the training stack
-    from spin_ray.train.supervision import StepPredictions
 
 log = logging.getLogger(__name__)
 

@@ -11,17 +11,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from spin_ray.body.frames import AUG_DIM, AUG_FIELDS
 from spin_ray.body.joints import NUM_KEYPOINTS
 from spin_ray.errors import FitStoreError, PipelineError
+from spin_ray.fitting.canonical_fits import StepPredictions
 from spin_ray.store.records import BETAS_SIZE, POSE_SIZE, check_name
-
-if TYPE_CHECKING:  # fitter and pool-service processes need not import the training stack
-    from spin_ray.train.supervision import StepPredictions
 
 CAMERA_T_SIZE = 3
 
