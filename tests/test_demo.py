@@ -161,6 +161,16 @@ def test_without_checkpoint_or_refine_uses_the_shipped_regressor_and_says_so(sce
     assert code == 0
     assert "no --checkpoint: the shipped pretrained regressor" in stdout and "SMPLify" not in stdout
     assert all(path.is_file() for path in outputs(tmp_path))
+    comment = (tmp_path / "person.obj").read_text().splitlines()[0]
+    assert "the shipped pretrained regressor" in comment and "mean parameters" not in comment
+
+
+def test_help_names_the_shipped_regressor_as_the_default_network(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "without one: the shipped pretrained regressor" in text
+    assert "mean parameters without one" not in text
 
 
 def test_checkpoint_weights_and_config_are_used(scene, tmp_path, capsys):
@@ -239,6 +249,10 @@ def _bad_json(folder: Path, name: str, text: str) -> Path:
     ("person out of range", "--person 5: "),
     ("bad bbox", "width and height must be positive"),
     ("missing checkpoint", "does not exist"),
+    ("1x1 image", "person.json: person 1: box of side "),  # ... lies wholly outside the 1x1 image
+    ("keypoints 5000 px away", "k.json: person 0: box of side "),  # ... outside the 320x280 image
+    ("bbox outside", "--bbox -100 0 50 50: box of side 50.0 px centred at (-75.0, 25.0) lies wholly outside the "
+                     "320x280 image"),
 ])
 def test_bad_input_is_one_line_exit_1_and_writes_nothing(scene, tmp_path, capsys, case, expected):
     image, keypoints, extra = scene["image"], scene["json"], []
@@ -267,12 +281,24 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(scene, tmp_path, capsys
         extra = ["--bbox", "10", "10", "0", "50"]
     elif case == "missing checkpoint":
         extra = ["--checkpoint", tmp_path / "nope.pt"]
+    elif case == "1x1 image":  # the keypoints of another, larger photo
+        image = tmp_path / "person.png"
+        cv2.imwrite(str(image), np.full((1, 1, 3), 90, np.uint8))
+    elif case == "keypoints 5000 px away":
+        far = scene["keypoints"].copy()
+        far[:, 0] += 5000.0
+        keypoints = write_openpose(tmp_path / "k.json", [far])
+    elif case == "bbox outside":
+        extra = ["--bbox", "-100", "0", "50", "50"]
     out = tmp_path / "out"
     code, stdout, err = run(capsys, image, "--keypoints", keypoints, "--out", out, *extra)
     assert code == 1
     assert err.startswith("spin-ray demo: ") and err.count("\n") == 1, err
     assert expected in err
     assert not out.exists() and "wrote" not in stdout
+    if case in ("1x1 image", "keypoints 5000 px away"):
+        size = "1x1" if case == "1x1 image" else f"{WIDTH}x{HEIGHT}"
+        assert f"lies wholly outside the {size} image; nothing to draw" in err
 
 
 def test_box_follows_spins_rule_on_confident_keypoints():

@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="mesh of one person in an image, from its keypoints (overlay PNGs, side view, .obj)",
         description="Crop the person's box (from --bbox or SPIN's rule on the confident OpenPose keypoints), "
-                    "regress SMPL with the checkpoint's network (the open model's mean parameters without one), "
+                    "regress SMPL with the checkpoint's network (without one: the shipped pretrained regressor, "
+                    "trained on the open model's synthetic people, not on photos), "
                     "optionally refine with SMPLify on the keypoints, and write the mesh over the crop and the "
                     "image, a side view on white and the mesh as .obj in the camera frame.",
     )
@@ -25,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "image are used)")
     parser.add_argument("--bbox", type=finite_float, nargs=4, metavar=("X", "Y", "W", "H"), default=None,
                         help="person box in pixels: top-left corner, width, height (default: from the keypoints)")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint written by `spin-ray train`")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint written by `spin-ray train` (default: the shipped pretrained regressor)")
     parser.add_argument("--refine", action="store_true", help="refine the estimate with SMPLify on the keypoints")
     parser.add_argument("--recipe", choices=RECIPES, default="multistart",
                         help="fitting recipe of --refine (default multistart: the network's guess and the pose prior's "

@@ -13,8 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from spin_ray.body.joints import NUM_OPENPOSE
 from spin_ray.data.augment import SCALE_UNIT_PX
 from spin_ray.data.importers.sources import people_of_image
+from spin_ray.data.row_checks import check_rows
+from spin_ray.data.spin_format import NUM_DATASET_JOINTS, POSE_DIM, SHAPE_DIM, SpinDataset
 from spin_ray.errors import InputError
 
 # SPIN's demo rule for a box from OpenPose: keypoints above this confidence span the box, which is
@@ -85,3 +88,23 @@ def box_from_xywh(bbox: list[float] | tuple[float, ...]) -> tuple[np.ndarray, fl
     if w <= 0 or h <= 0:
         raise InputError(f"--bbox width and height must be positive, got w={w:g} h={h:g}")
     return np.array([x + w / 2.0, y + h / 2.0]), max(w, h) / SCALE_UNIT_PX
+
+
+def check_person(image: np.ndarray, image_path: str | Path, openpose: np.ndarray, center: np.ndarray, scale: float,
+                 where: str) -> None:
+    """Refuse the person as fit, train and eval refuse a dataset row (data/row_checks.py): a box wholly outside the
+    image (the keypoints of another photo, say), NaN or absurd keypoints; `where` names the box's origin."""
+    zeros = np.zeros
+    row = SpinDataset(
+        name="demo", image_root=Path(image_path).parent, imgname=np.array([Path(image_path).name]),
+        center=np.asarray(center, np.float32).reshape(1, 2), scale=np.array([scale], np.float32),
+        part=zeros((1, NUM_DATASET_JOINTS, 3), np.float32), openpose=np.asarray(openpose, np.float32)[None],
+        S=zeros((1, NUM_DATASET_JOINTS, 4), np.float32), pose=zeros((1, POSE_DIM), np.float32),
+        betas=zeros((1, SHAPE_DIM), np.float32), has_openpose=np.ones(1, bool), has_smpl=zeros(1, bool),
+        has_3d=zeros(1, bool), gender=np.full(1, -1, np.int8),
+    )
+    height, width = image.shape[:2]
+    check = check_rows(row, np.array([[width, height]], np.float64))
+    if check.bad[0]:
+        raise InputError(f"{where}: {check.detail(0)}; nothing to draw (are these the keypoints of {Path(image_path).name}? "
+                         "give the person's box with --bbox x y w h)")

@@ -10,7 +10,14 @@ import numpy as np
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig
-from spin_ray.demo.inputs import box_from_keypoints, box_from_xywh, read_image, read_keypoints, select_person
+from spin_ray.demo.inputs import (
+    box_from_keypoints,
+    box_from_xywh,
+    check_person,
+    read_image,
+    read_keypoints,
+    select_person,
+)
 from spin_ray.demo.predict import (
     camera_frame_vertices,
     fitting_keypoints,
@@ -113,8 +120,11 @@ def run_demo(request: DemoRequest) -> DemoResult:
     openpose = people[person]
     if request.bbox is not None:
         center, scale = box_from_xywh(request.bbox)
+        where = f"--bbox {' '.join(f'{v:g}' for v in request.bbox)}"
     else:
         center, scale = box_from_keypoints(openpose, request.keypoints)
+        where = f"{request.keypoints}: person {person}"
+    check_person(image, request.image, openpose, center, scale, where)
 
     model, cfg, body, trained = load_model(request.checkpoint)
     notes = []
@@ -152,7 +162,8 @@ def run_demo(request: DemoRequest) -> DemoResult:
         views = replace(views, crop_overlay=stamp(views.crop_overlay, warning),
                         image_overlay=stamp(views.image_overlay, warning), side_view=stamp(views.side_view, warning))
     paths = output_paths(request)
-    source = f"checkpoint {request.checkpoint}" if request.checkpoint else "open model mean parameters"
+    source = (f"checkpoint {request.checkpoint}" if request.checkpoint else
+              "the shipped pretrained regressor" if trained else "the open model's mean parameters")
     refined = f", refined with SMPLify ({request.recipe})" if smplify_error is not None else ""
     comment = (f"spin-ray demo of {request.image.name}, person {person}, {source}{refined}"
                f"{' (fit REJECTED: error above the validity threshold)' if rejected else ''}\n"
