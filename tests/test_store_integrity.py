@@ -216,7 +216,8 @@ def test_check_finds_repairs_and_quarantines(capsys, eight):
     assert code == 0 and "quarantined 4 record(s)" in out and "removed 1 orphaned" in out and "indexed 1" in out
     assert "4 corrupt, 1 orphaned, 1 unindexed (repaired)" in _cli(capsys, eight, "stats")[1]
     assert _cli(capsys, eight, "check")[:2] == (0, f"namespace {eight.namespace}: 5 good, 0 corrupt, "
-                                                   "0 orphaned index entries, 0 unindexed records\n")  # fmt: skip
+                                                   "0 orphaned index entries, 0 unindexed records, 0 index scores unlike "
+                                                   "their record's error\n")  # fmt: skip
     quarantined = f"{eight.key_prefix}quarantine:fit:coco:3"
     assert eight.client.hget(quarantined, "pose") == b"abc"  # kept whole, for a person to look at
     assert eight.client.get(f"{eight.key_prefix}quarantine:fit:coco:5") == b"not a hash"
@@ -234,3 +235,81 @@ def test_repair_leaves_a_record_rewritten_since_the_scan(eight):
     integrity.repair(eight.client, report)
     assert report.quarantined == {} and not _keys(eight, "quarantine")
     np.testing.assert_array_equal(eight.read("coco", [3]).pose[0], pose[0])
+
+
+# -- index scores, key types and metadata ---------------------------------------------------------------
+
+
+def test_an_index_score_unlike_its_record_is_found_and_reindexed_from_the_record(capsys, eight):
+    c, p = eight.client, eight.key_prefix
+    assert eight.read("coco", [6]).error[0] == 16.0
+    c.zadd(f"{p}idx:coco", {"6": 0.5})  # the index says 0.5, the record says 16.0
+    assert 6 in eight.filter("coco", 1.0)[0].tolist()  # what the check is for: filter trusts the index
+    code, out, err = _cli(capsys, eight, "check")
+    assert code == 1 and "check --repair" in err
+    assert "8 good, 0 corrupt, 0 orphaned index entries, 0 unindexed records, 1 index scores unlike" in out
+    assert f"index score unlike the record's error: {eight.record_key('coco', 6)} (index 0.5, record 16.0)" in out
+    assert "1 index scores unlike their record; run `spin-ray store check --repair`" in _cli(capsys, eight, "stats")[1]
+    code, out, _ = _cli(capsys, eight, "check", "--repair")
+    assert code == 0 and "re-indexed 1 record(s) from their error" in out
+    assert eight.filter("coco", 1.0)[0].tolist() == [] and eight.all_errors("coco")[1].tolist() == [10.0 + i for i in range(N)]
+    assert _cli(capsys, eight, "check")[0] == 0
+
+
+def test_a_stats_key_of_the_wrong_type_is_reported_by_stats_worst_and_check(capsys, eight):
+    c, p = eight.client, eight.key_prefix
+    pose, betas = _rows(2)
+    eight.keep_best("lsp", [0, 1], pose, betas, [3.0, 4.0], 0, "loop")
+    c.delete(f"{p}stats:coco")
+    c.set(f"{p}stats:coco", b"not a hash")
+    code, out, _ = _cli(capsys, eight, "stats")
+    assert code == 0 and "coco: 8 fits" in out and "lsp: 2 fits (loop 2)" in out  # the rest is still shown
+    assert f"DAMAGED: {p}stats:coco is not a hash (WRONGTYPE), so it cannot be read; run `spin-ray store check --repair`" in out
+    code, out, err = _cli(capsys, eight, "worst", "--k", "2")
+    assert code == 0 and "coco 7 17" in out and "lsp 1 4" in out and f"coco: DAMAGED: {p}stats:coco is not a hash" in err
+    code, out, _ = _cli(capsys, eight, "check")
+    assert code == 1 and f"wrong Redis type: {p}stats:coco is a string, expected a hash" in out
+    code, out, _ = _cli(capsys, eight, "check", "--repair")
+    assert code == 0 and f"{p}stats:coco -> {p}quarantine:stats:coco" in out and "rebuilt 1 stats hash(es)" in out
+    assert c.get(f"{p}quarantine:stats:coco") == b"not a hash"  # kept for a person to look at
+    assert "coco: 8 fits (static 8)" in _cli(capsys, eight, "stats")[1]
+    assert _cli(capsys, eight, "check")[0] == 0
+
+
+def test_an_index_of_the_wrong_type_is_reported_and_rebuilt_from_the_records(capsys, eight):
+    c, p = eight.client, eight.key_prefix
+    c.delete(f"{p}idx:coco")
+    c.hset(f"{p}idx:coco", "3", "13.0")
+    code, out, err = _cli(capsys, eight, "worst", "--k", "2")
+    assert code == 1 and "coco: cannot rank its fits" in err and "WRONGTYPE" in err and "Traceback" not in err
+    code, out, _ = _cli(capsys, eight, "check")
+    assert code == 1 and f"{p}idx:coco is a hash, expected a zset" in out and "8 unindexed records" in out
+    code, out, _ = _cli(capsys, eight, "check", "--repair")
+    assert code == 0 and "indexed 8 records" in out
+    assert eight.all_errors("coco")[1].tolist() == [10.0 + i for i in range(N)]
+
+
+def test_a_namespace_of_another_schema_is_named_by_its_schema_and_not_called_sound(capsys, eight):
+    c = eight.client
+    meta = f"{eight.key_prefix}meta"
+    c.delete(meta)
+    c.hset(meta, mapping={"schema_version": "0", "body_model_hash": TEST_BODY_HASH})  # schema 0 had no `created`
+    with pytest.raises(FitStoreError, match=rf"written with fit-store schema 0, this code reads schema {SCHEMA_VERSION}"):
+        eight.__class__.open(eight.address.url.get_secret_value(), eight.namespace)
+    code, out, err = _cli(capsys, eight, "check", "--all-namespaces")
+    assert code == 1
+    assert (f"namespace {eight.namespace}: 8 good" in out
+            and f"  metadata: namespace {eight.namespace!r} was written with fit-store schema 0" in out)
+    code, out, _ = _cli(capsys, eight, "check", "--repair")
+    assert code == 1 and "metadata is not repaired" in out
+    assert c.hget(meta, "schema_version") == b"0"  # never rewritten
+
+
+def test_metadata_that_lacks_a_field_is_reported(capsys, eight):
+    c = eight.client
+    c.hdel(f"{eight.key_prefix}meta", "created")
+    code, out, _ = _cli(capsys, eight, "check")
+    assert code == 1 and f"metadata: {eight.key_prefix}meta has field created=None, expected a float" in out
+    c.delete(f"{eight.key_prefix}meta")
+    code, out, _ = _cli(capsys, eight, "check")
+    assert code == 1 and f"metadata: {eight.key_prefix}meta is missing though the namespace holds fits" in out

@@ -19,7 +19,7 @@ from spin_ray.config import FittingConfig, StoreConfig
 from spin_ray.curate.plots import plot_fit_errors
 from spin_ray.cli.arg_types import non_negative_float, positive_float, positive_int, tcp_port
 from spin_ray.cli.store_common import URL_ENV, add_location_flags, data_locations, open_store
-from spin_ray.errors import FitStoreError
+from spin_ray.errors import FitStoreError, FitStoreUnavailable
 
 PASSWORD_ENV = "SPIN_RAY_REDIS_PASSWORD"
 _DEFAULT_THRESHOLD = FittingConfig().valid_error_threshold
@@ -151,6 +151,8 @@ def _stats(args: argparse.Namespace) -> int:
         print(f"\n{ds.dataset}: {ds.count} fits ({sources}); {ds.total_updates} writes in all")
         print("  error " + "  ".join(f"{k} {v:.3g}" for k, v in ds.error_quantiles.items()))
         print(f"  above threshold {ds.threshold:g}: {ds.above_threshold} ({share:.1f} %)")
+        for problem in ds.problems:
+            print(f"  DAMAGED: {problem}")
         if ds.improvements_by_step:
             print("  fits written over training steps (step range: writes, mean error):")
             for lo, hi, n, mean in _bin_steps(ds.improvements_by_step):
@@ -168,9 +170,13 @@ def integrity_note(stats) -> str:
     if last is None:
         return "integrity: never checked (stats does not read records); `spin-ray store check` scans every record"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(last.time))
-    found = last.corrupt + last.orphans + last.unindexed
+    found = last.corrupt + last.orphans + last.unindexed + last.mismatched + last.wrong_type + bool(last.meta_problem)
     note = (f"integrity: last check {when}: {last.good} good, {last.corrupt} corrupt, {last.orphans} orphaned, "
-            f"{last.unindexed} unindexed" + (" (repaired)" if last.repaired else ""))
+            f"{last.unindexed} unindexed"
+            + (f", {last.mismatched} index scores unlike their record" if last.mismatched else "")
+            + (f", {last.wrong_type} keys of the wrong type" if last.wrong_type else "")
+            + (f", metadata: {last.meta_problem}" if last.meta_problem else "")
+            + (" (repaired)" if last.repaired else ""))
     return note + ("; run `spin-ray store check --repair`" if found and not last.repaired else "")
 
 
@@ -189,11 +195,21 @@ def _bin_steps(progress: list[tuple[int, int, float]], bins: int = 10) -> list[t
 
 
 def _worst(args: argparse.Namespace) -> int:
+    unranked = 0
     with open_store(args) as store:
         for name in _datasets(store, args.dataset):
-            indices, errors = store.worst(name, args.k)
             whole = store.stats(threshold=args.threshold, datasets=[name])
             stats = whole.datasets[0]
+            for problem in stats.problems:
+                print(f"{name}: DAMAGED: {problem}", file=sys.stderr)
+            try:
+                indices, errors = store.worst(name, args.k)
+            except FitStoreUnavailable:
+                raise
+            except FitStoreError as err:  # this dataset's index cannot be read; the others may be fine
+                print(f"{name}: cannot rank its fits: {err}", file=sys.stderr)
+                unranked += 1
+                continue
             print(f"{name}: {stats.above_threshold} of {stats.count} fits above {args.threshold:g}; worst {len(indices)}:")
             fits = store.read(name, indices, skip_corrupt=True)  # k records: cheap, and worst shows what they hold
             why = {bad.key: f"CORRUPT ({bad.reason}: {bad.found})" for bad in fits.corrupt}
@@ -205,7 +221,7 @@ def _worst(args: argparse.Namespace) -> int:
         f"\nto keep only fits at or below the threshold: spin-ray store filter --max-error {args.threshold:g} "
         f"--namespace {args.namespace} --out keep.csv"
     )
-    return 0
+    return 1 if unranked else 0
 
 
 def _filter(args: argparse.Namespace) -> int:

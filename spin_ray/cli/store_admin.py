@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 from spin_ray.cli.arg_types import non_negative_float, non_negative_int, positive_int
 from spin_ray.cli.store_common import add_location_flags, data_locations, open_store
-from spin_ray.errors import FitStoreError
+from spin_ray.errors import FitStoreError, StoreFullError
 from spin_ray.store.files import read_parquet_hash
 
 SHOWN = 10  # keys listed per kind of fault by `check`
@@ -105,15 +106,29 @@ def _import(args: argparse.Namespace) -> int:
                 raise FitStoreError("a .npy import needs --dataset (the dataset its rows belong to)")
             if args.errors is not None and args.error is not None:
                 raise FitStoreError("pass --errors FILE or --error VALUE, not both")
-            written = store.import_npy(
-                args.dataset, args.path, args.errors if args.errors is not None else args.error, args.source, args.step
-            )
+            with _says_how_many_went_in(args.path):
+                written = store.import_npy(
+                    args.dataset, args.path, args.errors if args.errors is not None else args.error, args.source, args.step
+                )
             print(f"{args.dataset}: wrote {int(written.sum())} of {written.size} rows (others had a better stored fit or no fit)")
         elif suffix == ".parquet":
-            print(f"wrote {store.import_parquet(args.path)} records")
+            with _says_how_many_went_in(args.path):
+                total = store.import_parquet(args.path)
+            print(f"wrote {total} records")
         else:
             raise FitStoreError(f"cannot tell the format of {args.path}: expected .npy (SPIN) or .parquet")
     return 0
+
+
+@contextlib.contextmanager
+def _says_how_many_went_in(path: Path) -> Iterator[None]:
+    """A full Redis stops an import part way: say how many rows of the file are in the store."""
+    try:
+        yield
+    except StoreFullError as full:
+        kept = f"{full.written} row(s) of {path} went in before it filled and are kept" if full.written is not None \
+            else f"part of {path} may have gone in"
+        raise StoreFullError(f"import stopped: {kept}; {full}", full.written) from None
 
 
 def _listed(keys: list[str]) -> str:
@@ -124,37 +139,86 @@ def _listed(keys: list[str]) -> str:
 def _check(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from spin_ray.cli.store_common import store_url_from
+    from spin_ray.store import integrity
+    from spin_ray.store.server import connect, redis_errors
+
+    url = store_url_from(args)
+    # A bare client, not a FitStore: opening a FitStore refuses a namespace of another schema, which
+    # is one of the faults a check reports.
+    client = connect(url, args.timeout)
+    problems = False
+    try:
+        with redis_errors(url, "checking the store"):
+            names = integrity.namespaces(client) if args.all_namespaces else [args.namespace]
+            if not names:
+                print("no namespaces on this server")
+            for name in names:
+                problems |= _check_namespace(client, url, name, args.repair, tqdm)
+    finally:
+        client.close()
+    if problems and not args.repair:
+        print("to quarantine corrupt records, drop orphaned index entries and re-index: spin-ray store check --repair",
+              file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _check_namespace(client, url: str, name: str, repair: bool, tqdm) -> bool:
+    """Scan (and repair) one namespace and print what was found; True if a problem is left."""
     from spin_ray.store import integrity
     from spin_ray.store.server import redis_errors
 
-    problems = False
-    with open_store(args) as store, redis_errors(store.address.url.get_secret_value(), "checking the store"):
-        names = integrity.namespaces(store.client) if args.all_namespaces else [args.namespace]
-        if not names:
-            print("no namespaces on this server")
-        for name in names:
-            total = integrity.scan_size(store.client, name)
-            with tqdm(total=total, desc=f"checking {name}", unit="entry", disable=None if total >= PROGRESS_MIN else True) as bar:
-                report = integrity.scan(store.client, name, on_progress=bar.update)
-            print(f"namespace {name}: {report.good} good, {len(report.corrupt)} corrupt, "
-                  f"{len(report.orphans)} orphaned index entries, {len(report.unindexed)} unindexed records")
-            if report.corrupt:
-                print("  corrupt by reason: " + ", ".join(f"{r} {n}" for r, n in report.by_reason().items()))
-                print("  corrupt: " + _listed([str(b) for b in report.corrupt]))
-            if report.orphans:
-                print("  orphaned (indexed, no record): " + _listed(report.orphans))
-            if report.unindexed:
-                print("  unindexed (record, no index entry): " + _listed(report.unindexed))
-            if args.repair and not report.clean:
-                integrity.repair(store.client, report)
-                moved = [f"{k} -> {q}" for k, q in report.quarantined.items()]
-                print(f"  repaired: quarantined {len(moved)} record(s)" + (f" ({_listed(moved)})" if moved else "")
-                      + f"; removed {report.orphans_removed} orphaned index entries; indexed {report.indexed} records")
-                fixed = len(moved) == len(report.corrupt) and report.orphans_removed == len(report.orphans)
-                problems |= not (fixed and report.indexed == len(report.unindexed))
-            else:
-                problems |= not report.clean
-            integrity.save_summary(store.client, name, report.summary(args.repair))
-    if problems and not args.repair:
-        print("to quarantine corrupt records and drop orphaned index entries: spin-ray store check --repair", file=sys.stderr)
-    return 1 if problems else 0
+    total = integrity.scan_size(client, name)
+    with tqdm(total=total, desc=f"checking {name}", unit="entry", disable=None if total >= PROGRESS_MIN else True) as bar:
+        report = integrity.scan(client, name, on_progress=bar.update)
+    print(f"namespace {name}: {report.good} good, {len(report.corrupt)} corrupt, "
+          f"{len(report.orphans)} orphaned index entries, {len(report.unindexed)} unindexed records, "
+          f"{len(report.mismatched)} index scores unlike their record's error")
+    if report.meta_problem:
+        print(f"  metadata: {report.meta_problem}")
+    if report.wrong_type:
+        print("  wrong Redis type: " + _listed([report.describe_wrong_type(k) for k in report.wrong_type]))
+    if report.corrupt:
+        print("  corrupt by reason: " + ", ".join(f"{r} {n}" for r, n in report.by_reason().items()))
+        print("  corrupt: " + _listed([str(b) for b in report.corrupt]))
+    if report.orphans:
+        print("  orphaned (indexed, no record): " + _listed(report.orphans))
+    if report.unindexed:
+        print("  unindexed (record, no index entry): " + _listed(report.unindexed))
+    if report.mismatched:
+        print("  index score unlike the record's error: " + _listed([report.describe_mismatch(k) for k in report.mismatched]))
+    left = not report.clean
+    if repair and not report.clean:
+        try:
+            with redis_errors(url, f"repairing namespace {name}"):
+                integrity.repair(client, report)
+        except StoreFullError as full:
+            print(f"  repair could not write: {full}")
+        _print_repairs(report)
+        fixed = (len(report.quarantined) == len(report.corrupt) and report.orphans_removed == len(report.orphans)
+                 and report.indexed == len(report.unindexed) and report.reindexed == len(report.mismatched)
+                 and len(report.moved) == len(report.wrong_type))
+        if report.meta_problem:
+            print("  metadata is not repaired (it binds the namespace to its schema and body model): "
+                  "export the fits with matching code and import them into a new namespace")
+        left = not fixed or report.meta_problem is not None
+    try:
+        with redis_errors(url, f"saving the summary of namespace {name}"):
+            integrity.save_summary(client, name, report.summary(repair))
+    except StoreFullError:
+        print("  (summary not kept for `store stats`: Redis is full)")
+    return left
+
+
+def _print_repairs(report) -> None:
+    moved = [f"{k} -> {q}" for k, q in report.quarantined.items()]
+    line = (f"  repaired: quarantined {len(moved)} record(s)" + (f" ({_listed(moved)})" if moved else "")
+            + f"; removed {report.orphans_removed} orphaned index entries; indexed {report.indexed} records")
+    if report.mismatched:
+        line += f"; re-indexed {report.reindexed} record(s) from their error"
+    if report.wrong_type:
+        keys = [f"{k} -> {q}" for k, q in report.moved.items()]
+        line += (f"; moved {len(keys)} key(s) of the wrong type aside ({_listed(keys)})"
+                 + (f", rebuilt {report.stats_rebuilt} stats hash(es) from the records (step history restarts)"
+                    if report.stats_rebuilt else ""))
+    print(line)

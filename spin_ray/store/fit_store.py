@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 import redis
 
-from spin_ray.errors import FitStoreError
+from spin_ray.errors import FitStoreError, StoreFullError
 from spin_ray.store import exports, files
 from spin_ray.store import records as rec
 from spin_ray.store.dataset_names import bind_dataset
@@ -50,7 +50,15 @@ from spin_ray.store.records import (
     StoredFits,
     StoreStats,
 )
-from spin_ray.store.server import connect, first_line, redact_url, redis_errors, resolve_url
+from spin_ray.store.server import (
+    connect,
+    first_line,
+    is_store_full,
+    redact_url,
+    redis_errors,
+    resolve_url,
+    store_full,
+)
 from spin_ray.store.validation import WriteBatch, as_numpy, group_finite_rows, validate_rows
 from spin_ray.store.writes import PIPELINE_CHUNK, WriteTarget, send_keep_best
 
@@ -205,9 +213,12 @@ class FitStore:
         grouped = group_finite_rows(datasets, idx.shape[0], pose_np, betas_np, error_np)
         written = np.zeros(grouped.size, dtype=bool)
         for dataset, rows in grouped.groups:
-            written[rows] = self.keep_best(
-                dataset, idx[rows], pose_np[rows], betas_np[rows], error_np[rows], step, source
-            )
+            try:
+                written[rows] = self.keep_best(
+                    dataset, idx[rows], pose_np[rows], betas_np[rows], error_np[rows], step, source
+                )
+            except StoreFullError as full:  # count the rows of the datasets written before this one
+                raise StoreFullError(str(full), int(written.sum()) + (full.written or 0)) from None
         return written
 
     def _write(self, batch: WriteBatch, dataset: str) -> np.ndarray:
@@ -227,7 +238,8 @@ class FitStore:
         with self._redis_errors(f"writing {n} fits of {dataset}"):
             for _attempt in range(2):
                 retry = send_keep_best(
-                    self._client, self._keep_best.sha, batch, target, pending, written, self._raise_script_error
+                    self._client, self._keep_best.sha, batch, target, pending, written,
+                    lambda reply: self._raise_script_error(reply, f"writing {n} fits of {dataset}", written),
                 )
                 if retry.size == 0:
                     return written
@@ -236,7 +248,9 @@ class FitStore:
                 pending = retry
         raise FitStoreError("Redis keeps forgetting the keep-best script (NOSCRIPT twice); is a SCRIPT FLUSH looping?")
 
-    def _raise_script_error(self, reply: Exception) -> NoReturn:
+    def _raise_script_error(self, reply: Exception, what: str, written: np.ndarray) -> NoReturn:
+        if is_store_full(reply):
+            raise store_full(self._url, what, int(written.sum()))
         text = first_line(reply)
         if "SPINRAY_BAD" in text:
             raise FitStoreError(f"the keep-best script refused a write: {text.split('SPINRAY_BAD ')[-1]}")
@@ -403,5 +417,8 @@ class FitStore:
                 dataset, cols["index"], cols["pose"], cols["betas"], cols["error"], cols["step"],
                 cols["source"], times=cols["time"], updates=cols["updates"],
             )  # fmt: skip
-            total += int(self._write(batch, dataset).sum())
+            try:
+                total += int(self._write(batch, dataset).sum())
+            except StoreFullError as full:  # count the rows of the datasets imported before this one
+                raise StoreFullError(str(full), total + (full.written or 0)) from None
         return total

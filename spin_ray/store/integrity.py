@@ -1,14 +1,22 @@
-"""`spin-ray store check`: scan a namespace for corrupt records and orphaned index entries, and repair them.
+"""`spin-ray store check`: scan a namespace for corrupt records and index faults, and repair them.
 
-Three faults are found, each in batches of SCAN/ZSCAN results sent as one pipeline:
+The faults found, each in batches of SCAN/ZSCAN results sent as one pipeline:
 - corrupt: a record (`fit:DS:I`) that `decode.check_fields` refuses (missing field, wrong length,
   NaN/inf, negative error, unknown source) or that is not a hash at all;
 - orphaned: an index entry (`idx:DS` member I) whose record does not exist;
-- unindexed: a sound record with no index entry (invisible to export, worst, stats).
+- unindexed: a sound record with no index entry (invisible to export, worst, stats);
+- mismatched: an index entry whose score is not its record's error (filter and worst would rank the
+  sample by a number the record does not hold);
+- wrong type: an index that is not a sorted set, or a stats key that is not a hash (stats and worst
+  cannot read it);
+- metadata: the namespace's metadata is missing, of another schema, or malformed.
 Repair moves a corrupt record to `spinray:NS:quarantine:fit:DS:I` (RENAME: kept whole for a person to
-look at; `:2`, `:3`... if that name is taken), removes orphaned index entries and indexes unindexed
-records, each by a script that first checks the record is still the one the scan saw. The summary of
-the last check is kept in `spinray:NS:check`, which `store stats` shows without scanning.
+look at; `:2`, `:3`... if that name is taken), removes orphaned index entries, indexes unindexed records
+and re-indexes mismatched ones from their record, each by a script that first checks the record is
+still the one the scan saw; a key of the wrong type is moved to quarantine too (a stats hash is rebuilt
+from the records' sources). Metadata is never rewritten: it binds the namespace to its schema and
+body model. The summary of the last check is kept in `spinray:NS:check`, which `store stats` shows
+without scanning. Scanning only reads, so a check works on a Redis too full to take writes.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from dataclasses import dataclass, field
 
 import redis
 
+from spin_ray.errors import FitStoreError
 from spin_ray.store.decode import check_fields
-from spin_ray.store.records import RECORD_FIELDS, BadRecord, CheckSummary
+from spin_ray.store.namespace import META_FIELDS, check_meta
+from spin_ray.store.records import RECORD_FIELDS, SOURCES, BadRecord, CheckSummary
 from spin_ray.store.writes import PIPELINE_CHUNK
 
 NOT_A_HASH = "not a hash"
@@ -70,6 +80,36 @@ return redis.call('ZREM', KEYS[2], ARGV[1])
 """
 
 
+# Set a record's index score to the error it holds, if that is still a number >= 0. KEYS: record, index; ARGV: member
+REINDEX_LUA = """
+local error = tonumber(redis.call('HGET', KEYS[1], 'error'))
+if error == nil or error ~= error or error < 0 or error == math.huge then
+  return 0
+end
+redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'error'), ARGV[1])
+return 1
+"""
+
+# Move a key aside if it still has the wrong type. KEYS: key, quarantine name; ARGV: the type it should have
+MOVE_WRONG_TYPE_LUA = """
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' or kind == ARGV[1] then
+  return false
+end
+local target = KEYS[2]
+local n = 1
+while redis.call('EXISTS', target) == 1 do
+  n = n + 1
+  target = KEYS[2] .. ':' .. n
+end
+redis.call('RENAME', KEYS[1], target)
+return target
+"""
+
+# The Redis type each kind of namespace key must have.
+KEY_TYPES = {"idx": "zset", "stats": "hash"}
+
+
 def fields_digest(fields: Iterable[bytes | None]) -> str:
     """The digest QUARANTINE_LUA computes of a record's RECORD_FIELDS (same encoding, sha1 hex)."""
     parts = [b"-" if f is None else b"+%d:%s" % (len(f), f) for f in fields]
@@ -85,16 +125,35 @@ class CheckReport:
     corrupt: list[BadRecord] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)  # record keys an index names but that do not exist
     unindexed: list[str] = field(default_factory=list)  # sound record keys missing from their index
+    mismatched: list[str] = field(default_factory=list)  # sound record keys whose index score is not their error
+    wrong_type: list[str] = field(default_factory=list)  # idx/stats keys of the wrong Redis type
+    meta_problem: str | None = None  # what is wrong with the namespace metadata, if anything
     quarantined: dict[str, str] = field(default_factory=dict)  # record key -> quarantine key
+    moved: dict[str, str] = field(default_factory=dict)  # wrong-type key -> quarantine key
     orphans_removed: int = 0
     indexed: int = 0
+    reindexed: int = 0
+    stats_rebuilt: int = 0  # stats hashes rebuilt from the records' sources
     _digests: dict[str, str] = field(default_factory=dict, repr=False)
     _errors: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _scores: dict[str, float] = field(default_factory=dict, repr=False)  # mismatched key -> its index score
+    _types: dict[str, str] = field(default_factory=dict, repr=False)  # wrong-type key -> the type found
+    _sources: dict[str, Counter] = field(default_factory=dict, repr=False)  # dataset -> sound records per source
 
     @property
     def clean(self) -> bool:
         """True when nothing was found."""
-        return not (self.corrupt or self.orphans or self.unindexed)
+        return not (self.corrupt or self.orphans or self.unindexed or self.mismatched or self.wrong_type
+                    or self.meta_problem)
+
+    def describe_mismatch(self, key: str) -> str:
+        """`KEY (index 0.5, record 7.0)`."""
+        return f"{key} (index {self._scores[key]!r}, record {float(self._errors[key])!r})"
+
+    def describe_wrong_type(self, key: str) -> str:
+        """`KEY is a string, expected a hash`."""
+        kind = key.split(":")[2]
+        return f"{key} is a {self._types[key]}, expected a {KEY_TYPES[kind]}"
 
     def by_reason(self) -> dict[str, int]:
         """Corrupt records counted by reason, most common first."""
@@ -104,7 +163,8 @@ class CheckReport:
         """The summary kept in the namespace for `store stats`."""
         return CheckSummary(
             time=time.time(), good=self.good, corrupt=len(self.corrupt), orphans=len(self.orphans),
-            unindexed=len(self.unindexed), repaired=repaired,
+            unindexed=len(self.unindexed), mismatched=len(self.mismatched), wrong_type=len(self.wrong_type),
+            meta_problem=self.meta_problem, repaired=repaired,
         )  # fmt: skip
 
 
@@ -132,9 +192,10 @@ def _split_record_key(prefix: str, key: str) -> tuple[str, str]:
 
 def scan(client: redis.Redis, namespace: str, on_progress: Callable[[int], None] | None = None,
          chunk: int = PIPELINE_CHUNK) -> CheckReport:
-    """Read every record and index entry of the namespace (batched); the faults found."""
+    """Read every record, index entry, index and stats key and the metadata of the namespace (batched); the faults found."""
     prefix = f"spinray:{namespace}:"
     report = CheckReport(namespace)
+    _scan_types(client, prefix, report, chunk)
     for keys in _chunks(client.scan_iter(match=f"{prefix}fit:*", count=1000), chunk):
         pipe = client.pipeline(transaction=False)
         for key in keys:
@@ -153,15 +214,53 @@ def scan(client: redis.Redis, namespace: str, on_progress: Callable[[int], None]
                 report.corrupt.append(bad)
                 continue
             report.good += 1
-            if score is None:
+            report._sources.setdefault(dataset, Counter())[fields[4].decode()] += 1
+            report._errors[key] = fields[2]
+            if score is None or isinstance(score, Exception):  # an index of the wrong type holds no entry
                 report.unindexed.append(key)
-                report._errors[key] = fields[2]
+            elif float(score) != float(fields[2]):
+                report.mismatched.append(key)
+                report._scores[key] = float(score)
         if on_progress is not None:
             on_progress(len(keys))
     for index_key in _chunks(client.scan_iter(match=f"{prefix}idx:*", count=1000), chunk):
         for name in index_key:
-            _scan_index(client, prefix, name, report, on_progress, chunk)
+            if name not in report._types:
+                _scan_index(client, prefix, name, report, on_progress, chunk)
+    report.meta_problem = _meta_problem(client, namespace, prefix, report)
     return report
+
+
+def _scan_types(client: redis.Redis, prefix: str, report: CheckReport, chunk: int) -> None:
+    """Add the index and stats keys of the wrong Redis type to `report.wrong_type`."""
+    for kind, wanted in KEY_TYPES.items():
+        for keys in _chunks(client.scan_iter(match=f"{prefix}{kind}:*", count=1000), chunk):
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.type(key)
+            for key, found in zip(keys, pipe.execute()):
+                found = found.decode() if isinstance(found, bytes) else str(found)
+                if found not in (wanted, "none"):
+                    report.wrong_type.append(key)
+                    report._types[key] = found
+
+
+def _meta_problem(client: redis.Redis, namespace: str, prefix: str, report: CheckReport) -> str | None:
+    """What is wrong with the namespace's metadata (schema first), or None if it is sound."""
+    key = f"{prefix}meta"
+    kind = client.type(key)
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind == "none":
+        has_fits = report.good or report.corrupt or next(client.scan_iter(match=f"{prefix}idx:*", count=1000), None)
+        return (f"{key} is missing though the namespace holds fits: writes to it are refused; "
+                f"export its fits and import them into a new namespace") if has_fits else None
+    if kind != "hash":
+        return f"{key} is a {kind}, expected a hash: the namespace's schema and body model are unknown"
+    try:
+        check_meta(namespace, key, client.hmget(key, *META_FIELDS), None)
+    except FitStoreError as err:
+        return str(err)
+    return None
 
 
 def _scan_index(client: redis.Redis, prefix: str, index_key: str, report: CheckReport,
@@ -182,6 +281,7 @@ def _scan_index(client: redis.Redis, prefix: str, index_key: str, report: CheckR
 def repair(client: redis.Redis, report: CheckReport, chunk: int = PIPELINE_CHUNK) -> CheckReport:
     """Quarantine the corrupt records, drop orphaned index entries, index unindexed records; fills `report`."""
     prefix = f"spinray:{report.namespace}:"
+    _move_wrong_types(client, report, prefix)  # first: the scripts below need an index of the right type
     quarantine = client.register_script(QUARANTINE_LUA)
     drop_orphan = client.register_script(DROP_ORPHAN_LUA)
     for start in range(0, len(report.corrupt), chunk):
@@ -208,7 +308,34 @@ def repair(client: redis.Redis, report: CheckReport, chunk: int = PIPELINE_CHUNK
             dataset, member = _split_record_key(prefix, key)
             pipe.zadd(f"{prefix}idx:{dataset}", {member: float(report._errors[key])}, nx=True)
         report.indexed += sum(int(n) for n in pipe.execute())
+    reindex = client.register_script(REINDEX_LUA)
+    for start in range(0, len(report.mismatched), chunk):
+        pipe = client.pipeline(transaction=False)
+        for key in report.mismatched[start : start + chunk]:
+            dataset, member = _split_record_key(prefix, key)
+            reindex(keys=[key, f"{prefix}idx:{dataset}"], args=[member], client=pipe)
+        report.reindexed += sum(int(n) for n in pipe.execute())
+    _rebuild_stats(client, report, prefix)
     return report
+
+
+def _move_wrong_types(client: redis.Redis, report: CheckReport, prefix: str) -> None:
+    """Move the index and stats keys of the wrong type to quarantine (kept for a person to look at)."""
+    move = client.register_script(MOVE_WRONG_TYPE_LUA)
+    for key in report.wrong_type:
+        kind = key[len(prefix) :].split(":", 1)[0]
+        moved = move(keys=[key, f"{prefix}quarantine:{key[len(prefix):]}"], args=[KEY_TYPES[kind]])
+        if moved:
+            report.moved[key] = moved.decode()
+
+
+def _rebuild_stats(client: redis.Redis, report: CheckReport, prefix: str) -> None:
+    """Set the source counts of each moved stats hash from the sound records (its per-step history is lost)."""
+    for key in report.moved:
+        if key.startswith(f"{prefix}stats:"):
+            counts = report._sources.get(key[len(prefix) + len("stats:") :], Counter())
+            client.hset(key, mapping={f"src:{source}": counts.get(source, 0) for source in SOURCES})
+            report.stats_rebuilt += 1
 
 
 def save_summary(client: redis.Redis, namespace: str, summary: CheckSummary) -> None:
@@ -231,7 +358,8 @@ def scan_size(client: redis.Redis, namespace: str) -> int:
     pipe = client.pipeline(transaction=False)
     for key in indexes:
         pipe.zcard(key)
-    return 2 * sum(pipe.execute()) if indexes else 0
+    sizes = pipe.execute(raise_on_error=False) if indexes else []
+    return 2 * sum(n for n in sizes if isinstance(n, int))  # an index of the wrong type is reported by scan
 
 
 def namespaces(client: redis.Redis) -> list[str]:

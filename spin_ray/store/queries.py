@@ -45,11 +45,28 @@ def unlink_with_prefix(client: redis.Redis, prefix: str, chunk: int) -> int:
     return deleted
 
 
+def wrong_type(key: str, found: Exception, wanted: str) -> str:
+    """One line on a key that a command could not read for its type (WRONGTYPE)."""
+    return (f"{key} is not a {wanted} ({str(found).split(' ', 1)[0]}), so it cannot be read; "
+            f"run `spin-ray store check --repair`")
+
+
 def dataset_stats(
     client: redis.Redis, name: str, index_key: str, stats_key: str, threshold: float
 ) -> DatasetStats:
-    """Count, sources, error quantiles, fits above `threshold` and progress of one dataset (one round trip)."""
-    count = int(client.zcard(index_key))
+    """Count, sources, error quantiles, fits above `threshold` and progress of one dataset (one round trip).
+
+    A key of the wrong Redis type is named in `problems` and what it would give is left out, so one
+    damaged key does not hide the rest of the namespace.
+    """
+    problems: list[str] = []
+    try:
+        count = int(client.zcard(index_key))
+    except redis.ResponseError as err:
+        if "WRONGTYPE" not in str(err):
+            raise
+        count = 0
+        problems.append(wrong_type(index_key, err, "sorted set"))
     pipe = client.pipeline(transaction=False)
     for q in QUANTILES:
         rank = int(round(q * (count - 1))) if count else 0
@@ -58,7 +75,16 @@ def dataset_stats(
     pipe.zcount(index_key, "-inf", "(0")  # errors no sound record has: cheap signs of corruption
     pipe.zcount(index_key, "+inf", "+inf")
     pipe.hgetall(stats_key)
-    *ranks, above, negative, infinite, raw_stats = pipe.execute()
+    replies = pipe.execute(raise_on_error=False)
+    for reply in replies:
+        if isinstance(reply, Exception) and "WRONGTYPE" not in str(reply):
+            raise reply
+    if problems:  # the index is unreadable: every reply but the stats hash's is its WRONGTYPE error
+        replies[:-1] = [[] for _ in QUANTILES] + [0, 0, 0]
+    *ranks, above, negative, infinite, raw_stats = replies
+    if isinstance(raw_stats, Exception):
+        problems.append(wrong_type(stats_key, raw_stats, "hash") + " (sources and progress unknown)")
+        raw_stats = {}
     quantiles = {f"p{100 * q:g}": float(r[0][1]) for q, r in zip(QUANTILES, ranks) if count and r}
     by_source = {k.decode()[4:]: int(v) for k, v in raw_stats.items() if k.startswith(b"src:") and int(v) > 0}
     return DatasetStats(
@@ -70,4 +96,5 @@ def dataset_stats(
         bad_errors=int(negative) + int(infinite),
         threshold=threshold,
         improvements_by_step=progress_from_stats(raw_stats),
+        problems=problems,
     )

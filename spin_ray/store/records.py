@@ -148,6 +148,9 @@ class DatasetStats(BaseModel):
     improvements_by_step: list[tuple[int, int, float]] = Field(
         description="(step, fits written at that step, their mean error), ordered by step"
     )
+    problems: list[str] = Field(
+        default_factory=list, description="keys of this dataset that could not be read (e.g. of the wrong Redis type)"
+    )
 
     @property
     def total_updates(self) -> int:
@@ -163,6 +166,9 @@ class CheckSummary(BaseModel):
     corrupt: int
     orphans: int = Field(description="index entries without a record")
     unindexed: int = Field(description="sound records missing from their index")
+    mismatched: int = Field(0, description="index entries whose score is not their record's error")
+    wrong_type: int = Field(0, description="index or stats keys of the wrong Redis type")
+    meta_problem: str | None = Field(None, description="what is wrong with the namespace metadata, if anything")
     repaired: bool = Field(description="the check ran with --repair")
 
 

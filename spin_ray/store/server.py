@@ -18,15 +18,15 @@ from urllib.parse import urlsplit
 
 import redis
 
-from spin_ray.errors import FitStoreError, FitStoreUnavailable
+from spin_ray.errors import FitStoreError, FitStoreUnavailable, StoreFullError
 from spin_ray.redact import redact_url, scrub
 from spin_ray.store.embedded import RAY_GCS_PORT, EmbeddedRedis, find_redis_server, free_port
 
 if TYPE_CHECKING:
     from spin_ray.config import StoreConfig
 
-__all__ = ["RAY_GCS_PORT", "EmbeddedRedis", "connect", "find_redis_server", "free_port", "redis_errors",
-           "resolve_url", "store_url"]
+__all__ = ["RAY_GCS_PORT", "EmbeddedRedis", "connect", "find_redis_server", "free_port", "is_store_full",
+           "redis_errors", "resolve_url", "store_full", "store_url"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,29 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def is_store_full(err: BaseException) -> bool:
+    """Whether Redis refused a write for want of memory (`maxmemory` reached with the noeviction policy).
+
+    A plain command's refusal arrives as OutOfMemoryError; one inside a Lua script as a ResponseError
+    "Error running script ... -OOM command not allowed when used memory > 'maxmemory'".
+    """
+    return isinstance(err, redis.exceptions.OutOfMemoryError) or (
+        isinstance(err, redis.ResponseError) and "OOM command not allowed" in str(err)
+    )
+
+
+def store_full(url: str, what: str, written: int | None = None) -> StoreFullError:
+    """The one error for a full Redis: what stopped, how many rows went in first, and what to do."""
+    went_in = f" after {written} row(s) went in" if written is not None else ""
+    return StoreFullError(
+        f"Redis at {redact_url(url)} is full: {what} stopped{went_in}; it has reached its maxmemory and its "
+        f"maxmemory-policy (noeviction) refuses writes, so running again cannot help: raise maxmemory "
+        f"(CONFIG SET maxmemory, or redis.conf), free memory (delete namespaces you no longer need), "
+        f"or use another server",
+        written,
+    )
+
+
 @contextlib.contextmanager
 def redis_errors(url: str, what: str) -> Iterator[None]:
     """Turn Redis failures into FitStoreError with the (redacted) address and the operation."""
@@ -103,6 +126,8 @@ def redis_errors(url: str, what: str) -> Iterator[None]:
             f"{scrub(first_line(err), url)} (is the server still running?)"
         ) from None
     except redis.ResponseError as err:
+        if is_store_full(err):
+            raise store_full(url, what) from None
         raise FitStoreError(f"Redis refused a command while {what}: {scrub(first_line(err), url)}") from None
     except redis.RedisError as err:
         raise FitStoreError(f"Redis at {redact_url(url)} failed while {what}: {type(err).__name__}: "

@@ -36,7 +36,11 @@ def send_keep_best(
     written: np.ndarray,
     on_script_error: Callable[[Exception], NoReturn],
 ) -> np.ndarray:
-    """Pipeline the rows' keep-best calls, fill `written`; return the rows that hit NOSCRIPT."""
+    """Pipeline the rows' keep-best calls, fill `written`; return the rows that hit NOSCRIPT.
+
+    Every reply of a chunk is counted before its first error is raised (through `on_script_error`),
+    so `written` says which rows went in when a write fails part way (e.g. Redis filled up).
+    """
     schema = str(SCHEMA_VERSION)
     pb, bb = rec.POSE_BYTES, rec.BETAS_BYTES
     noscript: list[int] = []
@@ -53,11 +57,14 @@ def send_keep_best(
                 batch.updates[i],
             )  # fmt: skip
         replies = pipe.execute(raise_on_error=False)
+        failed: Exception | None = None
         for i, reply in zip(chunk, replies):
             if isinstance(reply, redis.exceptions.NoScriptError):
                 noscript.append(i)
             elif isinstance(reply, Exception):
-                on_script_error(reply)
+                failed = failed or reply
             else:
                 written[i] = bool(reply)
+        if failed is not None:
+            on_script_error(failed)
     return np.asarray(noscript, dtype=np.int64)
