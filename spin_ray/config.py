@@ -6,6 +6,7 @@ its default, bounds and description, read in one place.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 import typing
 from typing import Literal
@@ -15,6 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from spin_ray.errors import ConfigError
 from spin_ray.redact import redact_url
+
+
+# The devices a config may name. Only the spelling is checked here: a cluster job's config is read on a
+# driver that may have no GPU while its workers do; model/device.resolve_device asks where it is used.
+DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def device_name(value: str) -> str:
+    """value if it names a device spin-ray runs on (cpu, cuda, cuda:N), else ValueError saying what to write."""
+    if not DEVICE_PATTERN.fullmatch(value):
+        hint = " (a GPU is cuda)" if value.lower().startswith("gpu") else ""
+        raise ValueError(f"{value!r} is not a device spin-ray runs on: use cpu, cuda or cuda:N{hint}")
+    return value
 
 
 class Section(BaseModel):
@@ -181,6 +195,11 @@ class PipelineConfig(Section):
         if bad:
             raise ValueError(f"steps and fitter counts must be >= 1, got {bad}")
         return value
+
+    @field_validator("fitter_device")
+    @classmethod
+    def _fitter_device_name(cls, value: str | None) -> str | None:
+        return None if value is None else device_name(value)
 
     @field_validator("fitter_num_gpus")
     @classmethod
@@ -370,6 +389,11 @@ class RunConfig(Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        return device_name(value)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

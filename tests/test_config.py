@@ -40,6 +40,8 @@ BAD_CONFIG_FILES = {  # id: (file content, or None for no file / "DIR" for a fol
     "typo": ("fitting: {iteration_body: 3}\n", "unknown key 'fitting.iteration_body'"),
     "bad-value": ("camera: {focal_length: -1}\n", "camera.focal_length"),
     "bad-mode": ("train: {mode: asink}\n", "train.mode"),
+    "device-gpu": ("device: gpu\n", "device: Value error, 'gpu' is not a device spin-ray runs on"),
+    "fitter-device-gpu": ("pipeline: {fitter_device: gpu}\n", "pipeline.fitter_device: Value error, 'gpu' is not"),
 }
 
 
@@ -109,3 +111,18 @@ def test_an_override_changes_only_its_value(name):
     changed = with_overrides(cfg, train={"steps": cfg.train.steps + 1})
     assert changed.train.steps == cfg.train.steps + 1
     assert changed.model_copy(update={"train": cfg.train}) == cfg
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:0", "cuda:3"])
+def test_device_spellings_are_checked_not_the_machine(device):
+    """The config only checks the spelling: a driver without a GPU must load a GPU cluster's config."""
+    cfg = config_from_dict({"device": device, "pipeline": {"fitter_device": device}})
+    assert cfg.device == device and cfg.pipeline.fitter_device == device
+
+
+@pytest.mark.parametrize("device", ["gpu", "GPU", "gpu:0", "cuda0", "mps", "cuda:", " cpu", "cuda:-1"])
+def test_a_device_spin_ray_does_not_run_on_is_refused_by_key(device):
+    with pytest.raises(ConfigError, match=r"^config: device: .*is not a device spin-ray runs on: use cpu, cuda or cuda:N"):
+        config_from_dict({"device": device})
+    with pytest.raises(ConfigError, match=r"^config: pipeline.fitter_device: .*is not a device spin-ray runs on"):
+        config_from_dict({"pipeline": {"fitter_device": device}})

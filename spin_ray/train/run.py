@@ -22,6 +22,7 @@ from spin_ray.errors import ConfigError
 from spin_ray.eval.evaluate import EvalResult, evaluate, evaluation_dataset, mean_params_predictor, model_predictor
 from spin_ray.fitting.priors import load_pose_prior
 from spin_ray.fitting.static_fits import canonical_crop_keypoints, fit_static
+from spin_ray.model.device import resolve_device
 from spin_ray.model.mean_params import mean_pose_axis_angle
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.server import store_url
@@ -203,6 +204,7 @@ def run_training(
     """
     if cfg.train.mode == "async" and fit_queue is None:
         make_supervisor(cfg, None, None)  # type: ignore[arg-type]  # raises the explanation before any work
+    resolve_device(cfg.device, "device")  # a device this process cannot use: one line, before the data are built
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.train.num_threads)

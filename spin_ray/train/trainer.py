@@ -18,6 +18,7 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig
 from spin_ray.errors import DataError, ModelError
 from spin_ray.geometry import perspective_projection, pixels_to_normalised, weak_perspective_to_translation
+from spin_ray.model.device import resolve_device
 from spin_ray.model.hmr import HMR, HMROutput
 from spin_ray.train.checkpoint import (
     check_identity,
@@ -101,7 +102,7 @@ class Trainer:
         output_dir: str | Path | None = None,
     ) -> None:
         self.cfg = cfg
-        self.device = torch.device(cfg.device)
+        self.device = resolve_device(cfg.device, "device")
         self.model = model.to(self.device)
         self.body = body.to(self.device)
         self.supervisor = supervisor if supervisor is not None else NoFits()
