@@ -151,6 +151,17 @@ def test_gt_and_detections_spin_3_3(scene, tmp_path, capsys):
     assert (spin.openpose[2, :, 2] == 0).all() and (spin.part[:, 19, 2] == 1).all()
 
 
+def test_detections_of_another_category_are_not_matched(scene, tmp_path):
+    results = json.loads(scene["det"].read_text())
+    results[5]["category_id"] = 18  # the detector's dog at the person's place
+    det = tmp_path / "dog.json"
+    det.write_text(json.dumps(results))
+    people = read_source(scene["gt"], "coco")
+    detections = read_source(det, "coco", images=image_table_of(scene["gt"]))
+    spin, report = import_people(people, ImportOptions(), None, None, detections)
+    assert report.matched == KEEP - 1 and (spin.openpose[5, :, 2] == 0).all() and (spin.openpose[4, :, 2] > 0).any()
+
+
 @pytest.mark.parametrize("fmt", ["halpe", "wholebody"])
 def test_halpe_and_wholebody_extras_reach_their_slots(scene, tmp_path, fmt):
     op = scene["openpose_kp"][:KEEP]
@@ -170,9 +181,14 @@ def test_halpe_and_wholebody_extras_reach_their_slots(scene, tmp_path, fmt):
         np.testing.assert_allclose(spin.openpose[:, SPIN49_NAMES.index(name), :2], op[:, j, :2], atol=1e-4)
 
 
-def test_demo_reads_any_format_for_its_image(scene):
+def test_demo_reads_any_format_for_its_image(scene, tmp_path):
     image = scene["images"] / scene["names"][4]
     (coco_person,) = people_of_image(scene["gt"], image)
+    dog = {**scene["annotations"][4], "id": 99, "category_id": 18}  # a dog in the same photo is no person
+    with_dog = _edited(scene, tmp_path, lambda d: (d["annotations"].insert(0, dog),
+                                                   d.update(categories=[{"id": 1, "name": "person"},
+                                                                        {"id": 18, "name": "dog"}])))
+    assert len(people_of_image(with_dog, image)) == 1
     np.testing.assert_allclose(coco_person[COCO_FROM_OPENPOSE, :2],
                                scene["part"][4, COCO_FROM_PART, :2], atol=1e-4)  # ground truth in the BODY_25 slots
     image1 = scene["images"] / scene["names"][1]

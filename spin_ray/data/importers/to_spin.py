@@ -218,7 +218,7 @@ def import_people(people: People, options: ImportOptions, out: Path | None, imag
                           notes=list(people.notes))
     openpose = None
     if detections is not None:
-        good = ~(detections.score < options.min_score)
+        good = ~(detections.score < options.min_score) & (detections.excluded == "")
         match = match_detections(kept, detections.select(good), options.match_tolerance)
         openpose = np.where((match >= 0)[:, None, None], detections.select(good).keypoints[match, :NUM_OPENPOSE], 0)
         detected_outside = keypoints_outside(openpose, sizes, options.keypoint_margin)
