@@ -162,3 +162,32 @@ def test_import_of_a_file_that_is_not_parquet_is_one_line(capsys, fit_store, tmp
     bad.write_bytes(b"not parquet at all")
     code, out, err = _run(capsys, fit_store, "import", str(bad))
     assert code == 1 and "is not a readable Parquet file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["stats"], ["worst", "--k", "3"], ["filter", "--max-error", "50"], ["check"]],
+                         ids=lambda argv: argv[0])
+def test_a_reader_that_goes_away_ends_the_command_quietly(filled, argv):
+    """`spin-ray store stats | head -1`: the reader closes the pipe; the command stops as unix tools do."""
+    url = filled.address.url.get_secret_value()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spin_ray.cli", "store", *argv, "--url", url, "--namespace", filled.namespace],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    proc.stdout.close()  # before the command has printed anything: every line it prints meets a closed pipe
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGPIPE
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
+
+
+def test_export_creates_missing_folders_and_refuses_a_read_only_one_before_reading(capsys, filled, tmp_path):
+    from test_store_owner import read_only_folder
+
+    deep = tmp_path / "not" / "yet" / "coco.npy"
+    code, _, err = _run(capsys, filled, "export", str(deep), "--dataset", "coco")
+    assert code == 0 and np.load(deep).shape == (100, 82) and deep.with_name("coco.errors.npy").is_file()
+    folder = read_only_folder(tmp_path)
+    for out in (folder / "coco.npy", folder / "deeper" / "all.parquet"):
+        code, _, err = _run(capsys, filled, "export", str(out), *(["--dataset", "coco"] if out.suffix == ".npy" else []))
+        assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert f"InputError: store export {out}: cannot write into {out.parent} (" in err and "choose a writable folder" in err
+        assert not out.exists()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import select
+import signal
 import sys
 
 from spin_ray.cli import data, demo, fit, launch, pool, store, synth, train
@@ -32,10 +35,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at interpreter exit: a reader that left (`| head`) is met inside the try
+        return code
+    except BrokenPipeError:
+        if not _stdout_reader_left():
+            print(f"spin-ray {args.command}: BrokenPipeError: a pipe closed while writing", file=sys.stderr)
+            return 1
+        return _quiet_sigpipe_exit()
     except SpinRayError as err:
         print(f"spin-ray {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"spin-ray {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _stdout_reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (poll reports an error on the write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _quiet_sigpipe_exit() -> int:
+    """Stop as unix tools do when their reader leaves (`| head`): no message, the status of SIGPIPE."""
+    # Python flushes stdout again at exit: point it at /dev/null so that flush cannot fail and print.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE

@@ -56,9 +56,15 @@ def register(sub: argparse._SubParsersAction, connected: Callable[[str, str], ar
 
 
 def _export(args: argparse.Namespace) -> int:
+    from spin_ray.cli.outputs import writable_output
     from spin_ray.store import exports
+    from spin_ray.store.files import errors_path_for
 
     suffix = args.out.suffix.lower()
+    if suffix in (".npy", ".parquet"):  # before reading the store: as `fit --out`, parents are created
+        writable_output(args.out, "store export")
+        if suffix == ".npy":
+            writable_output(errors_path_for(args.out), "store export (errors file)")
     with open_store(args) as store:
         if suffix == ".npy":
             if args.with_paths:
