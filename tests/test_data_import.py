@@ -348,6 +348,7 @@ def test_missing_output_folders_are_created(scene, tmp_path, capsys):
     out = tmp_path / "a" / "b" / "mine.npz"
     code, stdout, _ = _run(capsys, scene["gt"], "--format", "coco", "--out", out)
     assert code == 0 and out.is_file() and f"wrote {out}" in stdout
+    assert f"note: no --images: the image files were not checked (fit and train look for them in {out.parent}" in stdout
 
 
 def _refuses_files(folder: Path) -> bool:

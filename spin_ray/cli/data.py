@@ -94,6 +94,9 @@ def _import(args: argparse.Namespace) -> int:
         fmt = args.detections_format or ("openpose" if args.gt_and_detections.is_dir() else args.format)
         detections = read(args.gt_and_detections, fmt, image_table_of(args.source) if args.format != "openpose" else None)
     _, report = import_people(people, options, args.out, args.images, detections)
+    if args.images is None:
+        report.notes.append(f"no --images: the image files were not checked (fit and train look for them in "
+                            f"{args.out.parent}, the .npz's folder)")
     print(f"{people.source}: {len(people)} people ({people.role}, {people.format})"
           + (f"; {len(detections)} detections from {detections.source}" if detections is not None else ""))
     for line in report.lines():

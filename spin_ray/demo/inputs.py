@@ -106,5 +106,5 @@ def check_person(image: np.ndarray, image_path: str | Path, openpose: np.ndarray
     height, width = image.shape[:2]
     check = check_rows(row, np.array([[width, height]], np.float64))
     if check.bad[0]:
-        raise InputError(f"{where}: {check.detail(0)}; nothing to draw (are these the keypoints of {Path(image_path).name}? "
-                         "give the person's box with --bbox x y w h)")
+        raise InputError(f"{where}: {check.detail(0)}; nothing to draw (are these the keypoints of "
+                         f"{Path(image_path).name}? give the person's box with --bbox x y w h)")
