@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 import redis
 
-from spin_ray.errors import FitStoreError, StoreFullError
+from spin_ray.errors import FitStoreError
 from spin_ray.store import exports, files
 from spin_ray.store import records as rec
 from spin_ray.store.dataset_names import bind_dataset
@@ -42,25 +42,10 @@ from spin_ray.store.queries import (
     progress_from_stats,
     unlink_with_prefix,
 )
-from spin_ray.store.records import (
-    POSE_SIZE,
-    SCHEMA_VERSION,
-    FitStoreAddress,
-    NamespaceMeta,
-    StoredFits,
-    StoreStats,
-)
-from spin_ray.store.server import (
-    connect,
-    first_line,
-    is_store_full,
-    redact_url,
-    redis_errors,
-    resolve_url,
-    store_full,
-)
+from spin_ray.store.records import POSE_SIZE, SCHEMA_VERSION, FitStoreAddress, NamespaceMeta, StoredFits, StoreStats
+from spin_ray.store.server import connect, redact_url, redis_errors, resolve_url
 from spin_ray.store.validation import WriteBatch, as_numpy, group_finite_rows, validate_rows
-from spin_ray.store.writes import PIPELINE_CHUNK, WriteTarget, send_keep_best
+from spin_ray.store.writes import PIPELINE_CHUNK, WriteTarget, counting_rows_before, script_error, send_keep_best
 
 if TYPE_CHECKING:
     from spin_ray.config import StoreConfig
@@ -213,12 +198,10 @@ class FitStore:
         grouped = group_finite_rows(datasets, idx.shape[0], pose_np, betas_np, error_np)
         written = np.zeros(grouped.size, dtype=bool)
         for dataset, rows in grouped.groups:
-            try:
+            with counting_rows_before(lambda: int(written.sum())):  # a full Redis counts the datasets before
                 written[rows] = self.keep_best(
                     dataset, idx[rows], pose_np[rows], betas_np[rows], error_np[rows], step, source
                 )
-            except StoreFullError as full:  # count the rows of the datasets written before this one
-                raise StoreFullError(str(full), int(written.sum()) + (full.written or 0)) from None
         return written
 
     def _write(self, batch: WriteBatch, dataset: str) -> np.ndarray:
@@ -249,19 +232,8 @@ class FitStore:
         raise FitStoreError("Redis keeps forgetting the keep-best script (NOSCRIPT twice); is a SCRIPT FLUSH looping?")
 
     def _raise_script_error(self, reply: Exception, what: str, written: np.ndarray) -> NoReturn:
-        if is_store_full(reply):
-            raise store_full(self._url, what, int(written.sum()))
-        text = first_line(reply)
-        if "SPINRAY_BAD" in text:
-            raise FitStoreError(f"the keep-best script refused a write: {text.split('SPINRAY_BAD ')[-1]}")
-        if "SPINRAY_META" in text:
-            self._meta = None
-            raise FitStoreError(
-                f"namespace {self.namespace!r} changed under this writer ({text.split('SPINRAY_META ')[-1]}; "
-                f"expected schema {SCHEMA_VERSION}, body model {self.address.body_model_hash}): it was dropped "
-                f"or re-created for another body model; reopen the store"
-            )
-        raise FitStoreError(f"keep-best script failed: {text}")
+        self._meta = None  # read again on next use: the reply may say the namespace changed under us
+        raise script_error(reply, self._url, self.namespace, self.address.body_model_hash, what, int(written.sum()))
 
     # -- reads --------------------------------------------------------------------------------------
 
@@ -417,8 +389,6 @@ class FitStore:
                 dataset, cols["index"], cols["pose"], cols["betas"], cols["error"], cols["step"],
                 cols["source"], times=cols["time"], updates=cols["updates"],
             )  # fmt: skip
-            try:
+            with counting_rows_before(lambda: total):  # a full Redis counts the datasets imported before
                 total += int(self._write(batch, dataset).sum())
-            except StoreFullError as full:  # count the rows of the datasets imported before this one
-                raise StoreFullError(str(full), total + (full.written or 0)) from None
         return total

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NoReturn
 
 import numpy as np
 import redis
 
+from spin_ray.errors import FitStoreError, StoreFullError
 from spin_ray.store import records as rec
 from spin_ray.store.records import SCHEMA_VERSION
+from spin_ray.store.server import first_line, is_store_full, store_full
 from spin_ray.store.validation import WriteBatch
 
 PIPELINE_CHUNK = 1024  # rows per round trip for bulk writes, reads and exports; bounds client memory
@@ -68,3 +71,29 @@ def send_keep_best(
         if failed is not None:
             on_script_error(failed)
     return np.asarray(noscript, dtype=np.int64)
+
+
+def script_error(reply: Exception, url: str, namespace: str, body_model_hash: str | None, what: str,
+                 written: int) -> FitStoreError:
+    """The error a failed keep-best reply stands for: a full Redis, a refused row, or a namespace changed under us."""
+    if is_store_full(reply):
+        return store_full(url, what, written)
+    text = first_line(reply)
+    if "SPINRAY_BAD" in text:
+        return FitStoreError(f"the keep-best script refused a write: {text.split('SPINRAY_BAD ')[-1]}")
+    if "SPINRAY_META" in text:
+        return FitStoreError(
+            f"namespace {namespace!r} changed under this writer ({text.split('SPINRAY_META ')[-1]}; "
+            f"expected schema {SCHEMA_VERSION}, body model {body_model_hash}): it was dropped "
+            f"or re-created for another body model; reopen the store"
+        )
+    return FitStoreError(f"keep-best script failed: {text}")
+
+
+@contextlib.contextmanager
+def counting_rows_before(done: Callable[[], int]) -> Iterator[None]:
+    """A StoreFullError from the block counts `done()` rows written by earlier calls of the same batch too."""
+    try:
+        yield
+    except StoreFullError as full:
+        raise StoreFullError(str(full), done() + (full.written or 0)) from None
