@@ -64,10 +64,10 @@ def _import(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
     from tqdm import tqdm
 
+    from spin_ray.cli.outputs import writable_output
     from spin_ray.data.importers.coco_json import image_table_of
     from spin_ray.data.importers.sources import read_source
     from spin_ray.data.importers.to_spin import ImportOptions, check_image_dir, import_people
-    from spin_ray.data.spin_format import check_writable
     from spin_ray.errors import ConfigError
 
     try:
@@ -79,7 +79,7 @@ def _import(args: argparse.Namespace) -> int:
         first = err.errors()[0]
         raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     # Before any reading: a large import must not end in "cannot write".
-    check_writable(args.out, "--out")
+    writable_output(args.out, "--out")
     check_image_dir(args.images)
 
     def read(source: Path, fmt: str, images=None):

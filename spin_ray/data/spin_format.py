@@ -12,7 +12,6 @@ outside its image) are judged by data/row_checks.py, not here.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -244,18 +243,4 @@ def write_spin_npz(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
-
-
-def check_writable(path: str | Path, option: str = "the output") -> Path:
-    """Create `path`'s missing parent folders and make sure a file can be written there, else one line naming
-    `option` and why (checked before long work, so its result is never lost at the end)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
-            pass
-    except OSError as err:
-        raise DataError(f"{option} {path}: cannot write there ({err.strerror or err}); choose a writable folder") \
-            from None
     return path
