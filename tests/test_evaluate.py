@@ -111,6 +111,32 @@ def test_eval_cli_prints_a_table_and_writes_json(tiny_spin_data, synth_test_spli
     assert "neither a .npz path nor a dataset" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("change, named", [
+    ({"network": {"backbone": "resnet18"}}, "backbone: checkpoint has 'mobilenet_v3_small', config has 'resnet18'"),
+    ({"data": {"img_res": 96}}, "img_res: checkpoint has 64, config has 96"),
+], ids=["backbone", "input-size"])
+def test_eval_with_a_config_of_another_network_is_one_line_naming_the_difference(tiny_spin_data, tmp_path, body,
+                                                                                 capsys, change, named):
+    """Issue 26 item 9: a --config whose network differs from the checkpoint's printed every state-dict key (14 KB)."""
+    import yaml
+    from test_trainer import tiny_config
+
+    from spin_ray.train.trainer import Trainer
+
+    cfg = tiny_config(tiny_spin_data, tmp_path)
+    path = Trainer(cfg, HMR.from_config(cfg.network), body).save(tmp_path / "ckpt.pt")
+    settings = json.loads(cfg.model_dump_json())
+    for section, values in change.items():
+        settings[section].update(values)
+    config = tmp_path / "other.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    assert main(["eval", str(path), "--config", str(config), "--dataset", "tiny-test", "--limit", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and len(err) < 400, err[:600]
+    assert err.startswith(f"spin-ray eval: ModelError: {path} was trained with another network than --config "
+                          f"{config} gives ({named})"), err
+
+
 def _gender_model_file(path, scale):
     """The embedded model with its template scaled: a stand-in male or female model that differs visibly."""
     from spin_ray.body.model_file import embedded_model_path

@@ -156,3 +156,46 @@ def test_init_checkpoint_starts_a_new_run_from_saved_weights_and_refuses_a_misfi
         start({"backbone": "mobilenet_v3_small"}, file="missing.pt")
     with pytest.raises(ModelError, match="trained with body model 0123"):
         start({"backbone": "mobilenet_v3_small"}, identity="0123", file="other.pt")
+
+
+def test_a_checkpoint_for_another_network_is_one_line_wherever_it_is_loaded(tmp_path):
+    """Issue 26 item 9: one check (train/checkpoint.checkpoint_network) for init_checkpoint, load_regressor
+    (demo --checkpoint, dataset fits) and eval; never torch's list of every state-dict key."""
+    from spin_ray.body.body_model import BodyModel
+    from spin_ray.config import RunConfig
+    from spin_ray.train.checkpoint import initial_network, load_regressor, run_identity, save_checkpoint
+
+    body = BodyModel.embedded()
+    cfg = RunConfig.model_validate({"network": {"backbone": "mobilenet_v3_small"}, "data": {"img_res": 64}})
+    weights = HMR.from_config(cfg.network).state_dict()
+    resnet = RunConfig.model_validate({"network": {"backbone": "resnet18"}, "data": {"img_res": 64}})
+    # With its identity (as every run writes it): the differing facts are named.
+    full = save_checkpoint(tmp_path / "full.pt", {"model": weights, "identity": run_identity(cfg, body.identity),
+                                                  "config": cfg.model_dump(mode="json")})
+    for run, named in ((resnet, "backbone: checkpoint has 'mobilenet_v3_small', config has 'resnet18'"),
+                       (cfg.model_copy(update={"data": cfg.data.model_copy(update={"img_res": 96})}),
+                        "img_res: checkpoint has 64, config has 96")):
+        start = run.model_copy(update={"network": run.network.model_copy(update={"init_checkpoint": full})})
+        with pytest.raises(ModelError) as caught:
+            initial_network(start, body)
+        assert str(caught.value).startswith(f"network.init_checkpoint {full} was trained with another network than "
+                                            f"this run gives ({named}): ")
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 400
+    # Without it (an old or hand-made file): a count of what does not fit, with one example of each.
+    bare = save_checkpoint(tmp_path / "bare.pt", {"model": weights, "identity": {"body_model": body.identity},
+                                                  "config": resnet.model_dump(mode="json")})
+    start = resnet.model_copy(update={"network": resnet.network.model_copy(update={"init_checkpoint": bare})})
+    with pytest.raises(ModelError) as caught:
+        initial_network(start, body)
+    message = str(caught.value)
+    assert "\n" not in message and len(message) < 500, message
+    assert message.startswith(f"network.init_checkpoint {bare} does not fit this run's network (")
+    assert "tensors missing (e.g. backbone.conv1.weight)" in message
+    assert "not the network's (e.g. backbone.features." in message and "of another shape (e.g. fc1.weight" in message
+    # load_regressor (demo --checkpoint) reads the same check against the checkpoint's own saved config.
+    with pytest.raises(ModelError, match=rf"^{bare} does not fit its saved config's network \(") as caught:
+        load_regressor(bare)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 500
+    model, saved, _ = load_regressor(full)
+    assert saved.network.backbone == "mobilenet_v3_small" and not model.training
+    assert all(torch.equal(value, model.state_dict()[key]) for key, value in weights.items())

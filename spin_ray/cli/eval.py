@@ -70,7 +70,6 @@ def resolve_dataset(spec: str, cfg: RunConfig, image_root: Path | None = None) -
 
 def _eval(args: argparse.Namespace) -> int:
     from spin_ray.body.body_model import BodyModel
-    from spin_ray.errors import ModelError
     from spin_ray.eval.evaluate import (
         EvalBodies,
         evaluate,
@@ -79,22 +78,15 @@ def _eval(args: argparse.Namespace) -> int:
         model_predictor,
     )
     from spin_ray.eval.table import format_table
-    from spin_ray.model.hmr import HMR
-    from spin_ray.train.checkpoint import checkpoint_config, load_checkpoint
+    from spin_ray.train.checkpoint import checkpoint_config, checkpoint_network, load_checkpoint
 
     payload = load_checkpoint(args.checkpoint)
     cfg = load_config(args.config) if args.config else checkpoint_config(payload, args.checkpoint)
     cfg = with_overrides(cfg, data={"bad_samples": args.bad_samples})
     body = BodyModel.from_config(cfg.body)
-    saved_body = payload.get("identity", {}).get("body_model")
-    if saved_body is not None and saved_body != body.identity:
-        raise ModelError(f"{args.checkpoint} was trained with body model {saved_body}, the config gives "
-                         f"{body.identity}: evaluate with the config the checkpoint was trained with")
-    model = HMR.from_config(cfg.network, cfg.body.num_betas)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise ModelError(f"{args.checkpoint}: weights do not fit the configured network: {err}") from None
+    against = f"--config {args.config}" if args.config else "its saved config"
+    model = checkpoint_network(payload, cfg, body, str(args.checkpoint), against,
+                               "evaluate with the config the checkpoint was trained with (leave out --config)")
     bodies = EvalBodies.from_config(cfg.body, body)
     predictors = [("model", model_predictor(model))] + ([] if args.no_baseline else
                                                          [("mean-pose", mean_params_predictor(model))])

@@ -101,54 +101,90 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | P
                          + "; ".join(diffs) + "); use the checkpoint's own config or start a new run")
 
 
+def checkpoint_network(
+    payload: dict[str, Any], cfg: RunConfig, body: BodyModel, what: str, config_name: str, fix: str,
+) -> HMR:
+    """cfg's network with a checkpoint's weights, refused in one line naming what differs.
+
+    The one home of this check for network.init_checkpoint, `eval`, load_regressor (`demo
+    --checkpoint`, dataset fits) and resume: the checkpoint's identity names the body model, backbone,
+    input size, betas and IEF iterations its weights were trained for; weights that still do not load
+    (a checkpoint without that identity) are summarised by count, never listed key by key. `what`
+    names the checkpoint ("network.init_checkpoint X"), `config_name` the config it is compared with
+    ("this run"), `fix` what to do.
+    """
+    saved = payload.get("identity") or {}
+    saved_body = saved.get("body_model")
+    if saved_body is not None and saved_body != body.identity:
+        raise ModelError(f"{what} was trained with body model {saved_body}, {config_name} uses {body.identity} "
+                         f"({body.source}): {fix}")
+    expected = pretrained_identity(cfg, body.identity)
+    diffs = [f"{key}: checkpoint has {saved[key]!r}, config has {value!r}"
+             for key, value in expected.items() if key in saved and saved[key] != value]
+    if diffs:
+        raise ModelError(f"{what} was trained with another network than {config_name} gives ({'; '.join(diffs)}): "
+                         f"{fix}")
+    if not isinstance(payload.get("model"), dict):
+        raise ModelError(f"{what} has no 'model' weights (keys: {sorted(payload)})")
+    # Every weight and mean-parameter buffer comes from the checkpoint: the files the network was first
+    # built from (ImageNet weights, SPIN's mean parameters) are neither read nor needed.
+    network = cfg.network.model_copy(update={"pretrained_path": None, "mean_params_path": None})
+    model = HMR.from_config(network, cfg.body.num_betas)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError:
+        raise ModelError(f"{what} does not fit {config_name}'s network "
+                         f"({weights_misfit(model.state_dict(), payload['model'])}): {fix}") from None
+    return model
+
+
+def weights_misfit(network: dict[str, Any], saved: dict[str, Any]) -> str:
+    """How a state dict misses a network's, in one line: counts, each with its first example."""
+    missing = [key for key in network if key not in saved]
+    unexpected = [key for key in saved if key not in network]
+    shape = lambda value: tuple(getattr(value, "shape", ()))  # noqa: E731
+    reshaped = [key for key in network if key in saved and shape(saved[key]) != shape(network[key])]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the network's {len(network)} tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} not the network's (e.g. {unexpected[0]})")
+    if reshaped:
+        key = reshaped[0]
+        parts.append(f"{len(reshaped)} of another shape (e.g. {key}: checkpoint {shape(saved[key])}, "
+                     f"network {shape(network[key])})")
+    return ", ".join(parts) or "the weights do not load"
+
+
 def initial_network(cfg: RunConfig, body: BodyModel) -> HMR:
     """The network a new run starts from: the configured HMR, with network.init_checkpoint's weights when set
     (a resumed or evaluated checkpoint brings its own weights and never reads the init checkpoint)."""
-    model = HMR.from_config(cfg.network, cfg.body.num_betas)
     path = cfg.network.init_checkpoint
     if path is None:
-        return model
+        return HMR.from_config(cfg.network, cfg.body.num_betas)
     if is_pretrained_file(path):  # shipped weights (make pretrained), fp16 with their identity
-        model.load_state_dict(load_pretrained(path, pretrained_identity(cfg, body.identity)))
+        weights = load_pretrained(path, pretrained_identity(cfg, body.identity))
+        model = HMR.from_config(cfg.network, cfg.body.num_betas)
+        model.load_state_dict(weights)
         return model
     try:
         payload = load_checkpoint(path)
     except ModelError as err:
         raise ModelError(f"network.init_checkpoint: {err} (name a checkpoint a spin-ray run wrote, e.g. "
                          "OUTPUT/checkpoints/last.pt, or null to start from pretrained_path or random weights)") from None
-    saved_body = payload.get("identity", {}).get("body_model")
-    if saved_body is not None and saved_body != body.identity:
-        raise ModelError(f"network.init_checkpoint {path} was trained with body model {saved_body}, this run uses "
-                         f"{body.identity} ({body.source}): start from a checkpoint of the same body model")
-    if "model" not in payload:
-        raise ModelError(f"network.init_checkpoint {path} has no 'model' weights (keys: {sorted(payload)})")
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise ModelError(f"network.init_checkpoint {path} does not fit this run's network (backbone, num_betas and "
-                         f"ief head must match the run that wrote it): {err}") from None
-    return model
+    return checkpoint_network(
+        payload, cfg, body, f"network.init_checkpoint {path}", "this run",
+        "start from a checkpoint of the same body model and network (backbone, data.img_res, head), or set "
+        "network.init_checkpoint to null")
 
 
 def load_regressor(path: str | Path) -> tuple[HMR, RunConfig, BodyModel]:
     """A checkpoint's network in eval mode, with its saved run config and the body model it was trained with."""
     payload = load_checkpoint(path)
     cfg = checkpoint_config(payload, path)
-    if "model" not in payload:
-        raise ModelError(f"{path}: the checkpoint has no 'model' weights (keys: {sorted(payload)})")
     body = BodyModel.from_config(cfg.body)
-    saved_body = payload.get("identity", {}).get("body_model")
-    if saved_body is not None and saved_body != body.identity:
-        raise ModelError(f"{path} was trained with body model {saved_body}, its config's body section now gives "
-                         f"{body.identity} ({body.source}): restore the model file the checkpoint was trained with")
-    # The weights and the mean-parameter buffers come from the checkpoint, so the files they were
-    # first built from (ImageNet weights, SPIN's mean parameters) need not exist on this machine.
-    network = cfg.network.model_copy(update={"pretrained_path": None, "mean_params_path": None})
-    model = HMR.from_config(network, cfg.body.num_betas)
-    try:
-        model.load_state_dict(payload["model"])
-    except RuntimeError as err:
-        raise ModelError(f"{path}: the saved weights do not fit the network of its own config: {err}") from None
+    model = checkpoint_network(payload, cfg, body, str(path), "its saved config",
+                               "restore the body model file it was trained with, or use the checkpoint a run wrote")
     return model.eval(), cfg, body
 
 

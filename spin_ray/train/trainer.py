@@ -16,12 +16,13 @@ from tqdm import tqdm
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig
-from spin_ray.errors import DataError, ModelError
+from spin_ray.errors import DataError
 from spin_ray.geometry import perspective_projection, pixels_to_normalised, weak_perspective_to_translation
 from spin_ray.model.device import resolve_device
 from spin_ray.model.hmr import HMR, HMROutput
 from spin_ray.train.checkpoint import (
     check_identity,
+    checkpoint_network,
     load_checkpoint,
     restore_rng_states,
     rng_states,
@@ -166,11 +167,8 @@ class Trainer:
         payload = load_checkpoint(path)
         body = body if body is not None else BodyModel.from_config(cfg.body)
         check_identity(payload.get("identity", {}), run_identity(cfg, body.identity), path)
-        model = HMR.from_config(cfg.network, cfg.body.num_betas)
-        try:
-            model.load_state_dict(payload["model"])
-        except RuntimeError as err:
-            raise ModelError(f"{path}: the saved weights do not fit the configured network: {err}") from None
+        model = checkpoint_network(payload, cfg, body, str(path), "this run",
+                                   "resume under the config the checkpoint was written with")
         trainer = cls(cfg, model, body, supervisor, output_dir)
         trainer.optimiser.load_state_dict(payload["optimiser"])
         trainer.step = int(payload["step"])
