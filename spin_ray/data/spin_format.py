@@ -230,9 +230,14 @@ def write_spin_npz(
         if value.dtype.kind not in "biuf" or value.ndim == 0 or value.shape[0] != len(arrays["imgname"]):
             raise _fail(path, key, f"extra keys need one numeric row per sample, got {value.dtype} {value.shape}")
         arrays[key] = value
+    return save_npz_atomically(path, arrays)
+
+
+def save_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """np.savez_compressed to `path` through a temporary file renamed into place; no partial file on any way out."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so an interrupted writer never leaves a truncated dataset behind, and remove the
-    # temporary file on any way out (an error, Ctrl-C) so none is left beside it either.
+    # An interrupted writer never leaves a truncated dataset behind, and the temporary file is removed
+    # on any way out (an error, Ctrl-C) so none is left beside it either.
     tmp = path.with_name(path.name + ".tmp.npz")
     try:
         with open(tmp, "wb") as handle:

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import SYNTH_SPLITS, RunConfig, SynthConfig
 from spin_ray.data.augment import SCALE_UNIT_PX
-from spin_ray.data.spin_format import write_spin_npz
+from spin_ray.data.spin_format import save_npz_atomically, write_spin_npz
 from spin_ray.data.synth_generator import (
     ChunkSpec,
     SyntheticChunk,
@@ -223,9 +223,7 @@ def _add_string_keys(npz: Path, **keys: list[str]) -> None:
     with np.load(npz, allow_pickle=False) as data:
         arrays = {key: data[key] for key in data.files}
     arrays.update({key: np.asarray(values, dtype=str) for key, values in keys.items()})
-    tmp = npz.with_name(npz.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(npz)
+    save_npz_atomically(npz, arrays)
 
 
 def hidden_truth_path(npz: str | Path) -> Path:
