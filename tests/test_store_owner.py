@@ -158,3 +158,16 @@ def test_serve_on_a_read_only_folder_is_one_line(tmp_path):
         served = _serve("--data-dir", str(data_dir), timeout=30)
         assert served.returncode == 1 and served.stderr.count("\n") == 1, served.stderr
         assert f"cannot use {data_dir} as the Redis data dir" in served.stderr and "choose a writable folder" in served.stderr
+
+
+def test_a_second_run_on_the_same_output_dir_is_refused_before_it_touches_the_first_runs_server(owner):
+    """What `spin-ray fit ... --output-dir D` and launch do: store_url starts an embedded server in D/redis."""
+    from spin_ray.config import StoreConfig
+    from spin_ray.store.server import store_url
+
+    _, owner_pid, server_pid, port, data_dir = owner
+    with pytest.raises(DataDirInUseError, match=f"in use by process {owner_pid} "):
+        with store_url(StoreConfig(), data_dir):
+            pass
+    assert redis_servers_in(data_dir) == [server_pid]
+    assert (data_dir / "owner.lock").read_text().strip() == str(owner_pid)
