@@ -304,3 +304,14 @@ def test_a_full_store_stops_the_fit_with_one_line_and_exit_1(tiny_spin_data, ray
         assert len(err) == 1 and "StoreFullError" in err[0] and "maxmemory" in err[0], captured.err
         assert "tiny-itw: 3 of " in err[0] and "usable rows have a fit" in err[0]
         assert "run again to retry" not in captured.out + captured.err
+
+
+def test_fit_local_says_it_fits_on_the_cpu_when_the_config_names_a_gpu(tiny_spin_data, tmp_path, capsys):
+    # Once, `fit --local` with device: cuda ran on the CPU without a word.
+    config = tmp_path / "gpu.yaml"
+    config.write_text("device: cuda\n")
+    out = tmp_path / "f.npy"
+    assert main(["fit", str(tiny_spin_data["tiny-itw"]), "--local", "--config", str(config), "--out", str(out),
+                 "--limit", "1", "--iterations", "0", "--no-progress"]) == 0
+    assert "--local fits on this process's CPU; the config's device: cuda" in capsys.readouterr().err
+    assert out.exists()

@@ -9,7 +9,7 @@ import torch
 
 from pipeline_problems import fast_config, make_request, seed_store
 from spin_ray.body.body_model import BodyModel
-from spin_ray.errors import PipelineError
+from spin_ray.errors import ConfigError, PipelineError
 from spin_ray.fitting.priors import load_pose_prior
 from spin_ray.pipeline.fitter import FitterActor, fit_request
 from spin_ray.pipeline.requests import FitRequest
@@ -104,5 +104,5 @@ def test_actor_asking_for_cuda_without_a_gpu_says_how_to_fix(redis_server, body)
         pytest.skip("this machine has a GPU")
     cfg = fast_config(fitter_device="cuda")
     address = FitStoreAddress(url=redis_server.url, namespace="cuda", body_model_hash=body.identity)
-    with pytest.raises(PipelineError, match="fitter_num_gpus"):
+    with pytest.raises(ConfigError, match=r"pipeline.fitter_device: cuda, but no CUDA device .*fitter_num_gpus > 0"):
         FitterActor(cfg, address, "x")

@@ -179,6 +179,10 @@ def _fit_local(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
     from spin_ray.fitting.static_fits import fit_static
     from spin_ray.store.files import errors_path_for
 
+    if cfg.device != "cpu":
+        print(f"note: --local fits on this process's CPU; the config's device: {cfg.device} is the trainer's (to fit "
+              "on GPUs, leave out --local: the fitter pool places fitters on GPUs with --fitter-gpus G)",
+              file=sys.stderr)
     fits = fit_static(body, load_pose_prior(cfg.fitting), torch.from_numpy(job.keypoints),
                       torch.from_numpy(np.asarray(job.init_pose, np.float32)),
                       torch.from_numpy(np.asarray(job.init_betas, np.float32)), cfg.fitting, cfg.camera,

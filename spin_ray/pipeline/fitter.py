@@ -20,11 +20,12 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.body.joints import NUM_KEYPOINTS
 from spin_ray.config import CameraConfig, FittingConfig, RunConfig
 from spin_ray.data.augment import IDENTITY_AUG
-from spin_ray.errors import PipelineError
+from spin_ray.errors import ConfigError, PipelineError
 from spin_ray.fitting.canonical_fits import CanonicalFits, fit_predictions
 from spin_ray.fitting.priors import load_pose_prior
 from spin_ray.fitting.smplify import SmplifyParams
 from spin_ray.fitting.starts import typical_depth
+from spin_ray.model.device import resolve_device
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
@@ -46,17 +47,12 @@ def fit_request(
 
 def fitter_device(config: RunConfig) -> torch.device:
     """The fitters' torch device from the config, checked to exist in this process."""
-    name = config.pipeline.fitter_device or config.device
+    key = "pipeline.fitter_device" if config.pipeline.fitter_device else "device"
     try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise PipelineError(f"fitter device {name!r} is not a torch device ({err}); use cpu or cuda[:i]") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PipelineError(
-            f"fitter device {name!r} asks for CUDA, but this fitter process sees no GPU: "
-            "set pipeline.fitter_num_gpus > 0 so Ray places fitters on GPUs, or pipeline.fitter_device: cpu"
-        )
-    return device
+        return resolve_device(config.pipeline.fitter_device or config.device, key)
+    except ConfigError as err:
+        # A fitter sees a GPU only when Ray gave it one.
+        raise ConfigError(f"{err} (fitter processes see a GPU only with pipeline.fitter_num_gpus > 0)") from None
 
 
 class FitterActor:

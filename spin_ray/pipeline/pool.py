@@ -208,7 +208,8 @@ class FitterPool:
         self._store_full: StoreFullError | None = None
         self._closed = False
         self._ray_metrics = _RayMetrics(name)
-        check_placeable([fitter_request(config)])  # in seconds, before any fitter waits for what cannot come
+        # In seconds, before any fitter waits for what cannot come.
+        check_placeable([fitter_request(config)], report_wait_s=self._pipeline.autoscaler_report_wait_s)
         self.resize(self._pipeline.num_fitters)
         if wait_ready:
             try:
