@@ -106,7 +106,7 @@ def test_resources_that_can_never_come_are_refused_before_any_synthetic_data_is_
 def test_redis_killed_mid_run_the_run_waits_and_finishes(tmp_path, tiny_spin_data):
     """kill -9 the store's server mid-run, restart it on the same data dir: the run completes."""
     data_dir = tmp_path / "redis"
-    server = EmbeddedRedis(data_dir).start()
+    server = EmbeddedRedis(data_dir, max_restarts=0).start()  # the test restarts it, not the watchdog
     port = server.port
     cfg = tiny_config(tmp_path, tiny_spin_data, server.url,
                       train={"steps": 60, "report_images": 0, "checkpoint_every": 1000})
@@ -131,6 +131,7 @@ def test_redis_killed_mid_run_the_run_waits_and_finishes(tmp_path, tiny_spin_dat
         store.close()
         os.kill(server.pid, signal.SIGKILL)
         time.sleep(3.0)
+        server.stop()  # gives up the data dir's owner lock: one owner at a time
         restarted = EmbeddedRedis(data_dir, port=port).start()
         output, _ = run.communicate(timeout=300)
         assert run.returncode == 0, output[-3000:]
