@@ -286,3 +286,21 @@ def test_train_cli_runs_single_process_modes_and_async_on_ray(tiny_spin_data, tm
     printed = capsys.readouterr().out
     assert "2d: 2 steps" in printed and "PA-MPJPE" in printed
     assert (tmp_path / "out" / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_training_run_refuses_a_store_whose_dataset_name_belongs_to_another_dataset(tiny_spin_data, tmp_path,
+                                                                                      redis_server):
+    # The fits stored under a name belong to one dataset: training another file under that name would read them.
+    from spin_ray.errors import FitStoreError
+    from spin_ray.train.run import run_training
+
+    cfg = tiny_config(tiny_spin_data, tmp_path, mode="static", steps=1)
+    cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": redis_server.url})})
+    body = BodyModel.from_config(cfg.body)
+    with FitStore.from_config(cfg.store, body.identity) as store:
+        store.bind_dataset("tiny-itw", "0" * 64, "elsewhere/tiny-itw.npz")
+    with pytest.raises(FitStoreError, match=r"'tiny-itw'.*elsewhere/tiny-itw\.npz.*tiny-itw\.npz"):
+        run_training(cfg, progress=False, report=False)
+    assert not (tmp_path / "out" / "checkpoints").exists()
+    with FitStore.from_config(cfg.store, body.identity) as store:
+        store.drop()

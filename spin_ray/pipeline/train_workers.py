@@ -41,6 +41,7 @@ from spin_ray.store.fit_store import FitStore
 from spin_ray.train.checkpoint import initial_network
 from spin_ray.train.modes import STORE_MODES, make_supervisor
 from spin_ray.train.run import (
+    bind_datasets,
     finish_run,
     seed_everything,
     static_fits_init,
@@ -147,6 +148,7 @@ def worker_setup(cfg: RunConfig, rank: int, world: int, resume: str | Path | Non
     store = None
     if cfg.train.mode in STORE_MODES:
         store = FitStore.from_config(cfg.store, body.identity)  # the driver resolved the URL
+        bind_datasets(store, train_set.datasets)
         if rank == 0 and cfg.train.init_store_from_static_fits:
             static_fits_init(cfg, progress=False)(store, body, train_set.datasets)  # skips datasets already in the store
     _barrier(world)  # nobody trains before the static fits are in

@@ -18,6 +18,7 @@ import torch
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import DatasetEntry, RunConfig
 from spin_ray.data.dataset import MixedDataset, SpinImageDataset, build_dataset
+from spin_ray.data.identity import dataset_fingerprint
 from spin_ray.errors import ConfigError
 from spin_ray.eval.evaluate import EvalResult, evaluate, evaluation_dataset, mean_params_predictor, model_predictor
 from spin_ray.fitting.priors import load_pose_prior
@@ -97,6 +98,13 @@ def open_store(cfg: RunConfig, body: BodyModel, output_dir: Path) -> Iterator[Fi
             yield store
         finally:
             store.close()
+
+
+def bind_datasets(store: FitStore, datasets: list[SpinImageDataset]) -> None:
+    """Bind each training dataset's name to its content in the store: another dataset under a taken name is refused."""
+    for dataset in datasets:
+        spin = dataset.spin
+        store.bind_dataset(spin.name, dataset_fingerprint(spin), str(spin.source or spin.name))
 
 
 def static_fits_init(cfg: RunConfig, progress: bool = True) -> StoreInit:
@@ -216,6 +224,7 @@ def run_training(
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(open_store(cfg, body, output_dir)) if needs_store else None
         if store is not None:
+            bind_datasets(store, train_set.datasets)
             initialiser = init_store or (
                 static_fits_init(cfg, progress) if cfg.train.init_store_from_static_fits else None)
             if initialiser is not None:
