@@ -66,6 +66,13 @@ class CameraConfig(Section):
 Recipe = Literal["spin", "staged", "multistart"]
 RECIPES: tuple[str, ...] = typing.get_args(Recipe)
 
+# Training modes (spin_ray/train/modes.py makes each one's fit supervisor); the one list, for the config and the
+# command line, and what each needs: the fit store, or the Ray pipeline's fitter pool.
+Mode = Literal["sync", "async", "static", "2d"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
+STORE_MODES: tuple[str, ...] = ("sync", "static", "async")
+POOL_MODES: tuple[str, ...] = ("async",)
+
 
 class FittingConfig(Section):
     iterations_camera: int = Field(50, ge=0, description="Adam iterations of the camera stage")
@@ -271,7 +278,7 @@ class LossConfig(Section):
 
 
 class TrainConfig(Section):
-    mode: Literal["sync", "async", "static", "2d"] = Field(
+    mode: Mode = Field(
         "sync", description="sync: SPIN as published; async: Ray fitter pool; static: stored fits only; 2d: no fits"
     )
     steps: int = Field(10000, ge=0, description="optimiser steps of the run")
@@ -312,6 +319,16 @@ class TrainConfig(Section):
             raise ValueError(f"batch_size {self.batch_size} does not split evenly over {self.workers} workers; "
                              "use a multiple of train.workers")
         return self
+
+    @property
+    def uses_store(self) -> bool:
+        """Whether this mode's supervisor reads or writes the fit store."""
+        return self.mode in STORE_MODES
+
+    @property
+    def uses_fitter_pool(self) -> bool:
+        """Whether this mode's fits come from the Ray pipeline's fitter pool (it trains on Ray only)."""
+        return self.mode in POOL_MODES
 
 
 SYNTH_SPLITS: tuple[str, ...] = ("synth-3d", "synth-itw", "synth-test")
@@ -458,3 +475,8 @@ def with_overrides(cfg: RunConfig, **sections: dict) -> RunConfig:
             raise ConfigError(f"no config section {section!r} to override")
         data[section].update({key: value for key, value in values.items() if value is not None})
     return config_from_dict(data, source="command line")
+
+
+def with_store_url(cfg: RunConfig, url: str) -> RunConfig:
+    """The config with its store at `url`, a URL already resolved (store.url_env is no longer read)."""
+    return cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})

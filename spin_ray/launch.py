@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from spin_ray.config import RunConfig, load_config, with_overrides
+from spin_ray.config import MODES, RunConfig, load_config, with_overrides, with_store_url
 from spin_ray.errors import PipelineError, SpinRayError
 from spin_ray.pipeline.ray_connect import live_recorded_head
 from spin_ray.pipeline.ray_errors import spin_error
@@ -40,7 +40,7 @@ REAP_GRACE_S = 3.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The launcher's options."""
     parser.add_argument("config", type=Path, help="run config YAML (see configs/)")
-    parser.add_argument("--mode", choices=("sync", "async", "static", "2d"), default=None, help="override train.mode")
+    parser.add_argument("--mode", choices=MODES, default=None, help="override train.mode")
     parser.add_argument("--steps", type=int, default=None, help="override train.steps")
     parser.add_argument("--resume", type=Path, default=None, help="continue from this checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -239,7 +239,7 @@ def launch(cfg: RunConfig, resume: Path | None = None, progress: bool = True) ->
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with store_url(cfg.store, output_dir / "redis") as url, ray_session(cfg) as own_local_ray:
-        run_cfg = cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})
+        run_cfg = with_store_url(cfg, url)
         # Fail in seconds on what can never be placed, before anything waits or the data are built (a
         # minute on a new machine); a local Ray we started has no autoscaler to ask.
         check_run_resources(run_cfg, autoscaler=not own_local_ray)

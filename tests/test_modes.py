@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from spin_ray.body.body_model import BodyModel
-from spin_ray.config import RunConfig
+from spin_ray.config import STORE_MODES, RunConfig
 from spin_ray.errors import ConfigError
 from spin_ray.store.fit_store import FitStore
 from spin_ray.train.async_fits import AsyncFits
-from spin_ray.train.modes import STORE_MODES, make_supervisor
+from spin_ray.train.modes import make_supervisor
 from spin_ray.train.supervision import FitSupervisor, NoFits, StoreFits, SyncFits
 
 

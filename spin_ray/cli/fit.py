@@ -14,7 +14,6 @@ so `spin-ray store import` leaves them out and nothing mistakes them for a fitte
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from spin_ray.cli.arg_types import non_negative_float, non_negative_int, path_with_suffix, positive_int
-from spin_ray.config import RECIPES, RunConfig, StoreConfig, load_config, with_overrides
+from spin_ray.config import RECIPES, RunConfig, StoreConfig, load_config, with_overrides, with_store_url
 
 _DEFAULT_NAMESPACE = StoreConfig().namespace
 
@@ -89,14 +88,13 @@ def default_recipe(args: argparse.Namespace) -> str:
 
 
 def _config(args: argparse.Namespace) -> RunConfig:
-    from spin_ray.cli.store_common import URL_ENV
-
     from spin_ray.fitting.recipes import iteration_overrides
+    from spin_ray.store.server import url_override
 
     cfg = load_config(args.config) if args.config else RunConfig()
     recipe = args.recipe or default_recipe(args)
     # As `spin-ray store ...` does: a job on a cluster names its Redis in the environment.
-    url = args.store or (None if cfg.store.url or cfg.store.url_env else os.environ.get(URL_ENV) or None)
+    url = url_override(args.store, cfg.store)
     iterations = {} if args.iterations is None else iteration_overrides(recipe, args.iterations)
     return with_overrides(cfg, data={"bad_samples": args.bad_samples}, fitting={"recipe": recipe, **iterations},
                           store={"url": url, "namespace": args.namespace})
@@ -223,7 +221,7 @@ def _fit_into_store(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
             if embedded:
                 print(f"fit store: embedded Redis at {redact_url(url)}, data in {redis_dir} (kept for the next run)",
                       file=sys.stderr, flush=True)
-            run_cfg = pool_cfg.model_copy(update={"store": cfg.store.model_copy(update={"url": url, "url_env": None})})
+            run_cfg = with_store_url(pool_cfg, url)
             with FitStore.from_config(run_cfg.store, body.identity, url=url) as store:
                 store.bind_dataset(job.dataset, job.fingerprint, job.source)  # refused before Ray starts
                 with ray_session(run_cfg):

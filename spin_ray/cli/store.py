@@ -18,8 +18,9 @@ import numpy as np
 from spin_ray.config import FittingConfig, StoreConfig
 from spin_ray.curate.plots import plot_fit_errors
 from spin_ray.cli.arg_types import non_negative_float, positive_float, positive_int, tcp_port
-from spin_ray.cli.store_common import URL_ENV, add_location_flags, data_locations, open_store
+from spin_ray.cli.store_common import add_location_flags, data_locations, open_store
 from spin_ray.errors import FitStoreError, FitStoreUnavailable
+from spin_ray.store.server import URL_ENV
 
 PASSWORD_ENV = "SPIN_RAY_REDIS_PASSWORD"
 _DEFAULT_THRESHOLD = FittingConfig().valid_error_threshold

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from spin_ray.errors import FitStoreError
-
-URL_ENV = "SPIN_RAY_REDIS_URL"
+from spin_ray.store.server import URL_ENV, url_override
 
 
 def store_url_from(args: argparse.Namespace) -> str:
     """--url, else $SPIN_RAY_REDIS_URL; FitStoreError saying how to get one if neither is set."""
-    url = args.url or os.environ.get(URL_ENV)
+    url = url_override(args.url)
     if not url:
         raise FitStoreError(
             f"no Redis URL: pass --url or set {URL_ENV} (start a server with `spin-ray store serve`)"

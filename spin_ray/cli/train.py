@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from spin_ray.cli.arg_types import non_negative_int
-from spin_ray.config import load_config, with_overrides
+from spin_ray.config import MODES, load_config, with_overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "PNG report. Mode async runs on the Ray pipeline, exactly as python -m spin_ray.launch CONFIG.",
     )
     parser.add_argument("config", type=Path, help="run config YAML (see configs/)")
-    parser.add_argument("--mode", choices=("sync", "async", "static", "2d"), default=None, help="override train.mode")
+    parser.add_argument("--mode", choices=MODES, default=None, help="override train.mode")
     parser.add_argument("--steps", type=non_negative_int, default=None, help="override train.steps")
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue from this checkpoint (e.g. OUTPUT_DIR/checkpoints/last.pt)")
@@ -40,7 +40,7 @@ def _train(args: argparse.Namespace) -> int:
         "mode": args.mode, "steps": args.steps, "init_store_from_static_fits": True if args.init_static_fits else None},
         data={"bad_samples": args.bad_samples})
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if cfg.train.mode == "async":
+    if cfg.train.uses_fitter_pool:
         # async needs the fitter pool: the same run on Ray, as `python -m spin_ray.launch CONFIG`.
         summary = launch(cfg, args.resume, progress=not args.no_progress)
     else:

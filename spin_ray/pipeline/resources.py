@@ -161,7 +161,7 @@ def run_requests(cfg: RunConfig) -> list[Request]:
     else:
         requests.append(Request("the trainer actor", {"CPU": pipeline.trainer_num_cpus,
                                                        "GPU": pipeline.trainer_num_gpus}, trainer_keys))
-    if cfg.train.mode == "async":
+    if cfg.train.uses_fitter_pool:
         requests.append(fitter_request(cfg))
     return requests
 

@@ -39,7 +39,7 @@ from spin_ray.pipeline.pool_service import (
 )
 from spin_ray.store.fit_store import FitStore
 from spin_ray.train.checkpoint import initial_network
-from spin_ray.train.modes import STORE_MODES, make_supervisor
+from spin_ray.train.modes import make_supervisor
 from spin_ray.train.run import (
     bind_datasets,
     finish_run,
@@ -146,13 +146,13 @@ def worker_setup(cfg: RunConfig, rank: int, world: int, resume: str | Path | Non
     train_set, heldout = training_data(cfg)
     names = [d.spin.name for d in train_set.datasets]
     store = None
-    if cfg.train.mode in STORE_MODES:
+    if cfg.train.uses_store:
         store = FitStore.from_config(cfg.store, body.identity)  # the driver resolved the URL
         bind_datasets(store, train_set.datasets)
         if rank == 0 and cfg.train.init_store_from_static_fits:
             static_fits_init(cfg, progress=False)(store, body, train_set.datasets)  # skips datasets already in the store
     _barrier(world)  # nobody trains before the static fits are in
-    pool = PoolClient.connect(cfg, rank) if cfg.train.mode == "async" else None
+    pool = PoolClient.connect(cfg, rank) if cfg.train.uses_fitter_pool else None
     supervisor = make_supervisor(cfg, store, body, pool)
     if log_steps:
         supervisor = LoggedSupervisor(supervisor, worker_dir(cfg.output_dir, rank) / "steps.jsonl")
@@ -300,7 +300,7 @@ def train_worker(config: dict[str, Any]) -> None:
 def shared_pool(cfg: RunConfig) -> Iterator[dict[str, Any]]:
     """The run's pool service while the workers train (async mode); yields a dict filled with its final metrics."""
     out: dict[str, Any] = {}
-    if cfg.train.mode != "async":
+    if not cfg.train.uses_fitter_pool:
         yield out
         return
     service = start_pool_service(cfg)

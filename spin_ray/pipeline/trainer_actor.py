@@ -96,7 +96,7 @@ class TrainerActor:
         """Change the pool size during a run (from `spin-ray pool resize`); applied after the current step."""
         if num_fitters < 1:
             raise ValueError(f"a pool needs at least one fitter, got {num_fitters}")
-        if self.cfg.train.mode != "async":
+        if not self.cfg.train.uses_fitter_pool:
             raise RuntimeError(f"this run (mode {self.cfg.train.mode}) has no fitter pool to resize")
         with self._lock:
             self._resize_to = num_fitters

@@ -25,10 +25,13 @@ from spin_ray.store.embedded import RAY_GCS_PORT, EmbeddedRedis, find_redis_serv
 if TYPE_CHECKING:
     from spin_ray.config import StoreConfig
 
-__all__ = ["RAY_GCS_PORT", "EmbeddedRedis", "connect", "find_redis_server", "free_port", "is_store_full",
-           "redis_errors", "resolve_url", "store_full", "store_url"]
+__all__ = ["RAY_GCS_PORT", "URL_ENV", "EmbeddedRedis", "connect", "find_redis_server", "free_port", "is_store_full",
+           "redis_errors", "resolve_url", "store_full", "store_url", "url_override"]
 
 log = logging.getLogger(__name__)
+
+# Where the commands (`spin-ray store ...`, `spin-ray fit`) find a Redis URL that no flag or config names.
+URL_ENV = "SPIN_RAY_REDIS_URL"
 
 
 def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
@@ -146,6 +149,15 @@ def resolve_url(config: "StoreConfig") -> str | None:
             )
         return value
     return None
+
+
+def url_override(flag: str | None, config: "StoreConfig | None" = None) -> str | None:
+    """A command's Redis URL: its flag, else $SPIN_RAY_REDIS_URL unless the config names a server of its own; or None."""
+    if flag:
+        return flag
+    if config is not None and (config.url or config.url_env):
+        return None  # resolve_url reads the config's
+    return os.environ.get(URL_ENV) or None
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from spin_ray.store.fit_store import FitStore
 from spin_ray.store.server import store_url
 from spin_ray.train.async_fits import FitQueue
 from spin_ray.train.checkpoint import initial_network
-from spin_ray.train.modes import STORE_MODES, make_supervisor
+from spin_ray.train.modes import check_mode, make_supervisor
 from spin_ray.train.sampling import make_train_loader
 from spin_ray.train.trainer import StepMetrics, Trainer
 
@@ -210,8 +210,7 @@ def run_training(
     Single-process training supports sync, static and 2d; the Ray pipeline runs async by passing
     its fitter pool as fit_queue. on_step hears every step's metrics (progress in another process).
     """
-    if cfg.train.mode == "async" and fit_queue is None:
-        make_supervisor(cfg, None, None)  # type: ignore[arg-type]  # raises the explanation before any work
+    check_mode(cfg.train.mode, fit_queue is not None)
     resolve_device(cfg.device, "device")  # a device this process cannot use: one line, before the data are built
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +219,7 @@ def run_training(
     body = BodyModel.from_config(cfg.body)
     train_set, heldout = training_data(cfg)
     names = [d.spin.name for d in train_set.datasets]
-    needs_store = cfg.train.mode in STORE_MODES
+    needs_store = cfg.train.uses_store
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(open_store(cfg, body, output_dir)) if needs_store else None
         if store is not None:
@@ -232,7 +231,7 @@ def run_training(
             if cfg.train.mode == "static" and not any(store.count(n) for n in names):
                 log.warning("static mode with an empty fit store: nothing supervises the pose until fits exist "
                             "(set train.init_store_from_static_fits or import fits with `spin-ray store import`)")
-        queue = fit_queue(store) if fit_queue is not None and cfg.train.mode == "async" else None
+        queue = fit_queue(store) if fit_queue is not None and cfg.train.uses_fitter_pool else None
         supervisor = make_supervisor(cfg, store, body, queue)
         stack.callback(supervisor.close)
         if resume is not None:
