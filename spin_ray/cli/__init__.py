@@ -8,14 +8,14 @@ import select
 import signal
 import sys
 
-from spin_ray.cli import data, demo, fit, launch, pool, store, synth, train
+from spin_ray.cli import data, demo, export_checkpoint, fit, launch, pool, store, synth, train
 from spin_ray.cli.arg_types import OneLineParser
 from spin_ray.cli import eval as evaluate
 from spin_ray.errors import SpinRayError
 
 # In the order `spin-ray --help` lists them; each module's `register(subparsers)` adds its parser
 # and sets `func` on it.
-SUBCOMMAND_MODULES = (store, data, fit, synth, train, evaluate, demo, pool, launch)
+SUBCOMMAND_MODULES = (store, data, fit, synth, train, evaluate, export_checkpoint, demo, pool, launch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ resumed run continues bit for bit on CPU.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,21 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.config import CameraConfig, RunConfig, config_from_dict
 from spin_ray.errors import ConfigError, ModelError
 from spin_ray.model.hmr import HMR
+from spin_ray.model.mean_params import load_mean_params
 from spin_ray.model.pretrained import is_pretrained_file, load_pretrained, pretrained_identity
+from spin_ray.model.spin_layout import (
+    SPIN_BACKBONE,
+    SPIN_IEF_ITERATIONS,
+    SPIN_IMG_RES,
+    SPIN_NUM_BETAS,
+    from_spin_state_dict,
+    is_spin_checkpoint,
+    to_spin_state_dict,
+)
 
 CHECKPOINT_FORMAT = 1
+# A checkpoint's mean parameters agree with a configured file when no value differs by more than this.
+MEAN_PARAMS_ATOL = 1e-5
 
 
 def run_identity(cfg: RunConfig, body_identity: str) -> dict[str, Any]:
@@ -76,16 +89,63 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ModelError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise ModelError(f"{path}: not a readable spin-ray checkpoint ({type(err).__name__}: {err})") from None
+    except pickle.UnpicklingError as err:  # weights_only refused an object: unpickling it could run code
+        raise ModelError(f"{path}: not a readable spin-ray checkpoint: it holds objects other than tensors and "
+                         f"numbers, which could run code when loaded, and is refused ({_unsafe_global(err)})") from None
+    except Exception as err:  # torch raises several types for corrupt files
+        raise ModelError(f"{path}: not a readable spin-ray checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+    if is_spin_checkpoint(payload):
+        return spin_payload(payload)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ModelError(f"{path}: checkpoint format {found!r}, this code reads format {CHECKPOINT_FORMAT}")
+        raise ModelError(f"{path}: checkpoint format {found!r}, this code reads format {CHECKPOINT_FORMAT} "
+                         "and SPIN's model_checkpoint.pt layout")
     return payload
 
 
+def _first_line(err: Exception) -> str:
+    """An exception's message cut to its first line (torch's load errors run to a page)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _unsafe_global(err: Exception) -> str:
+    """The object torch's weights-only loader refused, from its page-long message."""
+    for line in str(err).splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip().rstrip(".")
+    return "an object weights_only does not allow"
+
+
+def spin_payload(spin: dict[str, Any]) -> dict[str, Any]:
+    """SPIN's checkpoint as a spin-ray payload: its network under spin-ray's names and what it was trained for.
+
+    It has no run config, optimiser state in spin-ray's parameter order, data position or RNG
+    states, so it can start a run or be evaluated but never be resumed (check_identity refuses it).
+    """
+    shape = spin["model"].get("init_shape")
+    num_betas = int(shape.shape[-1]) if isinstance(shape, torch.Tensor) and shape.ndim >= 1 else SPIN_NUM_BETAS
+    step = spin.get("total_step_count")
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "origin": "spin",
+        "model": from_spin_state_dict(spin["model"]),
+        "spin_model": spin["model"],
+        "identity": {"origin": "spin", "backbone": SPIN_BACKBONE, "img_res": SPIN_IMG_RES, "num_betas": num_betas,
+                     "ief_iterations": SPIN_IEF_ITERATIONS},
+        "step": int(step) if isinstance(step, int) else 0,
+    }
+
+
+def spin_run_config() -> RunConfig:
+    """The run config of SPIN's network where no other is given: resnet50 at 224 px, its mean from the checkpoint."""
+    return RunConfig.model_validate({"data": {"img_res": SPIN_IMG_RES}, "network": {"backbone": SPIN_BACKBONE}})
+
+
 def checkpoint_config(payload: dict[str, Any], path: str | Path) -> RunConfig:
-    """The run config saved in a checkpoint."""
+    """The run config saved in a checkpoint (SPIN's checkpoints have none: spin_run_config)."""
+    if payload.get("origin") == "spin":
+        return spin_run_config()
     try:
         return config_from_dict(payload["config"], source=f"{path} (saved config)")
     except (KeyError, ConfigError) as err:
@@ -94,6 +154,10 @@ def checkpoint_config(payload: dict[str, Any], path: str | Path) -> RunConfig:
 
 def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
     """Raise ModelError listing every identity field where a checkpoint differs from the current run."""
+    if saved.get("origin") == "spin":
+        raise ModelError(f"{path} is a SPIN checkpoint: it holds SPIN's network but no spin-ray training state "
+                         "(optimiser, step, data position, RNG) to resume; start a new run from it with "
+                         f"network.init_checkpoint: {path}")
     diffs = [f"{key}: checkpoint has {saved.get(key)!r}, config has {value!r}"
              for key, value in current.items() if saved.get(key) != value]
     if diffs:
@@ -104,15 +168,19 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | P
 def checkpoint_network(
     payload: dict[str, Any], cfg: RunConfig, body: BodyModel, what: str, config_name: str, fix: str,
 ) -> HMR:
-    """cfg's network with a checkpoint's weights, refused in one line naming what differs.
+    """cfg's network with a checkpoint's weights (spin-ray's or SPIN's), refused in one line naming what differs.
 
     The one home of this check for network.init_checkpoint, `eval`, load_regressor (`demo
     --checkpoint`, dataset fits) and resume: the checkpoint's identity names the body model, backbone,
     input size, betas and IEF iterations its weights were trained for; weights that still do not load
-    (a checkpoint without that identity) are summarised by count, never listed key by key. `what`
-    names the checkpoint ("network.init_checkpoint X"), `config_name` the config it is compared with
-    ("this run"), `fix` what to do.
+    (a checkpoint without that identity) are summarised by count, never listed key by key, in the
+    checkpoint's own key names. The mean parameters are the checkpoint's; where cfg names a mean
+    parameter file that exists and disagrees, the checkpoint is refused rather than either silently
+    winning. `what` names the checkpoint ("network.init_checkpoint X"), `config_name` the config it is
+    compared with ("this run"), `fix` what to do.
     """
+    if payload.get("origin") == "spin":
+        what = f"{what} (SPIN's checkpoint)"
     saved = payload.get("identity") or {}
     saved_body = saved.get("body_model")
     if saved_body is not None and saved_body != body.identity:
@@ -124,6 +192,13 @@ def checkpoint_network(
     if diffs:
         raise ModelError(f"{what} was trained with another network than {config_name} gives ({'; '.join(diffs)}): "
                          f"{fix}")
+    model = network_from_weights(payload, cfg, what, config_name, fix)
+    check_mean_params(model, cfg, what, config_name)
+    return model
+
+
+def network_from_weights(payload: dict[str, Any], cfg: RunConfig, what: str, config_name: str, fix: str) -> HMR:
+    """cfg's network holding a payload's weights; a misfit is refused naming the first tensor that differs."""
     if not isinstance(payload.get("model"), dict):
         raise ModelError(f"{what} has no 'model' weights (keys: {sorted(payload)})")
     # Every weight and mean-parameter buffer comes from the checkpoint: the files the network was first
@@ -133,9 +208,32 @@ def checkpoint_network(
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError:
-        raise ModelError(f"{what} does not fit {config_name}'s network "
-                         f"({weights_misfit(model.state_dict(), payload['model'])}): {fix}") from None
+        if payload.get("origin") == "spin":  # name the tensors as the user's file names them
+            misfit = weights_misfit(to_spin_state_dict(model.state_dict()), payload["spin_model"])
+        else:
+            misfit = weights_misfit(model.state_dict(), payload["model"])
+        raise ModelError(f"{what} does not fit {config_name}'s network ({misfit}): {fix}") from None
     return model
+
+
+def check_mean_params(model: HMR, cfg: RunConfig, what: str, config_name: str) -> None:
+    """Refuse a checkpoint whose mean parameters differ from network.mean_params_path's, saying which would win.
+
+    A null path, or a file that is not there (a config moved to another machine), takes the
+    checkpoint's mean without comparing: the weights were trained from it.
+    """
+    path = cfg.network.mean_params_path
+    if path is None or not Path(path).is_file():
+        return
+    configured = load_mean_params(path, cfg.body.num_betas)
+    for name, ours, theirs in (("pose", model.init_pose, configured.pose_6d), ("shape", model.init_betas,
+                               configured.betas), ("cam", model.init_camera, configured.camera)):
+        gap = float((ours - theirs.to(ours.dtype)).abs().max())
+        if gap > MEAN_PARAMS_ATOL:
+            raise ModelError(f"{what} has other mean parameters than {config_name}'s network.mean_params_path {path} "
+                             f"('{name}' differs by up to {gap:.3g}); the checkpoint's would win, as its weights were "
+                             "trained from them: set network.mean_params_path to null to use them, or name the "
+                             "file the checkpoint was trained with")
 
 
 def weights_misfit(network: dict[str, Any], saved: dict[str, Any]) -> str:
@@ -154,6 +252,40 @@ def weights_misfit(network: dict[str, Any], saved: dict[str, Any]) -> str:
         parts.append(f"{len(reshaped)} of another shape (e.g. {key}: checkpoint {shape(saved[key])}, "
                      f"network {shape(network[key])})")
     return ", ".join(parts) or "the weights do not load"
+
+
+def export_spin_checkpoint(source: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint's network in SPIN's model_checkpoint.pt layout, loadable by SPIN's demo.py and eval.py.
+
+    SPIN's network is one shape (resnet50 at 224 px, 10 betas, 3 IEF iterations): any other is refused
+    before anything is written. The file holds 'model' and SPIN's counters; no 'optimizer' (spin-ray's
+    optimiser state is in another parameter order), so SPIN resuming from it starts a fresh optimiser.
+    """
+    source, out = Path(source), Path(out)
+    payload = load_checkpoint(source)
+    cfg = checkpoint_config(payload, source)
+    shape = {"network.backbone": (cfg.network.backbone, SPIN_BACKBONE), "data.img_res": (cfg.data.img_res, SPIN_IMG_RES),
+             "body.num_betas": (cfg.body.num_betas, SPIN_NUM_BETAS),
+             "network.ief_iterations": (cfg.network.ief_iterations, SPIN_IEF_ITERATIONS)}
+    for key, (ours, spins) in shape.items():
+        if ours != spins:
+            raise ModelError(f"{source} has {key} {ours!r}; SPIN's network has {spins!r} only, so it cannot be "
+                             "exported in SPIN's layout")
+    if out.resolve() == source.resolve():
+        raise ModelError(f"--out {out} is the checkpoint being exported; name another file")
+    model = network_from_weights(payload, cfg, str(source), "its saved config",
+                                 "export a checkpoint that a spin-ray run wrote")
+    step = int(payload.get("step", 0))
+    spin = {"model": to_spin_state_dict(model.state_dict()), "epoch": 0, "batch_idx": 0,
+            "batch_size": cfg.train.batch_size, "total_step_count": step}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(spin, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def initial_network(cfg: RunConfig, body: BodyModel) -> HMR:
