@@ -47,7 +47,7 @@ BAD_CONFIG_FILES = {  # id: (file content, or None for no file / "DIR" for a fol
 
 @pytest.mark.parametrize("kind", list(BAD_CONFIG_FILES))
 def test_a_bad_config_file_is_one_line_that_names_the_fault(tmp_path, capsys, kind):
-    from spin_ray.launch import main as launch_main
+    from spin_ray.cli.launch import main as launch_main
 
     content, message = BAD_CONFIG_FILES[kind]
     path = tmp_path / "run.yaml"

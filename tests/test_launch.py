@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from spin_ray.config import config_from_dict
-from spin_ray.launch import launch, main as launch_main
+from spin_ray.cli.launch import launch, main as launch_main
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.server import EmbeddedRedis
 

@@ -14,7 +14,7 @@ import yaml
 
 from spin_ray.config import config_from_dict
 from spin_ray.errors import ConfigError, PipelineError
-from spin_ray.launch import main as launch_main
+from spin_ray.cli.launch import main as launch_main
 from spin_ray.pipeline.ray_errors import spin_error
 from spin_ray.pipeline.resources import (
     ClusterShape,
@@ -188,7 +188,7 @@ import sys, time
 sys.path.insert(0, {tests!r})
 import ray
 from spin_ray.config import RunConfig
-from spin_ray.launch import ray_session
+from spin_ray.pipeline.session import ray_session
 from conftest import _start_local_ray
 started = time.monotonic()
 with ray_session(RunConfig()):

@@ -16,7 +16,7 @@ import torch
 
 from spin_ray.config import config_from_dict
 from spin_ray.errors import ConfigError
-from spin_ray.launch import launch
+from spin_ray.cli.launch import launch
 from spin_ray.pipeline.train_workers import worker_dir, worker_setup
 from spin_ray.store.fit_store import FitStore
 from spin_ray.train.checkpoint import load_checkpoint

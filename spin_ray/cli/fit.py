@@ -203,7 +203,7 @@ def _fit_local(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
 
 
 def _fit_into_store(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
-    from spin_ray.launch import ray_session, stop_on_signals
+    from spin_ray.pipeline.session import ray_session, stop_on_signals
     from spin_ray.pipeline.dataset_fit import dataset_fit_config, fit_dataset
     from spin_ray.pipeline.pool import FitterPool
     from spin_ray.redact import redact_url

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from spin_ray.launch import launch, print_summary
+    from spin_ray.cli.launch import launch, print_summary
     from spin_ray.train.run import run_training
 
     cfg = with_overrides(load_config(args.config), train={
