@@ -56,3 +56,13 @@ def test_paper_config_matches_the_table(key, value, default_differs):
         assert value_at(RunConfig(), key) == value, f"default {key}"
     else:
         assert value_at(RunConfig(), key) != value
+
+
+def test_every_check_of_spins_steps_names_a_test_that_exists():
+    text = (ROOT / "docs" / "CONFORMANCE.md").read_text()
+    section = text.split("## SPIN's files and steps, shown equal", 1)[1]
+    named = re.findall(r"`(tests/\w+\.py)::(\w+)(?:\[[^`]*\])?`", section)
+    assert len(named) >= 3
+    for file, name in named:
+        source = (ROOT / file).read_text()
+        assert re.search(rf"^def {name}\(", source, re.M), f"docs/CONFORMANCE.md names {file}::{name}, not found"

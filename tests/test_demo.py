@@ -249,6 +249,7 @@ def _bad_json(folder: Path, name: str, text: str) -> Path:
     ("person out of range", "--person 5: "),
     ("bad bbox", "width and height must be positive"),
     ("missing checkpoint", "does not exist"),
+    ("truncated SPIN checkpoint", "not a readable spin-ray checkpoint"),
     ("1x1 image", "person.json: person 1: box of side "),  # ... lies wholly outside the 1x1 image
     ("keypoints 5000 px away", "k.json: person 0: box of side "),  # ... outside the 320x280 image
     ("bbox outside", "--bbox -100 0 50 50: box of side 50.0 px centred at (-75.0, 25.0) lies wholly outside the "
@@ -281,6 +282,11 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(scene, tmp_path, capsys
         extra = ["--bbox", "10", "10", "0", "50"]
     elif case == "missing checkpoint":
         extra = ["--checkpoint", tmp_path / "nope.pt"]
+    elif case == "truncated SPIN checkpoint":  # a download cut short
+        cut = tmp_path / "model_checkpoint.pt"
+        torch.save({"model": {"decpose.weight": torch.zeros(144, 64)}, "epoch": 1}, cut)
+        cut.write_bytes(cut.read_bytes()[:1500])
+        extra = ["--checkpoint", cut]
     elif case == "1x1 image":  # the keypoints of another, larger photo
         image = tmp_path / "person.png"
         cv2.imwrite(str(image), np.full((1, 1, 3), 90, np.uint8))

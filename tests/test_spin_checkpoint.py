@@ -149,6 +149,25 @@ def test_spin_checkpoint_loads_for_eval_and_demo(tmp_path, spin_state):
     assert (cfg.network.backbone, cfg.data.img_res) == ("resnet50", 224)
     assert torch.equal(model.init_betas, spin_state["init_shape"][0])
     assert load_checkpoint(path)["step"] == 1234
+    from spin_ray.demo.run import load_model
+
+    model, cfg, _, trained = load_model(path)
+    assert trained and cfg.network.backbone == "resnet50" and not model.training
+
+
+def test_eval_of_a_spin_checkpoint_under_a_resnet18_config_is_one_line(tmp_path, spin_state, capsys):
+    from pathlib import Path
+
+    path = tmp_path / "model_checkpoint.pt"
+    _spin_file(path, spin_state)
+    local = Path(__file__).resolve().parents[1] / "configs" / "local.yaml"
+    out = tmp_path / "eval.json"
+    code = main(["eval", str(path), "--config", str(local), "--dataset", str(tmp_path / "none.npz"),
+                 "--json", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "SPIN's checkpoint" in err and "backbone: checkpoint has 'resnet50', config has 'resnet18'" in err
+    assert not out.exists()
 
 
 def test_export_to_spin_layout_round_trips(tmp_path, spin_state, body):
