@@ -18,7 +18,6 @@ changed with `standin_fitter_class`), not product config.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -29,11 +28,10 @@ import ray
 
 from spin_ray.config import PipelineConfig, RunConfig
 from spin_ray.errors import PipelineError
+from spin_ray.pipeline.fitter_protocol import HEALTH_GROUP, FitterHealth, report_fields
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
 
-# Must equal spin_ray.pipeline.fitter.HEALTH_GROUP (a test checks): the pool declares that group.
-HEALTH_GROUP = "health"
 REQUESTS_MODULE = "spin_ray.pipeline.requests"
 # GPU-seconds one SMPLify batch of fitting.batch_size takes on a whole GPU: an assumption
 # (~100 Adam steps at ~2.5 ms each), see benchmarks/SCALING.md.
@@ -124,7 +122,7 @@ def report_from_wire(wire: dict[str, Any]) -> Any:
     return StandinReport(**wire)
 
 
-class StandinFitter:
+class StandinFitter(FitterHealth):
     """One stand-in fitter process: sleeps for the cost model's time per request, then keep-best writes."""
 
     gpu_s_per_batch: float = DEFAULT_GPU_S_PER_BATCH
@@ -148,28 +146,7 @@ class StandinFitter:
         error = np.full(request.batch_size, standin_error(request.step))
         written = int(self.store.keep_best_samples(request.row_datasets, request.indices, request.pose,
                                                    request.betas, error, request.step, "loop").sum())
-        return StandinReport(
-            request_id=request.request_id,
-            step=request.step,
-            batch_size=request.batch_size,
-            fitted=request.batch_size,
-            written=written,
-            failed=0,
-            mean_error=float(error.mean()),
-            elapsed_s=time.perf_counter() - start,
-            actor_id=self.actor_id,
-            cpu_s=time.process_time() - cpu_start,
-        )
-
-    @ray.method(concurrency_group=HEALTH_GROUP)
-    def ping(self) -> str:
-        """This fitter's id, once it is ready."""
-        return self.actor_id
-
-    @ray.method(concurrency_group=HEALTH_GROUP)
-    def pid(self) -> int:
-        """The process id of this fitter."""
-        return os.getpid()
+        return StandinReport(**report_fields(request, error, written, self.actor_id, start, cpu_start))
 
     @ray.method(concurrency_group=HEALTH_GROUP)
     def node_id(self) -> str:

@@ -32,7 +32,7 @@ def _copy(tmp_path: Path) -> Path:
 def test_every_contract_is_kept():
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "0 broken" in result.stdout and "3 kept" in result.stdout
+    assert "0 broken" in result.stdout and "4 kept" in result.stdout
 
 
 def test_an_upward_import_inside_a_function_breaks_the_floors(tmp_path):
@@ -52,6 +52,15 @@ def test_a_cycle_inside_a_part_is_caught(tmp_path):
     result = _lint(root)
     assert result.returncode != 0
     assert "no import cycle between the modules of any part BROKEN" in result.stdout
+
+
+def test_the_pool_importing_train_breaks_its_contract(tmp_path):
+    root = _copy(tmp_path)
+    pool = root / "spin_ray" / "pipeline" / "pool.py"
+    pool.write_text(pool.read_text() + "\n\ndef _trainer():\n    from spin_ray.train import supervision  # noqa\n")
+    result = _lint(root)
+    assert result.returncode != 0
+    assert "of pipeline, only the trainer actor and the Ray Train workers import train BROKEN" in result.stdout
 
 
 def test_the_product_never_imports_the_development_package(tmp_path):

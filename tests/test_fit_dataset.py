@@ -199,7 +199,7 @@ def test_checkpoint_starts_are_the_networks_predictions_on_canonical_crops(tiny_
     from spin_ray.eval.evaluate import evaluation_dataset
     from spin_ray.geometry import matrix_to_axis_angle
     from spin_ray.model.hmr import HMR
-    from spin_ray.pipeline.dataset_fit import network_starts
+    from spin_ray.cli.fit import network_starts
     from spin_ray.train.checkpoint import save_checkpoint
 
     torch.manual_seed(0)

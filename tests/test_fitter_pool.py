@@ -13,7 +13,8 @@ from pipeline_problems import fast_config, make_request, seed_store
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig
 from spin_ray.errors import ConfigError, PipelineError
-from spin_ray.pipeline.pool import FitterPool, import_fitter_class
+from spin_ray.pipeline.fitter_protocol import import_fitter_class
+from spin_ray.pipeline.pool import FitterPool
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
 from spin_ray_sim.fitters import slow_fitter_class
@@ -248,7 +249,7 @@ def test_a_replacement_that_dies_before_answering_does_not_cost_the_request_its_
     os.kill(_pid(next(iter(pool.fitter_handles().values()))), signal.SIGKILL)
     wait_until(lambda: pool.metrics().resubmitted == 1, pool)
     # The replacement is starting: kill it before its first answer (as a dying node would).
-    starting = [s for s in pool._slots if s.starting is not None]
+    starting = [s for s in pool._fitters.slots if s.starting is not None]
     assert starting, "the replacement should not take work before it answers a ping"
     ray.kill(starting[0].actor, no_restart=True)
     assert pool.drain(120)

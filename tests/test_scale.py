@@ -43,7 +43,7 @@ def _request(batch: int = 8, step: int = 3) -> FitRequest:
 
 
 def test_health_group_matches_the_pools():
-    from spin_ray.pipeline.fitter import HEALTH_GROUP as POOL_GROUP
+    from spin_ray.pipeline.fitter_protocol import HEALTH_GROUP as POOL_GROUP
 
     assert HEALTH_GROUP == POOL_GROUP
 

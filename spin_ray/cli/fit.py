@@ -109,7 +109,7 @@ def _prepare(args: argparse.Namespace, cfg: RunConfig):
     from spin_ray.errors import InputError
     from spin_ray.fitting.static_fits import canonical_crop_keypoints
     from spin_ray.model.mean_params import mean_pose_axis_angle
-    from spin_ray.pipeline.dataset_fit import DatasetFit, network_starts
+    from spin_ray.pipeline.dataset_fit import DatasetFit
     from spin_ray.store.files import read_npy_fits
 
     root = args.image_root if args.image_root is not None else args.dataset.parent
@@ -153,6 +153,48 @@ def _prepare(args: argparse.Namespace, cfg: RunConfig):
             print(f"note: {missed} rows have no readable image under {root}: they start from the mean pose",
                   file=sys.stderr)
     return DatasetFit(data.name, keypoints, usable, pose, betas, step, fingerprint, str(args.dataset)), body
+
+
+def network_starts(checkpoint: Path, job_rows: np.ndarray, npz: Path, image_root: Path, name: str,
+                   body_identity: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """A trained checkpoint's predictions on the canonical crops of `job_rows`: (pose, betas, step, rows missed).
+
+    pose (N, 72) and betas (N, B) cover every dataset row; rows not predicted (not in job_rows, or
+    their image cannot be read) hold NaN, for the caller to start from the mean pose.
+    """
+    from tqdm import tqdm
+
+    from spin_ray.config import DataConfig
+    from spin_ray.data.dataset import SpinImageDataset
+    from spin_ray.data.spin_format import load_spin_npz
+    from spin_ray.errors import InputError
+    from spin_ray.geometry import matrix_to_axis_angle
+    from spin_ray.train.checkpoint import load_checkpoint, load_regressor
+
+    model, ckpt_cfg, ckpt_body = load_regressor(checkpoint)
+    if ckpt_body.identity != body_identity:
+        raise InputError(f"--checkpoint {checkpoint} was trained with body model {ckpt_body.identity}, but the fit "
+                         f"uses {body_identity}: fit with the checkpoint's config (--config) or another checkpoint")
+    step = int(load_checkpoint(checkpoint).get("step", 0))
+    images = SpinImageDataset(load_spin_npz(npz, image_root, name=name),
+                              DataConfig(img_res=ckpt_cfg.data.img_res, bad_samples="skip"), train=False)
+    n = len(images)
+    pose = np.full((n, 72), np.nan, np.float32)
+    betas = np.full((n, ckpt_body.num_betas), np.nan, np.float32)
+    for begin in tqdm(range(0, len(job_rows), batch_size), desc="predicting", unit="batch", leave=False):
+        items = [images[int(r)] for r in job_rows[begin:begin + batch_size]]
+        # A row whose image cannot be read comes back as the next readable row: leave it unpredicted.
+        items = [(int(r), item) for r, item in zip(job_rows[begin:begin + batch_size], items)
+                 if int(item["index"]) == int(r)]
+        if not items:
+            continue
+        with torch.no_grad():
+            out = model(torch.stack([item["img"] for _, item in items]))
+        rows = np.array([r for r, _ in items])
+        pose[rows] = matrix_to_axis_angle(out.rotmat).reshape(len(rows), -1).numpy()
+        betas[rows] = out.betas.numpy()
+    missed = int(np.isnan(pose[job_rows]).any(axis=1).sum())
+    return pose, betas, step, missed
 
 
 def _fit(args: argparse.Namespace) -> int:

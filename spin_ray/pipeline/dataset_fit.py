@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -230,42 +229,3 @@ def _stored_errors(store: FitStore, job: DatasetFit) -> np.ndarray:
     in_use = np.zeros(len(indices), bool)
     in_use[inside] = job.usable[indices[inside]]
     return np.asarray(errors, np.float64)[in_use]
-
-
-def network_starts(checkpoint: Path, job_rows: np.ndarray, npz: Path, image_root: Path, name: str,
-                   body_identity: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """A trained checkpoint's predictions on the canonical crops of `job_rows`: (pose, betas, step, rows missed).
-
-    pose (N, 72) and betas (N, B) cover every dataset row; rows not predicted (not in job_rows, or
-    their image cannot be read) hold NaN, for the caller to start from the mean pose.
-    """
-    from spin_ray.config import DataConfig
-    from spin_ray.data.dataset import SpinImageDataset
-    from spin_ray.data.spin_format import load_spin_npz
-    from spin_ray.geometry import matrix_to_axis_angle
-    from spin_ray.train.checkpoint import load_checkpoint, load_regressor
-
-    model, ckpt_cfg, ckpt_body = load_regressor(checkpoint)
-    if ckpt_body.identity != body_identity:
-        raise InputError(f"--checkpoint {checkpoint} was trained with body model {ckpt_body.identity}, but the fit "
-                         f"uses {body_identity}: fit with the checkpoint's config (--config) or another checkpoint")
-    step = int(load_checkpoint(checkpoint).get("step", 0))
-    images = SpinImageDataset(load_spin_npz(npz, image_root, name=name),
-                              DataConfig(img_res=ckpt_cfg.data.img_res, bad_samples="skip"), train=False)
-    n = len(images)
-    pose = np.full((n, 72), np.nan, np.float32)
-    betas = np.full((n, ckpt_body.num_betas), np.nan, np.float32)
-    for begin in tqdm(range(0, len(job_rows), batch_size), desc="predicting", unit="batch", leave=False):
-        items = [images[int(r)] for r in job_rows[begin:begin + batch_size]]
-        # A row whose image cannot be read comes back as the next readable row: leave it unpredicted.
-        items = [(int(r), item) for r, item in zip(job_rows[begin:begin + batch_size], items)
-                 if int(item["index"]) == int(r)]
-        if not items:
-            continue
-        with torch.no_grad():
-            out = model(torch.stack([item["img"] for _, item in items]))
-        rows = np.array([r for r, _ in items])
-        pose[rows] = matrix_to_axis_angle(out.rotmat).reshape(len(rows), -1).numpy()
-        betas[rows] = out.betas.numpy()
-    missed = int(np.isnan(pose[job_rows]).any(axis=1).sum())
-    return pose, betas, step, missed

@@ -9,11 +9,9 @@ body model is built inside the actor from the config: shipped, it would pickle t
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
-import ray
 import torch
 
 from spin_ray.body.body_model import BodyModel
@@ -26,12 +24,10 @@ from spin_ray.fitting.priors import load_pose_prior
 from spin_ray.fitting.smplify import SmplifyParams
 from spin_ray.fitting.starts import typical_depth
 from spin_ray.model.device import resolve_device
+from spin_ray.pipeline.fitter_protocol import FitterHealth, report_fields
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
-
-# Ray concurrency group of ping and pid: they answer while a fit runs (fits stay one at a time).
-HEALTH_GROUP = "health"
 
 
 def fit_request(
@@ -55,7 +51,7 @@ def fitter_device(config: RunConfig) -> torch.device:
         raise ConfigError(f"{err} (fitter processes see a GPU only with pipeline.fitter_num_gpus > 0)") from None
 
 
-class FitterActor:
+class FitterActor(FitterHealth):
     """One fitter process: builds its body model, prior and store connection once, then fits requests."""
 
     # The store's `source` of the fits this fitter writes; the offline dataset fit's subclass writes "static".
@@ -100,27 +96,4 @@ class FitterActor:
         error = fits.error.cpu().numpy().astype(np.float64)
         written = self.store.keep_best_samples(request.row_datasets, request.indices, fits.pose.cpu().numpy(),
                                                fits.betas.cpu().numpy(), error, request.step, self.source)
-        finite = np.isfinite(error)
-        fitted = int(finite.sum())
-        return FitReport(
-            request_id=request.request_id,
-            step=request.step,
-            batch_size=request.batch_size,
-            fitted=fitted,
-            written=int(written.sum()),
-            failed=request.batch_size - fitted,
-            mean_error=float(error[finite].mean()) if fitted else float("nan"),
-            elapsed_s=time.perf_counter() - start,
-            actor_id=self.actor_id,
-            cpu_s=time.process_time() - cpu_start,
-        )
-
-    @ray.method(concurrency_group=HEALTH_GROUP)
-    def ping(self) -> str:
-        """This fitter's id, once it is ready to fit."""
-        return self.actor_id
-
-    @ray.method(concurrency_group=HEALTH_GROUP)
-    def pid(self) -> int:
-        """The process id of this fitter (for fault tests and operators)."""
-        return os.getpid()
+        return FitReport(**report_fields(request, error, int(written.sum()), self.actor_id, start, cpu_start))
