@@ -285,9 +285,10 @@ def _not_stored(store, names: list[str], ids: set[tuple[str, int]]) -> list[tupl
 
 
 def _gallery(args: argparse.Namespace) -> int:
-    from spin_ray.curate.gallery import Selection, build_gallery, load_predictor
+    from spin_ray.curate.gallery import Selection, build_gallery
     from spin_ray.curate.gallery_page import write_page
     from spin_ray.curate.sample_ids import read_ids
+    from spin_ray.train.checkpoint import load_predictor
 
     if args.ids is not None:
         if args.dataset:

@@ -320,21 +320,3 @@ def build_gallery(
     if selection.mode == "ids" and not data.cards and not data.notices:
         data.notices.append("The ids file lists no samples.")
     return data
-
-
-def load_predictor(checkpoint: str | Path, camera: CameraConfig) -> Predictor:
-    """The network prediction of a training checkpoint, through spin_ray.train's loader if it has one."""
-    try:
-        from spin_ray.train import checkpoint as checkpoint_module
-    except ImportError as err:
-        raise FitStoreError(
-            f"--checkpoint: showing the network's prediction is not available yet (spin_ray.train.checkpoint "
-            f"cannot be imported: {err}); run the gallery without --checkpoint"
-        ) from None
-    loader = getattr(checkpoint_module, "load_predictor", None)
-    if loader is None:
-        raise FitStoreError(
-            "--checkpoint: showing the network's prediction is not available yet: spin_ray.train.checkpoint "
-            "has no load_predictor(path, camera) -> Predictor; run the gallery without --checkpoint"
-        )
-    return loader(checkpoint, camera)
