@@ -364,3 +364,26 @@ def test_pose_and_3d_joints_equal_spins_processing(params):
                                    atol=1e-6)
     ours_joints = F.augment_joints3d(torch.from_numpy(joints[None]), aug)[0].numpy()
     np.testing.assert_allclose(ours_joints, _spin_joints3d(joints, params.rot, params.flip), atol=1e-6)
+
+
+@pytest.mark.parametrize("params", SPIN_CASES)
+def test_fits_go_back_to_the_canonical_frame_as_spins_fit_dictionary(params):
+    """SPIN's fit dictionary stores a fit made in the augmented crop unflipped first, then its root turned by
+    Rz(+rot); spin-ray's canonicalise_pose (the frame the store keeps) must give the same rotations."""
+    rng = np.random.default_rng(8)
+    pose = rng.normal(0, 0.4, 72)
+    pose[:3] = [2.9, -0.2, 0.4]
+    spins = pose.reshape(24, 3).copy()
+    if params.flip:
+        perm = list(range(24))
+        for left, right in _SMPL_PAIRS:
+            perm[left], perm[right] = right, left
+        spins = spins[perm]
+        spins[:, 1:] = -spins[:, 1:]
+    a = np.deg2rad(params.rot)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    spins[0] = Rotation.from_matrix(rz @ _rodrigues(spins[0])).as_rotvec()
+    aug = torch.from_numpy(params.as_array()[None]).double()
+    ours = F.canonicalise_pose(torch.from_numpy(pose[None]), aug)[0].numpy().reshape(24, 3)
+    for j in range(24):
+        np.testing.assert_allclose(_rodrigues(ours[j]), _rodrigues(spins[j]), atol=1e-6)

@@ -31,6 +31,8 @@ from spin_ray.train.losses import (
     keypoint_3d_loss,
     smpl_losses,
     spin_loss,
+    supervision_betas,
+    valid_fit_mask,
     vertex_loss,
 )
 
@@ -435,6 +437,58 @@ def test_spin_loss_with_a_vertex_weight_ground_truth_and_an_extreme_beta_fit():
     for got, want in ((terms.keypoints_2d, kp2d), (terms.betas, betas), (terms.vertices, verts),
                       (terms.pose, pose), (terms.total, total)):
         _close(got, want)
+
+
+# -- SPIN's fit-update rule and the edges of its supervision rules ------------------------------------
+
+
+def spin_kept_fits(stored_error, new_error, has_smpl, stored_betas, new_betas, threshold=100.0, max_beta=3.0):
+    """SPIN's step after SMPLify: a new fit replaces the stored one where its error is strictly lower; the kept
+    error decides validity (strictly below the threshold, or ground truth); betas with any |beta| > 3 become
+    zeros for supervision (the dictionary keeps them); ground truth replaces the fit where it exists."""
+    update = new_error < stored_error
+    error = np.where(update, new_error, stored_error)
+    betas = np.where(update[:, None], new_betas, stored_betas)
+    supervised = np.where((np.abs(betas) > max_beta).any(axis=1)[:, None], 0.0, betas)
+    valid = (error < threshold) | has_smpl
+    return update, error, betas, supervised, valid
+
+
+def test_fit_update_rule_validity_threshold_and_betas_rule_at_spins_edges():
+    stored_error = np.array([80.0, 100.0, 30.0, 120.0, 50.0, np.inf])
+    new_error = np.array([60.0, 100.0, 30.0, 99.99, np.nan, 100.0])  # lower, equal at the threshold, tie, ...
+    has_smpl = np.array([False, False, False, False, False, True])
+    stored_betas = np.zeros((6, 10))
+    new_betas = np.zeros((6, 10))
+    new_betas[0, 2] = 3.0  # exactly 3: kept (SPIN's rule is > 3)
+    new_betas[3, 7] = -3.0001  # beyond: supervised towards zero
+    new_betas[5, 1] = 5.0  # ground truth: its betas are kept whatever their size
+    update, error, betas, supervised, valid = spin_kept_fits(stored_error, new_error, has_smpl, stored_betas, new_betas)
+    assert update.tolist() == [True, False, False, True, False, True]  # a tie and a NaN never replace
+
+    # spin-ray: the store's keep-best writes only strictly lower errors (tests/test_fit_store.py); the rules
+    # after it are these pure functions, compared here with SPIN's on the kept values.
+    ours_valid = valid_fit_mask(torch.tensor(error), torch.tensor(has_smpl), FittingConfig().valid_error_threshold)
+    assert ours_valid.tolist() == valid.tolist() == [True, False, True, True, True, True]
+    ours = supervision_betas(torch.tensor(betas), torch.tensor(has_smpl), FittingConfig().max_abs_beta)
+    gt_kept = supervised.copy()
+    gt_kept[has_smpl] = betas[has_smpl]  # SPIN zeroes first, then ground truth replaces the betas
+    np.testing.assert_array_equal(ours.numpy(), gt_kept)
+    assert ours[0, 2] == 3.0 and ours[3].abs().sum() == 0 and ours[5, 1] == 5.0
+
+
+def test_losses_with_nothing_to_supervise_are_zero_as_spins():
+    """SPIN returns 0 for the 3D, SMPL and shape terms when no sample of the batch has what they need."""
+    d = _training_batch()
+    none = torch.zeros(B, dtype=torch.bool)
+    assert keypoint_3d_loss(_t(d["pred_kp3d"][:, 25:]), _t(d["target_kp3d"]), none).item() == 0.0
+    pose, betas = smpl_losses(_t(d["pred_rotmat"]), _t(d["pred_betas"]), _t(d["fit_rotmat"]), _t(d["fit_betas"]), none)
+    assert pose.item() == 0.0 and betas.item() == 0.0
+    assert vertex_loss(_t(d["pred_vertices"]), _t(d["fit_vertices"]), none).item() == 0.0
+    # and a one-term change shows: the 3D term on sample 0 alone is its own hand value
+    one = torch.tensor([True, False])
+    _close(keypoint_3d_loss(_t(d["pred_kp3d"][:, 25:]), _t(d["target_kp3d"]), one),
+           kp3d_by_hand(d["pred_kp3d"][:, 25:], d["target_kp3d"], np.array([True, False])))
 
 
 # -- a deliberate difference from SPIN's code --------------------------------------------------------
