@@ -191,3 +191,41 @@ def test_export_creates_missing_folders_and_refuses_a_read_only_one_before_readi
         assert code == 1 and err.count("\n") == 1 and "Traceback" not in err, err
         assert f"InputError: store export {out}: cannot write into {out.parent} (" in err and "choose a writable folder" in err
         assert not out.exists()
+
+
+def test_the_curation_road_is_two_commands_fit_then_store_data_dir(tiny_spin_data, ray_local, tmp_path, capsys):
+    """`spin-ray fit` into its embedded store, then `store worst/stats/gallery --data-dir` with no server started by hand."""
+    from spin_ray.store.embedded import EmbeddedRedis
+
+    npz = tiny_spin_data["tiny-itw"]
+    data_dir = tmp_path / "fit-mine" / "redis"
+    assert main(["fit", str(npz), "--output-dir", str(data_dir.parent), "--fitters", "1", "--iterations", "1",
+                 "--limit", "6", "--no-progress"]) == 0
+    assert f"data in {data_dir}" in capsys.readouterr().err
+    assert not (data_dir / "redis.pid").exists()  # the fit's server stopped with it
+
+    assert main(["store", "worst", "--data-dir", str(data_dir), "--k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-itw: " in out and len([line for line in out.splitlines() if line.startswith("  tiny-itw ")]) == 3
+    assert f"--data-dir {data_dir}" in out  # the filter hint names the same store
+    assert main(["store", "stats", "--data-dir", str(data_dir), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert [(d["dataset"], d["count"]) for d in stats["datasets"]] == [("tiny-itw", 6)]
+    gallery = tmp_path / "gallery"
+    assert main(["store", "gallery", "--data-dir", str(data_dir), "--worst", "2", "--data", f"tiny-itw={npz}",
+                 "--out", str(gallery)]) == 0
+    assert (gallery / "index.html").is_file() and len(list((gallery / "images").iterdir())) >= 2
+    capsys.readouterr()
+    assert not (data_dir / "redis.pid").exists()  # each command stopped the server it started
+
+    # A folder a live process serves is refused with the --url hint; --url with --data-dir is one line too.
+    with EmbeddedRedis(data_dir) as server:
+        assert main(["store", "stats", "--data-dir", str(data_dir)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "DataDirInUseError" in err and "with --url" in err, err
+        assert main(["store", "stats", "--data-dir", str(data_dir), "--url", server.url]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "give --url or --data-dir, not both" in err, err
+    assert main(["store", "stats", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not an embedded store's folder" in err, err

@@ -46,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     def connected(name: str, help_text: str) -> argparse.ArgumentParser:
         parser = sub.add_parser(name, help=help_text)
         parser.add_argument("--url", default=None, help=f"redis:// or rediss:// URL (default: ${URL_ENV})")
+        parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                            help="an embedded store's folder (spin-ray fit's OUTPUT_DIR/redis): its server is started "
+                                 "for this command and stopped after, instead of --url")
         parser.add_argument("--namespace", default=_DEFAULT_STORE.namespace, help="fit-store namespace (one per run)")
         parser.add_argument(
             "--timeout", type=positive_float, default=_DEFAULT_STORE.connect_timeout_s, help="seconds to keep trying to connect"
@@ -220,7 +223,7 @@ def _worst(args: argparse.Namespace) -> int:
             print(integrity_note(whole))
     print(
         f"\nto keep only fits at or below the threshold: spin-ray store filter --max-error {args.threshold:g} "
-        f"--namespace {args.namespace} --out keep.csv"
+        f"--namespace {args.namespace}" + (f" --data-dir {args.data_dir}" if args.data_dir else "") + " --out keep.csv"
     )
     return 1 if unranked else 0
 

@@ -145,24 +145,24 @@ def _listed(keys: list[str]) -> str:
 def _check(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from spin_ray.cli.store_common import store_url_from
+    from spin_ray.cli.store_common import store_server
     from spin_ray.store import integrity
     from spin_ray.store.server import connect, redis_errors
 
-    url = store_url_from(args)
-    # A bare client, not a FitStore: opening a FitStore refuses a namespace of another schema, which
-    # is one of the faults a check reports.
-    client = connect(url, args.timeout)
-    problems = False
-    try:
-        with redis_errors(url, "checking the store"):
-            names = integrity.namespaces(client) if args.all_namespaces else [args.namespace]
-            if not names:
-                print("no namespaces on this server")
-            for name in names:
-                problems |= _check_namespace(client, url, name, args.repair, tqdm)
-    finally:
-        client.close()
+    with store_server(args) as url:
+        # A bare client, not a FitStore: opening a FitStore refuses a namespace of another schema, which
+        # is one of the faults a check reports.
+        client = connect(url, args.timeout)
+        problems = False
+        try:
+            with redis_errors(url, "checking the store"):
+                names = integrity.namespaces(client) if args.all_namespaces else [args.namespace]
+                if not names:
+                    print("no namespaces on this server")
+                for name in names:
+                    problems |= _check_namespace(client, url, name, args.repair, tqdm)
+        finally:
+            client.close()
     if problems and not args.repair:
         print("to quarantine corrupt records, drop orphaned index entries and re-index: spin-ray store check --repair",
               file=sys.stderr)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from spin_ray.errors import FitStoreError
 from spin_ray.store.server import URL_ENV, url_override
+
+# What an embedded server's data dir holds (spin_ray/store/embedded.py): its append-only file(s) and config.
+EMBEDDED_STORE_FILES = ("appendonlydir", "appendonly.aof", "redis.conf")
 
 
 def store_url_from(args: argparse.Namespace) -> str:
@@ -19,11 +24,38 @@ def store_url_from(args: argparse.Namespace) -> str:
     return url
 
 
-def open_store(args: argparse.Namespace, body_model_hash: str | None = None):
-    """The FitStore of --url/--namespace/--timeout; writable when given the body-model hash."""
+@contextlib.contextmanager
+def store_server(args: argparse.Namespace) -> Iterator[str]:
+    """The Redis URL of the flags' store for the block: --url (or $SPIN_RAY_REDIS_URL), or --data-dir's.
+
+    --data-dir DIR is an embedded store's folder (`spin-ray fit` keeps one in OUTPUT_DIR/redis): its
+    redis-server is started here under the folder's owner lock and stopped after the block, so a
+    folder another process serves is refused with the message that says to use --url.
+    """
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is None:
+        yield store_url_from(args)
+        return
+    if args.url:
+        raise FitStoreError(f"give --url or --data-dir, not both: --data-dir {data_dir} starts that folder's own "
+                            "server, --url connects to a running one")
+    if not any((data_dir / name).exists() for name in EMBEDDED_STORE_FILES):
+        raise FitStoreError(f"--data-dir {data_dir} is not an embedded store's folder (no append-only file or "
+                            "redis.conf in it); `spin-ray fit` keeps its store in OUTPUT_DIR/redis")
+    from spin_ray.store.embedded import EmbeddedRedis
+
+    with EmbeddedRedis(data_dir) as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def open_store(args: argparse.Namespace, body_model_hash: str | None = None) -> Iterator:
+    """The FitStore of --url or --data-dir, --namespace and --timeout; writable when given the body-model hash."""
     from spin_ray.store.fit_store import FitStore
 
-    return FitStore.open(store_url_from(args), args.namespace, body_model_hash=body_model_hash, connect_timeout_s=args.timeout)
+    with store_server(args) as url, FitStore.open(url, args.namespace, body_model_hash=body_model_hash,
+                                                  connect_timeout_s=args.timeout) as store:
+        yield store
 
 
 def add_location_flags(parser: argparse.ArgumentParser) -> None:
