@@ -26,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -36,6 +37,17 @@ from spin_ray.store.records import RECORD_FIELDS, SOURCES, BadRecord, CheckSumma
 from spin_ray.store.writes import PIPELINE_CHUNK
 
 NOT_A_HASH = "not a hash"
+
+
+def _rename_aside(name: str) -> str:
+    """Lua that renames KEYS[1] to `name`, or `name`:2, `name`:3, ... where that is taken, leaving it in `target`."""
+    return f"""local target = {name}
+local n = 1
+while redis.call('EXISTS', target) == 1 do
+  n = n + 1
+  target = {name} .. ':' .. n
+end
+redis.call('RENAME', KEYS[1], target)"""
 
 # Move a corrupt record aside if it is still what the scan saw (same digest of its fields).
 # KEYS: record, index, stats, quarantine name; ARGV: index member, digest seen by the scan
@@ -58,13 +70,7 @@ end
 if digest ~= ARGV[2] then
   return false
 end
-local target = KEYS[4]
-local n = 1
-while redis.call('EXISTS', target) == 1 do
-  n = n + 1
-  target = KEYS[4] .. ':' .. n
-end
-redis.call('RENAME', KEYS[1], target)
+""" + _rename_aside("KEYS[4]") + """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 and (source == 'static' or source == 'loop' or source == 'gt') then
   redis.call('HINCRBY', KEYS[3], 'src:' .. source, -1)
 end
@@ -96,13 +102,7 @@ local kind = redis.call('TYPE', KEYS[1]).ok
 if kind == 'none' or kind == ARGV[1] then
   return false
 end
-local target = KEYS[2]
-local n = 1
-while redis.call('EXISTS', target) == 1 do
-  n = n + 1
-  target = KEYS[2] .. ':' .. n
-end
-redis.call('RENAME', KEYS[1], target)
+""" + _rename_aside("KEYS[2]") + """
 return target
 """
 
@@ -278,43 +278,46 @@ def _scan_index(client: redis.Redis, prefix: str, index_key: str, report: CheckR
             on_progress(len(batch))
 
 
+def _each_record(client: redis.Redis, prefix: str, keys: list[str], chunk: int,
+                 send: Callable[[Any, str, str, str], None]) -> Iterator[tuple[str, Any]]:
+    """(key, reply) of send(pipe, key, dataset, member) for each record key, `chunk` keys a pipeline."""
+    for start in range(0, len(keys), chunk):
+        part = keys[start : start + chunk]
+        pipe = client.pipeline(transaction=False)
+        for key in part:
+            send(pipe, key, *_split_record_key(prefix, key))
+        yield from zip(part, pipe.execute())
+
+
 def repair(client: redis.Redis, report: CheckReport, chunk: int = PIPELINE_CHUNK) -> CheckReport:
     """Quarantine the corrupt records, drop orphaned index entries, index unindexed records; fills `report`."""
     prefix = f"spinray:{report.namespace}:"
     _move_wrong_types(client, report, prefix)  # first: the scripts below need an index of the right type
     quarantine = client.register_script(QUARANTINE_LUA)
     drop_orphan = client.register_script(DROP_ORPHAN_LUA)
-    for start in range(0, len(report.corrupt), chunk):
-        keys = [b.key for b in report.corrupt[start : start + chunk]]
-        pipe = client.pipeline(transaction=False)
-        for key in keys:
-            dataset, member = _split_record_key(prefix, key)
-            quarantine(
-                keys=[key, f"{prefix}idx:{dataset}", f"{prefix}stats:{dataset}", f"{prefix}quarantine:{key[len(prefix):]}"],
-                args=[member, report._digests[key]], client=pipe,
-            )  # fmt: skip
-        for key, moved in zip(keys, pipe.execute()):
-            if moved:
-                report.quarantined[key] = moved.decode()
-    for start in range(0, len(report.orphans), chunk):
-        pipe = client.pipeline(transaction=False)
-        for key in report.orphans[start : start + chunk]:
-            dataset, member = _split_record_key(prefix, key)
-            drop_orphan(keys=[key, f"{prefix}idx:{dataset}"], args=[member], client=pipe)
-        report.orphans_removed += sum(int(n) for n in pipe.execute())
-    for start in range(0, len(report.unindexed), chunk):
-        pipe = client.pipeline(transaction=False)
-        for key in report.unindexed[start : start + chunk]:
-            dataset, member = _split_record_key(prefix, key)
-            pipe.zadd(f"{prefix}idx:{dataset}", {member: float(report._errors[key])}, nx=True)
-        report.indexed += sum(int(n) for n in pipe.execute())
     reindex = client.register_script(REINDEX_LUA)
-    for start in range(0, len(report.mismatched), chunk):
-        pipe = client.pipeline(transaction=False)
-        for key in report.mismatched[start : start + chunk]:
-            dataset, member = _split_record_key(prefix, key)
-            reindex(keys=[key, f"{prefix}idx:{dataset}"], args=[member], client=pipe)
-        report.reindexed += sum(int(n) for n in pipe.execute())
+
+    def move_aside(pipe, key: str, dataset: str, member: str) -> None:
+        quarantine(
+            keys=[key, f"{prefix}idx:{dataset}", f"{prefix}stats:{dataset}", f"{prefix}quarantine:{key[len(prefix):]}"],
+            args=[member, report._digests[key]], client=pipe,
+        )  # fmt: skip
+
+    def drop(pipe, key: str, dataset: str, member: str) -> None:
+        drop_orphan(keys=[key, f"{prefix}idx:{dataset}"], args=[member], client=pipe)
+
+    def index(pipe, key: str, dataset: str, member: str) -> None:
+        pipe.zadd(f"{prefix}idx:{dataset}", {member: float(report._errors[key])}, nx=True)
+
+    def rescore(pipe, key: str, dataset: str, member: str) -> None:
+        reindex(keys=[key, f"{prefix}idx:{dataset}"], args=[member], client=pipe)
+
+    for key, moved in _each_record(client, prefix, [b.key for b in report.corrupt], chunk, move_aside):
+        if moved:
+            report.quarantined[key] = moved.decode()
+    report.orphans_removed += sum(int(n) for _, n in _each_record(client, prefix, report.orphans, chunk, drop))
+    report.indexed += sum(int(n) for _, n in _each_record(client, prefix, report.unindexed, chunk, index))
+    report.reindexed += sum(int(n) for _, n in _each_record(client, prefix, report.mismatched, chunk, rescore))
     _rebuild_stats(client, report, prefix)
     return report
 
