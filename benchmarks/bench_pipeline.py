@@ -139,7 +139,7 @@ def trainer_config(base: Path, url: str, mode: str, lookahead: int, steps: int, 
 
 def measure_trainer_modes(base: Path, url: str, steps: int, workdir: Path) -> list[dict]:
     """Trainer steps/s of each mode on one config (same trainer threads), plus what the fitters did."""
-    from spin_ray.launch import launch, prepare_data
+    from spin_ray.cli.launch import launch, prepare_data
 
     rows = []
     for label, mode, lookahead in MODES:

@@ -51,7 +51,7 @@ def bench_config(base: Path, url: str, workers: int, steps: int, out: Path) -> R
 
 def measure_workers(base: Path, url: str, workers: int, steps: int, workdir: Path) -> dict:
     """One run with `workers` trainer workers: samples/s and seconds per step over the training loop."""
-    from spin_ray.launch import launch, prepare_data
+    from spin_ray.cli.launch import launch, prepare_data
 
     cfg = bench_config(base, url, workers, steps, workdir / f"workers-{workers}-{time.monotonic_ns()}")
     prepare_data(cfg, progress=False)

@@ -101,6 +101,8 @@ def study_config(size: StudySize, out: Path, url: str) -> RunConfig:
     data["store"].update(url=url, namespace="fidelity-static-fits")
     data["synth"]["sizes"] = dict(size.synth)
     data["data"]["img_res"] = size.img_res
+    # The study's own warm start (mode_config), not local.yaml's shipped weights (trained at 96 px).
+    data["network"]["init_checkpoint"] = None
     data["fitting"].update(iterations_camera=size.iterations, iterations_body=size.iterations)
     data["train"].update(steps=size.steps, batch_size=size.batch_size, report_images=0,
                          init_store_from_static_fits=True)
@@ -126,7 +128,7 @@ def warm_start(study: RunConfig, size: StudySize, out: Path) -> tuple[Path | Non
     at size.warm_lr, trained once per settings and reused; its checkpoint and held-out numbers."""
     from spin_ray.config import DatasetEntry
     from spin_ray.data.synth import ensure_synthetic_data
-    from spin_ray.launch import launch
+    from spin_ray.cli.launch import launch
 
     if size.warm_steps == 0:
         return None, {}
@@ -330,7 +332,7 @@ def run_mode(cfg: RunConfig, part: str, label: str, size: StudySize, shared: Sha
 
 def train_mode(cfg: RunConfig, part: str, label: str, size: StudySize, shared: Shared) -> dict:
     """Train one mode to its steps (store seeded with the static fits); its row of the study."""
-    from spin_ray.launch import launch
+    from spin_ray.cli.launch import launch
     from spin_ray.store.fit_store import FitStore
 
     uses_store = cfg.train.mode != "2d"
@@ -636,7 +638,7 @@ def run_study(size_name: str, size: StudySize, out: Path, budget: bool, command:
     import torch
 
     from spin_ray.body.body_model import BodyModel
-    from spin_ray.launch import prepare_data
+    from spin_ray.cli.launch import prepare_data
     from spin_ray.store.server import EmbeddedRedis
 
     started = time.monotonic()

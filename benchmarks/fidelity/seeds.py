@@ -118,7 +118,7 @@ def study(seeds: list[int], settings: list[str], out: Path, cache: Path = CACHE,
     import torch
 
     from spin_ray.body.body_model import BodyModel
-    from spin_ray.launch import prepare_data
+    from spin_ray.cli.launch import prepare_data
     from spin_ray.store.server import EmbeddedRedis
 
     torch.set_num_threads(1)
