@@ -279,3 +279,20 @@ def test_bad_checkpoint_files_are_refused_in_one_line(tmp_path, spin_state, kind
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not a readable spin-ray checkpoint" in err
     assert not out.exists() and not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("runner", ["run_training", "launch"])
+def test_resuming_a_spin_checkpoint_is_refused_before_any_work(tmp_path, spin_state, runner):
+    # The refusal once came after the data were built and Redis and Ray had started (about a minute).
+    from spin_ray.cli.launch import launch
+    from spin_ray.train.run import run_training
+
+    path = tmp_path / "model_checkpoint.pt"
+    _spin_file(path, spin_state)
+    cfg = RunConfig.model_validate({"output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+                                    "data": {"img_res": 224}, "network": {"backbone": "resnet50"},
+                                    "train": {"mode": "async" if runner == "launch" else "2d"}})
+    run = launch if runner == "launch" else lambda c, r: run_training(c, resume=r, progress=False)
+    with pytest.raises(ModelError, match="is a SPIN checkpoint.*no spin-ray training state"):
+        run(cfg, path)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

@@ -28,6 +28,7 @@ from spin_ray.pipeline.ray_errors import spin_error
 from spin_ray.pipeline.resources import check_run_resources
 from spin_ray.pipeline.session import ray_session, stop_on_signals
 from spin_ray.store.server import store_url
+from spin_ray.train.checkpoint import check_resumable
 
 STATUS_PERIOD_S = 1.0
 
@@ -130,6 +131,8 @@ def prepare_data(cfg: RunConfig, progress: bool) -> None:
 
 def launch(cfg: RunConfig, resume: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """A whole run: Redis, Ray, the resource check, data, the trainer actor; the summary (also written to output_dir)."""
+    if resume is not None:
+        check_resumable(resume, cfg)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with store_url(cfg.store, output_dir / "redis") as url, ray_session(cfg) as own_local_ray:

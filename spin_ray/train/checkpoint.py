@@ -165,6 +165,16 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | P
                          + "; ".join(diffs) + "); use the checkpoint's own config or start a new run")
 
 
+def check_resumable(path: str | Path, cfg: RunConfig) -> None:
+    """Refuse in one line, before a run does any work, a checkpoint cfg cannot resume (unreadable, SPIN's, another run's).
+
+    Trainer.resume checks the same again where the trainer is built (a Ray actor, a Ray Train worker);
+    this early call spares the minute of data, Redis and Ray start-up before it.
+    """
+    payload = load_checkpoint(path)
+    check_identity(payload.get("identity", {}), run_identity(cfg, BodyModel.from_config(cfg.body).identity), path)
+
+
 def checkpoint_network(
     payload: dict[str, Any], cfg: RunConfig, body: BodyModel, what: str, config_name: str, fix: str,
 ) -> HMR:

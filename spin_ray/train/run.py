@@ -28,7 +28,7 @@ from spin_ray.model.mean_params import mean_pose_axis_angle
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.server import store_url
 from spin_ray.train.async_fits import FitQueue
-from spin_ray.train.checkpoint import initial_network
+from spin_ray.train.checkpoint import check_resumable, initial_network
 from spin_ray.train.modes import check_mode, make_supervisor
 from spin_ray.train.sampling import make_train_loader
 from spin_ray.train.trainer import StepMetrics, Trainer
@@ -212,6 +212,8 @@ def run_training(
     """
     check_mode(cfg.train.mode, fit_queue is not None)
     resolve_device(cfg.device, "device")  # a device this process cannot use: one line, before the data are built
+    if resume is not None:
+        check_resumable(resume, cfg)
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.train.num_threads)
