@@ -2,16 +2,22 @@
 
 Usage: python benchmarks/bench_store.py [--seconds 3] [--clients 1 4] [--write-results benchmarks/RESULTS.md]
 
-Every timed write improves the stored error, so each keep_best does the full write path (HSET, ZADD,
-stats counters), not just the compare.
+Every timed write improves the stored error (or writes a new sample), so each keep_best does the full
+write path (HSET, ZADD, stats counters), not just the compare. First, one client side by side: the
+batched keep-best script, the former per-fit script (kept here only, as the baseline), and the
+ceiling of the batched script: `redis-benchmark` (Debian's redis-tools) sending EVALSHA calls of 64
+new fits each, pipelined, so no Python client is in the way.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import multiprocessing as mp
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,11 +29,200 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import cpu_busy_fraction, machine_summary, write_section  # noqa: E402
 
 from spin_ray.store.fit_store import FitStore  # noqa: E402
+from spin_ray.store.records import SCHEMA_VERSION  # noqa: E402
 from spin_ray.store.server import EmbeddedRedis  # noqa: E402
+from spin_ray.store.validation import validate_rows  # noqa: E402
+from spin_ray.store.writes import FITS_PER_CALL, PIPELINE_CHUNK  # noqa: E402
 
 BODY_HASH = "0123456789abcdef"
 SECTION = "## Fit store (benchmarks/bench_store.py)"
 SAMPLES_PER_CLIENT = 64 * 256
+CEILING_PIPELINE = PIPELINE_CHUNK // FITS_PER_CALL  # calls a round trip, as the store's own bulk writes
+
+# The per-fit keep-best script the store used before the batched one (issue 29): one EVALSHA a fit.
+# KEYS: record, error index, dataset stats, namespace meta
+# ARGV: error, pose, betas, step, source, time, index, schema, body hash, updates ('' = old + 1)
+PER_FIT_LUA = """
+local function bad(what)
+  return redis.error_reply('SPINRAY_BAD ' .. KEYS[1] .. ': ' .. what)
+end
+local function finite_floats(data, n)
+  local values = {struct.unpack('<' .. string.rep('f', n), data)}
+  for i = 1, n do
+    local v = values[i]
+    if v ~= v or v == math.huge or v == -math.huge then
+      return false
+    end
+  end
+  return true
+end
+local function sound_error(text)
+  local v = tonumber(text)
+  return v ~= nil and v == v and v >= 0 and v ~= math.huge
+end
+local sources = {static = true, loop = true, gt = true}
+if not sound_error(ARGV[1]) then
+  return bad('error ' .. tostring(ARGV[1]) .. ' is not a finite number >= 0')
+end
+if #ARGV[2] ~= 288 or #ARGV[3] ~= 40 then
+  return bad('pose/betas are ' .. #ARGV[2] .. '/' .. #ARGV[3] .. ' bytes, expected 288/40')
+end
+if not finite_floats(ARGV[2], 72) or not finite_floats(ARGV[3], 10) then
+  return bad('pose or betas hold NaN or inf')
+end
+if not sources[ARGV[5]] or not (tonumber(ARGV[4]) and tonumber(ARGV[4]) >= 0) or not tonumber(ARGV[6])
+   or not (ARGV[10] == '' or (tonumber(ARGV[10]) and tonumber(ARGV[10]) >= 1)) then
+  return bad('step ' .. tostring(ARGV[4]) .. ', source ' .. tostring(ARGV[5]) .. ', time or updates is invalid')
+end
+local meta = redis.call('HMGET', KEYS[4], 'schema_version', 'body_model_hash')
+if not meta[1] then
+  return redis.error_reply('SPINRAY_META namespace metadata is missing')
+end
+if meta[1] ~= ARGV[8] or meta[2] ~= ARGV[9] then
+  return redis.error_reply('SPINRAY_META namespace metadata is schema ' .. meta[1] .. ', body model ' .. tostring(meta[2]))
+end
+local new = tonumber(ARGV[1])
+local old = redis.call('HMGET', KEYS[1], 'error', 'updates', 'source')
+local updates = 1
+if old[1] or old[2] or old[3] then
+  local sound = sound_error(old[1]) and redis.call('HSTRLEN', KEYS[1], 'pose') == 288
+                and redis.call('HSTRLEN', KEYS[1], 'betas') == 40
+  if sound and new >= tonumber(old[1]) then
+    return 0
+  end
+  updates = (tonumber(old[2]) or 0) + 1
+  if sources[old[3]] then
+    redis.call('HINCRBY', KEYS[3], 'src:' .. old[3], -1)
+  end
+end
+if ARGV[10] ~= '' then
+  updates = tonumber(ARGV[10])
+end
+redis.call('HSET', KEYS[1], 'pose', ARGV[2], 'betas', ARGV[3], 'error', ARGV[1], 'step', ARGV[4],
+           'source', ARGV[5], 'updates', updates, 'time', ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[7])
+redis.call('HINCRBY', KEYS[3], 'src:' .. ARGV[5], 1)
+redis.call('HINCRBY', KEYS[3], 'n:' .. ARGV[4], 1)
+redis.call('HINCRBYFLOAT', KEYS[3], 's:' .. ARGV[4], ARGV[1])
+return 1
+"""
+
+
+def per_fit_keep_best(store: FitStore, sha: str, dataset: str, idx, pose, betas, errors, step, source) -> np.ndarray:
+    """keep_best as the store did it with PER_FIT_LUA: the same validation, then one pipelined EVALSHA a row."""
+    batch = validate_rows(dataset, idx, pose, betas, errors, step, source)
+    prefix = store.key_prefix
+    keys = (f"{prefix}idx:{dataset}", f"{prefix}stats:{dataset}", f"{prefix}meta")
+    written = np.zeros(batch.indices.size, dtype=bool)
+    pb, bb = 288, 40
+    for start in range(0, batch.indices.size, PIPELINE_CHUNK):
+        pipe = store.client.pipeline(transaction=False)
+        for i in range(start, min(start + PIPELINE_CHUNK, batch.indices.size)):
+            index = int(batch.indices[i])
+            pipe.evalsha(
+                sha, 4, f"{prefix}fit:{dataset}:{index}", *keys, batch.errors[i],
+                batch.pose_bytes[i * pb : (i + 1) * pb], batch.betas_bytes[i * bb : (i + 1) * bb], batch.steps[i],
+                batch.sources[i], batch.times[i], index, str(SCHEMA_VERSION), BODY_HASH, batch.updates[i],
+            )  # fmt: skip
+        written[start : start + PIPELINE_CHUNK] = [bool(r) for r in pipe.execute()]
+    return written
+
+
+def _nul_free_rows(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
+    """float32 rows whose bytes hold no NUL (redis-benchmark takes its arguments from argv)."""
+    out = []
+    while len(out) < n:
+        row = rng.normal(size=width).astype("<f4")
+        if 0 not in row.tobytes():
+            out.append(row)
+    return np.stack(out)
+
+
+def redis_benchmark_ceiling(server: EmbeddedRedis, sha: str, seconds: float) -> float | None:
+    """Fits/s of redis-benchmark sending EVALSHA calls of FITS_PER_CALL new fits, CEILING_PIPELINE calls a round trip."""
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        return None
+    rng = np.random.default_rng(7)
+    pose, betas = _nul_free_rows(rng, FITS_PER_CALL, 72), _nul_free_rows(rng, FITS_PER_CALL, 10)
+    prefix, dataset = "spinray:bench:", "ceiling"
+    keys = [f"{prefix}fit:{dataset}:__rand_int__"] * FITS_PER_CALL
+    keys += [f"{prefix}idx:{dataset}", f"{prefix}stats:{dataset}", f"{prefix}meta"]
+    args: list[bytes | str] = []
+    for i in range(FITS_PER_CALL):
+        args += ["7.5", pose[i].tobytes(), betas[i].tobytes(), "1", "loop", "1700000000.0", "__rand_int__"]
+    args += [str(SCHEMA_VERSION), BODY_HASH] + [""] * FITS_PER_CALL
+    port = str(server.port)
+    calls = max(200, int(seconds * 150_000 / FITS_PER_CALL))  # about `seconds` at the target rate
+    command = [binary, "-h", "127.0.0.1", "-p", port, "-c", "1", "-P", str(CEILING_PIPELINE), "-n", str(calls),
+               "-r", "1000000000", "--csv", "EVALSHA", sha, str(len(keys)), *keys, *args]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, timeout=600)
+    out = done.stdout.decode(errors="replace")
+    if done.returncode != 0 or "ERR" in out[-2000:]:
+        raise RuntimeError(f"redis-benchmark failed ({done.returncode}): {(done.stderr or done.stdout)[-400:]!r}")
+    last = list(csv.reader(out.strip().splitlines()))[-1]
+    return float(last[1]) * FITS_PER_CALL
+
+
+def _per_fit_writes(store: FitStore, sha: str, seconds: float) -> float:
+    """Fits/s of the former per-fit script, batch 64, every write an improvement (as `_writes`)."""
+    rng = np.random.default_rng(3)
+    pose = rng.normal(size=(SAMPLES_PER_CLIENT, 72)).astype(np.float32)
+    betas = rng.normal(size=(SAMPLES_PER_CLIENT, 10)).astype(np.float32)
+    error, rows, cursor = 1e6, 0, 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        if cursor + 64 > SAMPLES_PER_CLIENT:
+            cursor, error = 0, error - 1.0
+        idx = np.arange(cursor, cursor + 64)
+        rows += int(per_fit_keep_best(store, sha, "per-fit", idx, pose[idx], betas[idx], np.full(64, error), 1, "loop").sum())
+        cursor += 64
+    return rows / (time.perf_counter() - t0)
+
+
+def _batched_writes(store: FitStore, seconds: float, fresh: bool) -> float:
+    """Fits/s of keep_best at batch 64 from this process: new samples (`fresh`) or improving stored ones."""
+    rng = np.random.default_rng(4)
+    pose = rng.normal(size=(SAMPLES_PER_CLIENT, 72)).astype(np.float32)
+    betas = rng.normal(size=(SAMPLES_PER_CLIENT, 10)).astype(np.float32)
+    dataset = "side-new" if fresh else "side-improve"
+    error, rows, cursor, base = 1e6, 0, 0, 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        if cursor + 64 > SAMPLES_PER_CLIENT:
+            cursor, error, base = 0, error - (0.0 if fresh else 1.0), base + (SAMPLES_PER_CLIENT if fresh else 0)
+        idx = np.arange(cursor, cursor + 64)
+        rows += int(store.keep_best(dataset, base + idx, pose[idx], betas[idx], np.full(64, error), 1, "loop").sum())
+        cursor += 64
+    return rows / (time.perf_counter() - t0)
+
+
+def side_by_side(server: EmbeddedRedis, store: FitStore, seconds: float) -> list[str]:
+    """One client: batched keep_best, the per-fit script, and redis-benchmark's ceiling of the batched script."""
+    per_fit_sha = store.client.script_load(PER_FIT_LUA)
+    batched_sha = store.client.script_load(store._keep_best.script)
+    per_fit = _per_fit_writes(store, per_fit_sha, seconds)
+    improving = _batched_writes(store, seconds, fresh=False)
+    new = _batched_writes(store, seconds, fresh=True)
+    ceiling = redis_benchmark_ceiling(server, batched_sha, seconds)
+    lines = [
+        "| one client, batch 64 | fits/s |",
+        "| --- | --- |",
+        f"| keep_best, batched script, new samples | {new:,.0f} |",
+        f"| keep_best, batched script, improving stored fits | {improving:,.0f} |",
+        f"| former per-fit script (one EVALSHA a fit, pipelined), improving stored fits | {per_fit:,.0f} |",
+    ]
+    if ceiling is None:
+        lines += ["| redis-benchmark ceiling | not measured: no redis-benchmark on PATH (apt-get install redis-tools) |"]
+    else:
+        lines += [
+            f"| redis-benchmark ceiling: EVALSHA of {FITS_PER_CALL} new fits, pipelined {CEILING_PIPELINE}, 1 client "
+            f"| {ceiling:,.0f} |",
+            f"| keep_best (new samples) / ceiling | {new / ceiling:.2f} |",
+        ]
+    for line in lines:
+        print(line, flush=True)
+    return lines
 
 
 def _writes(store: FitStore, client: int, batch: int, seconds: float, start_at: float) -> tuple[int, float]:
@@ -93,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as data_dir, EmbeddedRedis(data_dir) as server:
         version = server_version(server)
         store = FitStore.open(server.url, "bench", body_model_hash=BODY_HASH)
+        side = side_by_side(server, store, args.seconds)
         ctx = mp.get_context("fork")
         for clients in args.clients:
             with ctx.Pool(clients) as pool:
@@ -107,9 +303,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(rows[-1], flush=True)
         store.drop()
         store.close()
+    load_after = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     table = [
-        f"Machine: {header}; redis-server {version} embedded on 127.0.0.1 (AOF everysec); one Python client per process.",
+        f"Machine: {header}; load average after the run {load_after}; redis-server {version} embedded on "
+        f"127.0.0.1 (AOF everysec); one Python client per process.",
         f"Command: `{shlex.join([Path(sys.executable).name, *sys.argv])}` ({args.seconds:g} s per measurement).",
+        "",
+        *side,
         "",
         "| clients | operation | total | per client |",
         "| --- | --- | --- | --- |",

@@ -205,7 +205,7 @@ class FitStore:
         return written
 
     def _write(self, batch: WriteBatch, dataset: str) -> np.ndarray:
-        """Send a validated batch as pipelined EVALSHA calls (one round trip per chunk)."""
+        """Send a validated batch to the keep-best script (FITS_PER_CALL fits a call, pipelined by round trip)."""
         if self.address.body_model_hash is None:
             raise FitStoreError(
                 f"this FitStore for namespace {self.namespace!r} was opened without a body-model hash, "
@@ -222,7 +222,7 @@ class FitStore:
             for _attempt in range(2):
                 retry = send_keep_best(
                     self._client, self._keep_best.sha, batch, target, pending, written,
-                    lambda reply: self._raise_script_error(reply, f"writing {n} fits of {dataset}", written),
+                    lambda reply, call: self._raise_script_error(reply, f"writing {n} fits of {dataset}", written, call),
                 )
                 if retry.size == 0:
                     return written
@@ -231,9 +231,10 @@ class FitStore:
                 pending = retry
         raise FitStoreError("Redis keeps forgetting the keep-best script (NOSCRIPT twice); is a SCRIPT FLUSH looping?")
 
-    def _raise_script_error(self, reply: Exception, what: str, written: np.ndarray) -> NoReturn:
+    def _raise_script_error(self, reply: Exception, what: str, written: np.ndarray, call: np.ndarray) -> NoReturn:
         self._meta = None  # read again on next use: the reply may say the namespace changed under us
-        raise script_error(reply, self._url, self.namespace, self.address.body_model_hash, what, int(written.sum()))
+        raise script_error(reply, self._url, self.namespace, self.address.body_model_hash, what, int(written.sum()),
+                           call)
 
     # -- reads --------------------------------------------------------------------------------------
 
