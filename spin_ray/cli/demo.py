@@ -20,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "image, a side view on white and the mesh as .obj in the camera frame.",
     )
     parser.add_argument("image", type=Path, help="the photo (any format OpenCV reads)")
-    parser.add_argument("--keypoints", type=Path, required=True,
-                        help="the image's keypoints: OpenPose --write_json output (BODY_25 or COCO-18), or a COCO-format "
+    parser.add_argument("--keypoints", type=Path, default=None,
+                        help="default: the bundled detector finds the people (install it with `make detect`); else "
+                             "the image's keypoints: OpenPose --write_json output (BODY_25 or COCO-18), or a COCO-format "
                              "annotation or results file (COCO-17, Halpe-26, COCO-WholeBody-133; its people of this "
                              "image are used)")
     parser.add_argument("--bbox", type=finite_float, nargs=4, metavar=("X", "Y", "W", "H"), default=None,

@@ -39,7 +39,7 @@ class DemoRequest:
     """What `spin-ray demo` was asked to do."""
 
     image: Path
-    keypoints: Path
+    keypoints: Path | None  # None: the bundled detector finds the people (data/detect.py)
     out: Path
     bbox: tuple[float, float, float, float] | None = None
     checkpoint: Path | None = None
@@ -112,18 +112,31 @@ def write_all(files: dict[Path, bytes]) -> list[Path]:
     return written
 
 
+def detect_people(image: np.ndarray, path: Path) -> list[np.ndarray]:
+    """Every person's BODY_25-slot keypoints in the photo, from the bundled detector; nobody is an InputError."""
+    from spin_ray.data.detect import PeopleDetector
+
+    with PeopleDetector() as detector:
+        people = [p.keypoints for p in detector.detect(image)]
+    if not people:
+        raise InputError(f"no person found in {path}; nothing written (give the keypoints with --keypoints)")
+    return people
+
+
 def run_demo(request: DemoRequest) -> DemoResult:
     """Crop, regress, optionally refine, render and write; nothing is written unless every step succeeded."""
     image = read_image(request.image)
-    people = read_keypoints(request.keypoints, request.image)
-    person = select_person(people, request.person, request.keypoints)
+    source = request.keypoints if request.keypoints is not None else f"{request.image} (detected)"
+    people = read_keypoints(request.keypoints, request.image) if request.keypoints is not None else \
+        detect_people(image, request.image)
+    person = select_person(people, request.person, source)
     openpose = people[person]
     if request.bbox is not None:
         center, scale = box_from_xywh(request.bbox)
         where = f"--bbox {' '.join(f'{v:g}' for v in request.bbox)}"
     else:
-        center, scale = box_from_keypoints(openpose, request.keypoints)
-        where = f"{request.keypoints}: person {person}"
+        center, scale = box_from_keypoints(openpose, source)
+        where = f"{source}: person {person}"
     check_person(image, request.image, openpose, center, scale, where)
 
     model, cfg, body, trained = load_model(request.checkpoint)
