@@ -370,3 +370,16 @@ def test_a_photo_without_keypoints_is_detected_and_meshed(scene, tmp_path, capsy
         assert path.is_file()
     covered = (read_rgb(out / "person_overlay.png") != scene["rgb"]).any(axis=2)
     assert iou(covered, scene["silhouette"]) > 0.3
+
+
+def test_a_photo_without_keypoints_and_no_detector_is_one_line_naming_make_detect(tmp_path, capsys, monkeypatch):
+    import sys
+
+    # The detector's package absent (as on a machine without `make detect`): imports of it fail.
+    for name in [n for n in list(sys.modules) if n.split(".")[0] == "mediapipe"] + ["mediapipe"]:
+        monkeypatch.setitem(sys.modules, name, None)
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.full((200, 300, 3), 128, np.uint8))
+    code, stdout, stderr = run(capsys, photo, "--out", tmp_path / "out")
+    assert code == 1 and "make detect" in stderr and "--keypoints" in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
