@@ -27,7 +27,7 @@ WIDTH, HEIGHT = 320, 280
 FOCAL = 4000.0  # the person is smaller in the photo than in the 224 px crop
 PRINCIPAL = (170.0, 135.0)
 BACKGROUND = 90
-OUTPUT_SUFFIXES = ("_overlay_crop.png", "_overlay.png", "_side.png", ".obj")
+PERSON_SUFFIXES = ("_overlay_crop.png", "_side.png", ".obj")
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,9 @@ def run(capsys, *args) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def outputs(out: Path, stem: str = "person") -> list[Path]:
-    return [out / f"{stem}{suffix}" for suffix in OUTPUT_SUFFIXES]
+def outputs(out: Path, people=(1,), stem: str = "person") -> list[Path]:
+    """The overlay of everybody, then each person's crop overlay, side view and .obj."""
+    return [out / f"{stem}_overlay.png"] + [out / f"{stem}_{i}{suffix}" for i in people for suffix in PERSON_SUFFIXES]
 
 
 def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -111,13 +112,13 @@ def test_refined_mesh_covers_the_person(scene, body, tmp_path, capsys):
     covered = (overlay != scene["rgb"]).any(axis=2)  # overlay() leaves pixels off the mesh bit-exact
     assert iou(covered, scene["silhouette"]) > 0.5
 
-    crop = read_rgb(out / "person_overlay_crop.png")
+    crop = read_rgb(out / "person_1_overlay_crop.png")
     assert crop.shape == (224, 224, 3)
-    side = read_rgb(out / "person_side.png")
+    side = read_rgb(out / "person_1_side.png")
     side_mask = (side != 255).any(axis=2)
     assert side.shape == (224, 224, 3) and side[0, 0].tolist() == [255, 255, 255] and side_mask.sum() > 500
 
-    vertices, faces = read_obj(out / "person.obj")
+    vertices, faces = read_obj(out / "person_1.obj")
     assert vertices.shape == (body.num_vertices, 3) and faces.shape == body.faces.shape
     np.testing.assert_array_equal(faces - 1, body.faces)  # 1-based
     # Seen from the side (same crop camera), the arms-out person is narrower than from the front.
@@ -161,7 +162,7 @@ def test_without_checkpoint_or_refine_uses_the_shipped_regressor_and_says_so(sce
     assert code == 0
     assert "no --checkpoint: the shipped pretrained regressor" in stdout and "SMPLify" not in stdout
     assert all(path.is_file() for path in outputs(tmp_path))
-    comment = (tmp_path / "person.obj").read_text().splitlines()[0]
+    comment = (tmp_path / "person_1.obj").read_text().splitlines()[0]
     assert "the shipped pretrained regressor" in comment and "mean parameters" not in comment
 
 
@@ -196,8 +197,8 @@ def test_checkpoint_weights_and_config_are_used(scene, tmp_path, capsys):
     code, _, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--checkpoint", mean_checkpoint,
                      "--bbox", x, y, w, h, "--out", tmp_path / "mean")
     assert code == 0
-    depth_net = read_obj(tmp_path / "net" / "person.obj")[0][:, 2].mean()
-    depth_mean = read_obj(tmp_path / "mean" / "person.obj")[0][:, 2].mean()
+    depth_net = read_obj(tmp_path / "net" / "person_1.obj")[0][:, 2].mean()
+    depth_mean = read_obj(tmp_path / "mean" / "person_1.obj")[0][:, 2].mean()
     assert depth_net / depth_mean == pytest.approx(2.0, rel=0.02)
 
     payload = torch.load(checkpoint, weights_only=True)
@@ -219,12 +220,12 @@ def test_a_rejected_fit_is_said_in_the_terminal_and_on_every_picture(scene, tmp_
                           "--refine", "--out", tmp_path / "strict")
     assert code == 0
     assert "SMPLify (multistart): ranking error" in stdout and "REJECTED" in stdout
-    assert "note: the fit is REJECTED" in stdout and "fitting.valid_error_threshold 1e-06" in stdout
-    for suffix in ("_overlay_crop.png", "_overlay.png", "_side.png"):
-        picture = read_rgb(tmp_path / "strict" / f"person{suffix}")
+    assert "note: person 1: the fit is REJECTED" in stdout and "fitting.valid_error_threshold 1e-06" in stdout
+    for name in ("person_1_overlay_crop.png", "person_overlay.png", "person_1_side.png"):
+        picture = read_rgb(tmp_path / "strict" / name)
         band = picture[:6]
-        assert (band[..., 0] > 150).mean() > 0.5 and (band[..., 1] < 60).mean() > 0.5, suffix  # the red band
-    assert "fit REJECTED" in (tmp_path / "strict" / "person.obj").read_text().splitlines()[0]
+        assert (band[..., 0] > 150).mean() > 0.5 and (band[..., 1] < 60).mean() > 0.5, name  # the red band
+    assert "fit REJECTED" in (tmp_path / "strict" / "person_1.obj").read_text().splitlines()[0]
     # The same fit with the paper's recipe and threshold is valid and unmarked.
     code, stdout, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--refine", "--recipe", "spin",
                           "--out", tmp_path / "plain")
@@ -366,8 +367,7 @@ def test_a_photo_without_keypoints_is_detected_and_meshed(scene, tmp_path, capsy
     if code == 1 and "no person found" in stderr:
         pytest.skip("BlazePose does not see this part-coloured render (measured: about half of tight renders)")
     assert code == 0, stderr
-    for path in outputs(out):
-        assert path.is_file()
+    assert (out / "person_overlay.png").is_file() and list(out.glob("person_*.obj"))
     covered = (read_rgb(out / "person_overlay.png") != scene["rgb"]).any(axis=2)
     assert iou(covered, scene["silhouette"]) > 0.3
 
@@ -383,3 +383,117 @@ def test_a_photo_without_keypoints_and_no_detector_is_one_line_naming_make_detec
     code, stdout, stderr = run(capsys, photo, "--out", tmp_path / "out")
     assert code == 1 and "make detect" in stderr and "--keypoints" in stderr, stderr
     assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def two_people(tmp_path_factory, body):
+    """A photo of two people side by side (the right one nearer), each silhouette, and their OpenPose JSON."""
+    folder = tmp_path_factory.mktemp("demo_two")
+    problem = synthetic_problems(body, 1, torch.Generator().manual_seed(3), CameraConfig())
+    offsets = (torch.tensor([[-1.2, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, -8.0]]))
+    colours = np.random.default_rng(0).uniform(0.2, 1.0, (24, 3))[body.smpl.lbs_weights.argmax(1).numpy()]
+    image = np.full((HEIGHT, WIDTH, 3), BACKGROUND, np.uint8)
+    people, silhouettes = [], []
+    with torch.no_grad(), MeshRenderer(WIDTH, HEIGHT, body.faces) as renderer:
+        out = body(axis_angle_pose_to_rotmats(problem.pose), problem.betas)
+        for offset in offsets:  # far first, so the nearer person is painted over
+            camera_t = problem.camera_t + offset
+            keypoints = perspective_projection(out.keypoints, camera_t, FOCAL,
+                                               camera_center=torch.tensor(PRINCIPAL)[None])[0, :25].numpy()
+            vertices, translation = out.vertices[0].numpy(), camera_t[0].numpy()
+            rgb = renderer.part_colors(vertices, translation, FOCAL, PRINCIPAL, vertex_colors=colours)
+            silhouette = renderer.silhouette(vertices, translation, FOCAL, PRINCIPAL)
+            image[silhouette] = rgb[silhouette]
+            silhouettes.append(silhouette)
+            people.append(np.concatenate([keypoints, np.full((25, 1), 0.9)], axis=1))
+    cv2.imwrite(str(folder / "two.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert not (silhouettes[0] & silhouettes[1]).any()
+    return {"image": folder / "two.png", "json": write_openpose(folder / "two.json", people), "rgb": image,
+            "silhouettes": silhouettes}
+
+
+def test_every_person_is_meshed_in_one_overlay_with_an_obj_each(two_people, body, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, two_people["image"], "--keypoints", two_people["json"], "--refine", "--out", out)
+    assert code == 0, err
+    assert stdout.count(": valid") == 2 and "person 0:" in stdout and "person 1:" in stdout
+    for path in outputs(out, people=(0, 1), stem="two"):
+        assert f"wrote {path}" in stdout and path.is_file()
+    assert len(list(out.iterdir())) == 7  # one overlay, three files a person
+    covered = (read_rgb(out / "two_overlay.png") != two_people["rgb"]).any(axis=2)
+    for silhouette in two_people["silhouettes"]:
+        assert (covered & silhouette).sum() > 0.6 * silhouette.sum()
+    assert covered.sum() < 1.6 * sum(s.sum() for s in two_people["silhouettes"])
+    # Each person's mesh in its own colour.
+    overlay = read_rgb(out / "two_overlay.png").astype(float)
+    means = [overlay[covered & s].mean(axis=0) for s in two_people["silhouettes"]]
+    assert np.abs(means[0] - means[1]).max() > 20
+    left, right = (read_obj(out / f"two_{i}.obj")[0] for i in (0, 1))
+    assert left.shape == right.shape == (body.num_vertices, 3)
+    assert not np.allclose(left, right)
+
+
+def test_person_restricts_the_demo_to_one_person(two_people, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, two_people["image"], "--keypoints", two_people["json"], "--person", "1",
+                            "--out", out)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in outputs(out, people=(1,), stem="two"))
+    covered = (read_rgb(out / "two_overlay.png") != two_people["rgb"]).any(axis=2)
+    left, right = two_people["silhouettes"]
+    assert (covered & right).sum() > 0.3 * right.sum() and (covered & left).sum() < 0.05 * left.sum()
+
+
+def test_nearer_people_are_drawn_over_farther_ones():
+    from spin_ray.demo.views import PlacedMesh, render_image_overlay
+
+    # Two squares facing the camera over the same pixels; the nearer one (in its own box's units) must show.
+    square = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], np.float32)
+    faces = np.array([[0, 1, 2], [0, 2, 3]])
+    image = np.zeros((40, 40, 3), np.uint8)
+    far = PlacedMesh(square + [0, 0, 100], 1000.0, (20.0, 20.0), (1.0, 0.0, 0.0))  # depth / focal = 0.1
+    near = PlacedMesh(square * 0.5 + [0, 0, 25], 500.0, (20.0, 20.0), (0.0, 0.0, 1.0))  # 0.05: nearer
+    for order in ([far, near], [near, far]):
+        picture, mask = render_image_overlay(image, order, faces)
+        assert mask[20, 20] and picture[20, 20, 2] > picture[20, 20, 0]
+
+
+def test_config_gives_the_demo_its_camera_and_body_model(scene, body, tmp_path, capsys):
+    code, stdout, _ = run(capsys, scene["image"], "--keypoints", scene["json"], "--out", tmp_path / "plain")
+    assert code == 0 and f"body model {body.identity}" in stdout
+    config = tmp_path / "run.yaml"
+    config.write_text("camera:\n  focal_length: 2500.0\n")
+    code, stdout, err = run(capsys, scene["image"], "--keypoints", scene["json"], "--config", config,
+                            "--out", tmp_path / "config")
+    assert code == 0, err
+    assert f"body model {body.identity}" in stdout
+    depth_plain = read_obj(tmp_path / "plain" / "person_1.obj")[0][:, 2].mean()
+    depth_config = read_obj(tmp_path / "config" / "person_1.obj")[0][:, 2].mean()
+    # The same weak-perspective camera seen by half the focal length is half as far away.
+    assert depth_config / depth_plain == pytest.approx(0.5, rel=0.05)
+
+
+def test_config_that_does_not_exist_is_one_line(scene, tmp_path, capsys):
+    code, stdout, err = run(capsys, scene["image"], "--keypoints", scene["json"], "--config", tmp_path / "no.yaml",
+                            "--out", tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1 and "config file" in err and "does not exist" in err, err
+    assert not (tmp_path / "out").exists() and "wrote" not in stdout
+
+
+def test_person_beyond_two_people_is_one_line(two_people, tmp_path, capsys):
+    code, stdout, err = run(capsys, two_people["image"], "--keypoints", two_people["json"], "--person", "5",
+                            "--out", tmp_path / "out")
+    assert code == 1 and err.count("\n") == 1 and "--person 5: " in err and "has 2 people (valid: 0 to 1)" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not _detector_available(), reason=_NO_DETECTOR)
+def test_a_photo_of_two_people_without_keypoints_meshes_each(two_people, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, stderr = run(capsys, two_people["image"], "--out", out)
+    if code == 1 and "no person found" in stderr:
+        pytest.skip("BlazePose does not see these part-coloured renders")
+    assert code == 0, stderr
+    objs = sorted(out.glob("two_*.obj"))
+    assert objs and (out / "two_overlay.png").is_file()
+    assert len(objs) == stdout.count("box center")

@@ -27,11 +27,11 @@ from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translat
 
 @dataclass(frozen=True)
 class BodyEstimate:
-    """One person's SMPL parameters and camera translation in the fitting crop camera."""
+    """N people's SMPL parameters and camera translations, each in the fitting crop camera of its own box."""
 
-    pose: torch.Tensor  # (1, 72) axis-angle
-    betas: torch.Tensor  # (1, num_betas)
-    camera_t: torch.Tensor  # (1, 3)
+    pose: torch.Tensor  # (N, 72) axis-angle
+    betas: torch.Tensor  # (N, num_betas)
+    camera_t: torch.Tensor  # (N, 3)
 
 
 def network_input(image: np.ndarray, center: np.ndarray, scale: float, img_res: int) -> torch.Tensor:
@@ -42,7 +42,7 @@ def network_input(image: np.ndarray, center: np.ndarray, scale: float, img_res: 
 
 @torch.no_grad()
 def regress(predict: Predictor, images: torch.Tensor, camera: CameraConfig) -> BodyEstimate:
-    """The predictor's parameters for one crop, its weak-perspective camera as a crop-camera translation."""
+    """The predictor's parameters for crops (N, 3, R, R), their weak-perspective camera as a crop-camera translation."""
     out = predict(images)
     pose = matrix_to_axis_angle(out.rotmat).reshape(-1, 3 * NUM_SMPL_JOINTS)
     camera_t = weak_perspective_to_translation(out.camera, camera.focal_length, camera.crop_size)
@@ -60,7 +60,7 @@ def fitting_keypoints(openpose: np.ndarray, center: np.ndarray, scale: float, ca
 def refine(
     body: BodyModel, estimate: BodyEstimate, keypoints: torch.Tensor, fitting: FittingConfig, camera: CameraConfig,
 ) -> SmplifyResult:
-    """SMPLify from the estimate on crop-pixel keypoints (1, 49, 3), with the run's fitting settings and recipe."""
+    """SMPLify from the estimates on crop-pixel keypoints (N, 49, 3), with the run's fitting settings and recipe."""
     init = SmplifyParams.from_pose(estimate.pose, estimate.betas, estimate.camera_t)
     return fit(body, load_pose_prior(fitting), keypoints, init, fitting, camera)
 
@@ -73,9 +73,9 @@ def from_smplify(result: SmplifyResult) -> BodyEstimate:
 
 @torch.no_grad()
 def camera_frame_vertices(body: BodyModel, estimate: BodyEstimate) -> np.ndarray:
-    """The posed mesh (V, 3) in the camera frame (translation added), float32."""
-    vertices = body(axis_angle_pose_to_rotmats(estimate.pose), estimate.betas).vertices[0]
-    return (vertices + estimate.camera_t[0]).numpy().astype(np.float32)
+    """The posed meshes (N, V, 3), each in its camera frame (translation added), float32."""
+    vertices = body(axis_angle_pose_to_rotmats(estimate.pose), estimate.betas).vertices
+    return (vertices + estimate.camera_t[:, None]).numpy().astype(np.float32)
 
 
 def image_focal_length(scale: float, camera: CameraConfig) -> float:

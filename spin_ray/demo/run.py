@@ -1,15 +1,17 @@
-"""The demo end to end: read and check every input, regress, refine, draw, then write all files at once."""
+"""The demo end to end: read and check every input, regress and refine every person as one batch, draw, then write
+all files at once."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from spin_ray.body.body_model import BodyModel
-from spin_ray.config import RunConfig
+from spin_ray.config import RunConfig, load_config
 from spin_ray.demo.inputs import (
     box_from_keypoints,
     box_from_xywh,
@@ -19,6 +21,7 @@ from spin_ray.demo.inputs import (
     select_person,
 )
 from spin_ray.demo.predict import (
+    BodyEstimate,
     camera_frame_vertices,
     fitting_keypoints,
     from_smplify,
@@ -27,7 +30,15 @@ from spin_ray.demo.predict import (
     refine,
     regress,
 )
-from spin_ray.demo.views import encode_png, obj_text, render_views, stamp
+from spin_ray.demo.views import (
+    PlacedMesh,
+    encode_png,
+    obj_text,
+    person_color,
+    render_image_overlay,
+    render_person_views,
+    stamp,
+)
 from spin_ray.errors import InputError
 from spin_ray.eval.evaluate import mean_params_predictor, model_predictor
 from spin_ray.model.hmr import HMR
@@ -44,8 +55,23 @@ class DemoRequest:
     bbox: tuple[float, float, float, float] | None = None
     checkpoint: Path | None = None
     refine: bool = False
-    person: int | None = None
+    person: int | None = None  # None: every person found
+    config: Path | None = None  # a run config whose body model, camera and fitting settings the demo uses
     recipe: str = "multistart"  # fitting.recipe of --refine: the network's guess on a photo is often a poor start
+
+
+@dataclass
+class PersonResult:
+    """What the demo found for one person."""
+
+    person: int  # index into the people found (the keypoint file's, or the detector's)
+    center: np.ndarray  # (2,) box center in image pixels
+    scale: float  # box side / 200
+    vertices: np.ndarray  # (V, 3) in the crop camera of this person's box
+    smplify_error: float | None = None  # ranking error after SMPLify (None without --refine)
+    initial_error: float | None = None  # ranking error of the regressor's estimate
+    pixel_error: float | None = None  # mean keypoint distance after SMPLify, fitting-crop pixels
+    rejected: bool = False  # the fit's ranking error is not below fitting.valid_error_threshold
 
 
 @dataclass
@@ -53,42 +79,56 @@ class DemoResult:
     """What the demo did and wrote."""
 
     written: list[Path]
-    person: int
-    center: np.ndarray  # (2,) box center in image pixels
-    scale: float  # box side / 200
+    people: list[PersonResult]
     img_res: int  # network input resolution (from the checkpoint's config)
     checkpoint: Path | None
-    vertices: np.ndarray  # (V, 3) camera frame
-    image_mask: np.ndarray  # (H, W) bool: where the mesh covers the image
-    smplify_error: float | None = None  # ranking error after SMPLify (None without --refine)
-    initial_error: float | None = None  # ranking error of the regressor's estimate
-    pixel_error: float | None = None  # mean keypoint distance after SMPLify, fitting-crop pixels
-    rejected: bool = False  # the fit's ranking error is not below fitting.valid_error_threshold
+    body_model: str  # the body model's identity
+    image_mask: np.ndarray  # (H, W) bool: where any mesh covers the image
     recipe: str | None = None  # the fitting recipe of --refine
     notes: list[str] = field(default_factory=list)
 
 
-def load_model(checkpoint: Path | None) -> tuple[HMR, RunConfig, BodyModel, bool]:
+def load_model(checkpoint: Path | None, config: RunConfig | None = None) -> tuple[HMR, RunConfig, BodyModel, bool]:
     """The checkpoint's regressor, config and body model; without one the shipped pretrained regressor (resnet18 @
-    96 px on the open model), else the open model's defaults; and whether the network's weights were trained."""
-    from spin_ray.train.checkpoint import initial_network, load_regressor
+    96 px on the open model), else the open model's defaults; and whether the network's weights were trained.
+
+    With `config`, its body model, camera and fitting settings replace the checkpoint's (or the defaults); the
+    network (backbone, input size) stays the checkpoint's, refused in one line if it was trained on another body.
+    """
+    from spin_ray.train.checkpoint import checkpoint_config, checkpoint_network, initial_network, load_checkpoint
+
+    def with_config(cfg: RunConfig) -> RunConfig:
+        if config is None:
+            return cfg
+        return cfg.model_copy(update={"body": config.body, "camera": config.camera, "fitting": config.fitting})
 
     if checkpoint is not None:
-        return (*load_regressor(checkpoint), True)
+        payload = load_checkpoint(checkpoint)
+        cfg = with_config(checkpoint_config(payload, checkpoint))
+        body = BodyModel.from_config(cfg.body)
+        model = checkpoint_network(payload, cfg, body, str(checkpoint),
+                                   "its saved config" if config is None else "--config",
+                                   "restore the body model file it was trained with, or use the checkpoint a run "
+                                   "wrote" if config is None else "give the config of the run that trained it")
+        return model.eval(), cfg, body, True
     if EMBEDDED_PRETRAINED.is_file():
-        cfg = RunConfig.model_validate({"data": {"img_res": 96}, "network": {
-            "backbone": "resnet18", "init_checkpoint": str(EMBEDDED_PRETRAINED)}})
+        cfg = with_config(RunConfig.model_validate({"data": {"img_res": 96}, "network": {
+            "backbone": "resnet18", "init_checkpoint": str(EMBEDDED_PRETRAINED)}}))
         body = BodyModel.from_config(cfg.body)
         return initial_network(cfg, body).eval(), cfg, body, True
-    cfg = RunConfig()
+    cfg = with_config(RunConfig())
     return HMR.from_config(cfg.network, cfg.body.num_betas).eval(), cfg, BodyModel.from_config(cfg.body), False
 
 
-def output_paths(request: DemoRequest) -> dict[str, Path]:
-    """Where each output goes: named after the image, in the output folder."""
+def output_paths(request: DemoRequest, people: list[int]) -> dict[str, Path]:
+    """Where each output goes, named after the image in the output folder: one overlay of everybody, and a crop
+    overlay, side view and .obj per person, numbered by the person's index."""
     stem = request.image.stem
-    return {kind: request.out / f"{stem}{suffix}" for kind, suffix in (
-        ("crop", "_overlay_crop.png"), ("image", "_overlay.png"), ("side", "_side.png"), ("mesh", ".obj"))}
+    paths = {"image": request.out / f"{stem}_overlay.png"}
+    for person in people:
+        for kind, suffix in (("crop", "_overlay_crop.png"), ("side", "_side.png"), ("mesh", ".obj")):
+            paths[f"{kind}{person}"] = request.out / f"{stem}_{person}{suffix}"
+    return paths
 
 
 def write_all(files: dict[Path, bytes]) -> list[Path]:
@@ -123,24 +163,50 @@ def detect_people(image: np.ndarray, path: Path) -> list[np.ndarray]:
     return people
 
 
+def people_to_mesh(
+    image: np.ndarray, request: DemoRequest, people: list[np.ndarray], source: str,
+) -> tuple[list[tuple[int, np.ndarray, float]], list[str]]:
+    """(index, box center, box scale) of each person to mesh, and notes on those left out.
+
+    --person or --bbox name one person (the most confident without --person), whose problems are errors;
+    otherwise every person is meshed, one whose keypoints give no usable box is left out with a note, and
+    if nobody is left the most confident person's problem is the error.
+    """
+    chosen = select_person(people, request.person, source)
+    single = request.person is not None or request.bbox is not None
+    candidates = [chosen] if single else [chosen] + [i for i in range(len(people)) if i != chosen]
+    boxes, notes, first_error = [], [], None
+    for person in candidates:
+        try:
+            if request.bbox is not None:
+                center, scale = box_from_xywh(request.bbox)
+                where = f"--bbox {' '.join(f'{v:g}' for v in request.bbox)}"
+            else:
+                center, scale = box_from_keypoints(people[person], source)
+                where = f"{source}: person {person}"
+            check_person(image, request.image, people[person], center, scale, where)
+        except InputError as err:
+            if single:
+                raise
+            first_error = first_error or err
+            notes.append(f"person {person} left out: {err}")
+            continue
+        boxes.append((person, center, scale))
+    if not boxes:
+        raise first_error
+    return sorted(boxes, key=lambda box: box[0]), notes
+
+
 def run_demo(request: DemoRequest) -> DemoResult:
     """Crop, regress, optionally refine, render and write; nothing is written unless every step succeeded."""
     image = read_image(request.image)
+    config = load_config(request.config) if request.config is not None else None
     source = request.keypoints if request.keypoints is not None else f"{request.image} (detected)"
     people = read_keypoints(request.keypoints, request.image) if request.keypoints is not None else \
         detect_people(image, request.image)
-    person = select_person(people, request.person, source)
-    openpose = people[person]
-    if request.bbox is not None:
-        center, scale = box_from_xywh(request.bbox)
-        where = f"--bbox {' '.join(f'{v:g}' for v in request.bbox)}"
-    else:
-        center, scale = box_from_keypoints(openpose, source)
-        where = f"{source}: person {person}"
-    check_person(image, request.image, openpose, center, scale, where)
+    boxes, notes = people_to_mesh(image, request, people, source)
 
-    model, cfg, body, trained = load_model(request.checkpoint)
-    notes = []
+    model, cfg, body, trained = load_model(request.checkpoint, config)
     if request.checkpoint is None:
         notes.append("no --checkpoint: " + (
             "the shipped pretrained regressor (trained on the open model's synthetic people, not on photos)"
@@ -148,45 +214,63 @@ def run_demo(request: DemoRequest) -> DemoResult:
             + ("" if request.refine else " (add --refine to fit it to the keypoints)"))
     predictor = model_predictor(model) if trained else mean_params_predictor(model)
     camera = cfg.camera
-    estimate = regress(predictor, network_input(image, center, scale, cfg.data.img_res), camera)
-    initial_error = smplify_error = pixel_error = None
-    rejected = False
+    crops = torch.cat([network_input(image, center, scale, cfg.data.img_res) for _, center, scale in boxes])
+    estimate = regress(predictor, crops, camera)
+    results = [PersonResult(person, center, scale, np.empty((0, 3), np.float32)) for person, center, scale in boxes]
+    fitting = cfg.fitting.model_copy(update={"recipe": request.recipe})
     if request.refine:
-        fitting = cfg.fitting.model_copy(update={"recipe": request.recipe})
-        fit = refine(body, estimate, fitting_keypoints(openpose, center, scale, camera), fitting, camera)
-        initial_error = float(fit.initial_error[0])
-        if bool(fit.failed[0]):
-            notes.append("SMPLify failed (a non-finite loss); showing the regressor's estimate instead")
-        else:
-            estimate = from_smplify(fit)
-            smplify_error, pixel_error = float(fit.error[0]), float(fit.pixel_error[0])
-            threshold = fitting.valid_error_threshold
-            rejected = not smplify_error < threshold
-            if rejected:
-                notes.append(f"the fit is REJECTED: its ranking error {smplify_error:.1f} is not below "
-                             f"fitting.valid_error_threshold {threshold:g}, so training would not use it; the "
-                             "pictures say so (check the keypoints and the box)")
+        keypoints = torch.cat([fitting_keypoints(people[person], center, scale, camera)
+                               for person, center, scale in boxes])
+        fit = refine(body, estimate, keypoints, fitting, camera)
+        fitted = from_smplify(fit)
+        keep = ~fit.failed.bool()
+        estimate = BodyEstimate(*(torch.where(keep[:, None], new, old) for new, old in (
+            (fitted.pose, estimate.pose), (fitted.betas, estimate.betas), (fitted.camera_t, estimate.camera_t))))
+        threshold = fitting.valid_error_threshold
+        for i, result in enumerate(results):
+            result.initial_error = float(fit.initial_error[i])
+            if not keep[i]:
+                notes.append(f"person {result.person}: SMPLify failed (a non-finite loss); showing the regressor's "
+                             "estimate instead")
+                continue
+            result.smplify_error, result.pixel_error = float(fit.error[i]), float(fit.pixel_error[i])
+            result.rejected = not result.smplify_error < threshold
+            if result.rejected:
+                notes.append(f"person {result.person}: the fit is REJECTED: its ranking error "
+                             f"{result.smplify_error:.1f} is not below fitting.valid_error_threshold {threshold:g}, "
+                             "so training would not use it; the pictures say so (check the keypoints and the box)")
 
-    vertices = camera_frame_vertices(body, estimate)
-    views = render_views(image, vertices, body.faces, center, scale, camera.crop_size, camera.focal_length,
-                         image_focal_length(scale, camera))
+    all_vertices = camera_frame_vertices(body, estimate)
+    placed, files = [], {}
+    paths = output_paths(request, [result.person for result in results])
+    network = (f"checkpoint {request.checkpoint}" if request.checkpoint else
+               "the shipped pretrained regressor" if trained else "the open model's mean parameters")
+    for rank, result in enumerate(results):
+        result.vertices = all_vertices[rank]
+        color = person_color(rank)
+        views = render_person_views(image, result.vertices, body.faces, result.center, result.scale,
+                                    camera.crop_size, camera.focal_length, color)
+        crop_overlay, side_view = views.crop_overlay, views.side_view
+        if result.rejected:
+            warning = f"fit rejected: error {result.smplify_error:.3g} >= {fitting.valid_error_threshold:g}"
+            crop_overlay, side_view = stamp(crop_overlay, warning), stamp(side_view, warning)
+        placed.append(PlacedMesh(result.vertices, image_focal_length(result.scale, camera), tuple(result.center),
+                                 color))
+        refined = f", refined with SMPLify ({request.recipe})" if result.smplify_error is not None else ""
+        comment = (f"spin-ray demo of {request.image.name}, person {result.person}, {network}{refined}, body model "
+                   f"{body.identity}{' (fit REJECTED: error above the validity threshold)' if result.rejected else ''}"
+                   "\ncamera frame of this person's box (focal length "
+                   f"{image_focal_length(result.scale, camera):.6g} px, principal point at the box center "
+                   f"({result.center[0]:.6g}, {result.center[1]:.6g})): x right, y down, z forward (depth), metres; "
+                   "faces 1-based")
+        files[paths[f"crop{result.person}"]] = encode_png(crop_overlay, "crop overlay")
+        files[paths[f"side{result.person}"]] = encode_png(side_view, "side view")
+        files[paths[f"mesh{result.person}"]] = obj_text(result.vertices, body.faces, comment).encode()
+    image_overlay, image_mask = render_image_overlay(image, placed, body.faces)
+    rejected = [result.person for result in results if result.rejected]
     if rejected:
-        warning = f"fit rejected: error {smplify_error:.3g} >= {fitting.valid_error_threshold:g}"
-        views = replace(views, crop_overlay=stamp(views.crop_overlay, warning),
-                        image_overlay=stamp(views.image_overlay, warning), side_view=stamp(views.side_view, warning))
-    paths = output_paths(request)
-    source = (f"checkpoint {request.checkpoint}" if request.checkpoint else
-              "the shipped pretrained regressor" if trained else "the open model's mean parameters")
-    refined = f", refined with SMPLify ({request.recipe})" if smplify_error is not None else ""
-    comment = (f"spin-ray demo of {request.image.name}, person {person}, {source}{refined}"
-               f"{' (fit REJECTED: error above the validity threshold)' if rejected else ''}\n"
-               "camera frame: x right, y down, z forward (depth), metres; faces 1-based")
-    written = write_all({
-        paths["crop"]: encode_png(views.crop_overlay, "crop overlay"),
-        paths["image"]: encode_png(views.image_overlay, "image overlay"),
-        paths["side"]: encode_png(views.side_view, "side view"),
-        paths["mesh"]: obj_text(vertices, body.faces, comment).encode(),
-    })
-    return DemoResult(written, person, center, scale, cfg.data.img_res, request.checkpoint, vertices,
-                      views.image_mask, smplify_error, initial_error, pixel_error, rejected,
+        image_overlay = stamp(image_overlay, f"fit rejected: person {', '.join(map(str, rejected))}")
+    files = {paths["image"]: encode_png(image_overlay, "image overlay"), **files}
+    written = write_all(files)
+    return DemoResult(written, results, cfg.data.img_res, request.checkpoint, body.identity, image_mask,
                       request.recipe if request.refine else None, notes)

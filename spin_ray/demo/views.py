@@ -15,7 +15,9 @@ from spin_ray.data.augment import crop_image, crop_matrix
 from spin_ray.errors import RenderError
 from spin_ray.render.renderer import MeshRenderer, overlay
 
-MESH_COLOR = (0.65, 0.74, 0.86)
+# The first is the single-person colour of old; the others are far from it and from each other.
+MESH_COLORS = ((0.65, 0.74, 0.86), (0.93, 0.66, 0.46), (0.58, 0.85, 0.55), (0.86, 0.58, 0.84), (0.95, 0.88, 0.45),
+               (0.50, 0.84, 0.86))
 MESH_OPACITY = 0.8  # the photo shows through a little, so misalignment is visible
 SIDE_VIEW_DEGREES = 90.0
 WHITE = 255
@@ -23,13 +25,26 @@ WARNING_RED = (200, 0, 0)
 
 
 @dataclass(frozen=True)
-class DemoViews:
-    """RGB uint8 pictures of one mesh, and where it covers the full image."""
+class PersonViews:
+    """RGB uint8 pictures of one person's mesh in its own box."""
 
     crop_overlay: np.ndarray  # (S, S, 3) the box at the fitting crop's resolution, mesh blended in
-    image_overlay: np.ndarray  # (H, W, 3)
     side_view: np.ndarray  # (S, S, 3) on white
-    image_mask: np.ndarray  # (H, W) bool
+
+
+@dataclass(frozen=True)
+class PlacedMesh:
+    """One person's camera-frame mesh and the full-image camera of its box (focal and principal point, pixels)."""
+
+    vertices: np.ndarray  # (V, 3)
+    focal: float
+    center: tuple[float, float]
+    color: tuple[float, float, float]
+
+
+def person_color(rank: int) -> tuple[float, float, float]:
+    """The mesh colour of the rank-th person drawn (cycling through MESH_COLORS)."""
+    return MESH_COLORS[rank % len(MESH_COLORS)]
 
 
 def rotate_about_vertical(vertices: np.ndarray, degrees: float) -> np.ndarray:
@@ -41,28 +56,41 @@ def rotate_about_vertical(vertices: np.ndarray, degrees: float) -> np.ndarray:
     return ((vertices - centre) @ rotation.T + centre).astype(np.float32)
 
 
-def render_views(
+def render_person_views(
     image: np.ndarray, vertices: np.ndarray, faces: np.ndarray, center: np.ndarray, scale: float,
-    crop_size: int, crop_focal: float, image_focal: float,
-) -> DemoViews:
-    """Draw camera-frame vertices over the box crop and the whole image, and from the side on white."""
-    height, width = image.shape[:2]
+    crop_size: int, crop_focal: float, color: tuple[float, float, float],
+) -> PersonViews:
+    """Draw one person's camera-frame vertices over its box crop, and from the side on white."""
     crop = crop_image(image, crop_matrix(center, scale, crop_size), crop_size)
     no_translation = (0.0, 0.0, 0.0)
     crop_centre = (crop_size / 2.0, crop_size / 2.0)
     with MeshRenderer(crop_size, crop_size, faces) as renderer:
-        crop_rgba = renderer.shaded(vertices, no_translation, crop_focal, crop_centre, MESH_COLOR)
+        crop_rgba = renderer.shaded(vertices, no_translation, crop_focal, crop_centre, color)
         side_rgba = renderer.shaded(rotate_about_vertical(vertices, SIDE_VIEW_DEGREES), no_translation, crop_focal,
-                                    crop_centre, MESH_COLOR)
-    with MeshRenderer(width, height, faces) as renderer:
-        image_rgba = renderer.shaded(vertices, no_translation, image_focal, tuple(center), MESH_COLOR)
+                                    crop_centre, color)
     white = np.full((crop_size, crop_size, 3), WHITE, np.uint8)
-    return DemoViews(
-        crop_overlay=overlay(crop, crop_rgba, MESH_OPACITY),
-        image_overlay=overlay(image, image_rgba, MESH_OPACITY),
-        side_view=overlay(white, side_rgba),
-        image_mask=image_rgba[..., 3] > 0,
-    )
+    return PersonViews(crop_overlay=overlay(crop, crop_rgba, MESH_OPACITY), side_view=overlay(white, side_rgba))
+
+
+def image_depth(mesh: PlacedMesh) -> float:
+    """How far the person is, in units shared by every person of the photo: each mesh lives in the crop camera of
+    its own box, whose depth scales with that camera's focal length, so depth over focal compares across boxes."""
+    return float(np.median(mesh.vertices[:, 2])) / mesh.focal
+
+
+def render_image_overlay(
+    image: np.ndarray, meshes: list[PlacedMesh], faces: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every mesh over the whole image, farthest first so nearer people cover farther ones; and the (H, W) bool
+    mask of where any mesh covers the image."""
+    height, width = image.shape[:2]
+    picture, mask = image, np.zeros((height, width), bool)
+    with MeshRenderer(width, height, faces) as renderer:
+        for mesh in sorted(meshes, key=image_depth, reverse=True):
+            rgba = renderer.shaded(mesh.vertices, (0.0, 0.0, 0.0), mesh.focal, mesh.center, mesh.color)
+            picture = overlay(picture, rgba, MESH_OPACITY)
+            mask |= rgba[..., 3] > 0
+    return picture, mask
 
 
 def stamp(rgb: np.ndarray, text: str) -> np.ndarray:
