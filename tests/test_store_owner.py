@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from spin_ray.errors import DataDirInUseError, FitStoreError
+from spin_ray.store.data_dir import _alive  # the same test of a live process the store uses
 from spin_ray.store.embedded import EmbeddedRedis
 
 # Owns an embedded server on argv[1] until its stdin closes; prints "OWNER_PID SERVER_PID PORT".
@@ -23,14 +24,6 @@ with EmbeddedRedis(sys.argv[1]) as server:
     print(os.getpid(), server.pid, server.port, flush=True)
     sys.stdin.read()
 """
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
-    except (OSError, IndexError):
-        return False
-    return state not in "ZX"
 
 
 def redis_servers_in(data_dir: Path) -> list[int]:
