@@ -111,6 +111,14 @@ def test_fit_refuses_pool_flags_with_local(tiny_spin_data, tmp_path, capsys):
     out = tmp_path / "x.npy"
     assert main(["fit", str(tiny_spin_data["tiny-itw"]), "--local", "--fitters", "2", "--out", str(out)]) == 1
     assert "--fitters" in capsys.readouterr().err and not out.exists()
+    # An option given but unused is refused: a local fit has no store to name the dataset in.
+    assert main(["fit", str(tiny_spin_data["tiny-itw"]), "--dataset-name", "mine", "--out", str(out)]) == 1
+    assert "--dataset-name names the dataset in the fit store" in capsys.readouterr().err and not out.exists()
+    # A name the store cannot hold is refused before any store is reached (this URL answers nobody).
+    assert main(["fit", str(tiny_spin_data["tiny-itw"]), "--store", "redis://127.0.0.1:1", "--dataset-name",
+                 "bad:name"]) == 1
+    err = capsys.readouterr().err
+    assert "dataset name 'bad:name' is not allowed" in err and "cannot reach" not in err
     assert main(["fit", str(tiny_spin_data["tiny-itw"]), "--local"]) == 1
     assert "--out" in capsys.readouterr().err
 

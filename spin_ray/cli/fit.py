@@ -207,6 +207,13 @@ def _fit(args: argparse.Namespace) -> int:
         raise InputError("--local writes SPIN's static-fits file: give it with --out FITS.npy")
     if local and (args.fitters or args.fitter_gpus is not None or args.refit_above is not None):
         raise InputError("--fitters, --fitter-gpus and --refit-above are for the fitter pool: leave out --local")
+    if local and args.name is not None:
+        raise InputError("--dataset-name names the dataset in the fit store; a local fit writes only --out (give "
+                         "--store or --namespace to fit into the store)")
+    if not local:
+        from spin_ray.store.records import check_name
+
+        check_name("dataset", args.name or args.dataset.stem)  # before the store is reached or anything is fitted
     cfg = _config(args)
     if args.out is not None:
         writable_output(args.out, "--out")  # before the fitting: hours of fits must not be lost to a bad folder
