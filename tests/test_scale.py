@@ -22,6 +22,7 @@ from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray_sim.standin import (
     DEFAULT_GPU_S_PER_BATCH,
     HEALTH_GROUP,
+    StandinFitter,
     StandinReport,
     WireRequest,
     request_from_wire,
@@ -42,10 +43,13 @@ def _request(batch: int = 8, step: int = 3) -> FitRequest:
                             np.zeros((batch, 6)))
 
 
-def test_health_group_matches_the_pools():
-    from spin_ray.pipeline.fitter_protocol import HEALTH_GROUP as POOL_GROUP
+def test_health_calls_of_the_stand_in_and_the_fitter_run_in_the_pools_group():
+    # The pool pings fitters in their own concurrency group, so a busy fit never hides a live actor.
+    from spin_ray.pipeline.fitter import FitterActor
 
-    assert HEALTH_GROUP == POOL_GROUP
+    for actor in (StandinFitter, FitterActor):
+        assert [getattr(getattr(actor, m), "__ray_concurrency_group__", None) for m in ("ping", "pid", "fit")] == \
+            [HEALTH_GROUP, HEALTH_GROUP, None], actor.__name__
 
 
 def test_cost_model_scales_with_gpu_share_and_batch():
