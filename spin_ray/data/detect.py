@@ -54,7 +54,7 @@ class DetectedPerson:
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Silence file descriptor 2: mediapipe's C++ logs (TFLite delegate lines, a protobuf notice) go straight there."""
     saved = os.dup(2)
     try:
@@ -78,7 +78,7 @@ def detector_available() -> bool:
 def _import_mediapipe():
     os.environ.setdefault("GLOG_minloglevel", "2")
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             from google.protobuf import text_format
             from mediapipe.framework import calculator_pb2
             from mediapipe.python import solution_base
@@ -98,7 +98,7 @@ class PeopleDetector:
         self.settings = settings or DetectorSettings()
         text_format, calculator_pb2, solution_base, pose = _import_mediapipe()
         config = text_format.Parse(_DETECTION_GRAPH, calculator_pb2.CalculatorGraphConfig())
-        with tempfile.TemporaryDirectory() as folder, _quiet_stderr():
+        with tempfile.TemporaryDirectory() as folder, quiet_stderr():
             graph = Path(folder) / "pose_detection.binarypb"
             graph.write_bytes(config.SerializeToString())
             self._people = solution_base.SolutionBase(binary_graph_path=str(graph))
@@ -123,7 +123,7 @@ class PeopleDetector:
         out = []
         for x0, y0, window in _windows(*rgb.shape[:2]):
             height, width = window[1] - window[0], window[3] - window[2]
-            with _quiet_stderr():
+            with quiet_stderr():
                 found = self._people.process(np.ascontiguousarray(rgb[window[0]:window[1], window[2]:window[3]]))
             for detection in found.detections or []:
                 score = float(detection.score[0]) if detection.score else 0.0
@@ -145,7 +145,7 @@ class PeopleDetector:
         x0, y0 = centre - side / 2.0
         warp = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]])
         crop = cv2.warpAffine(rgb, warp, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        with _quiet_stderr():
+        with quiet_stderr():
             result = self._pose.process(np.ascontiguousarray(crop))
         if result.pose_landmarks is None:
             return None

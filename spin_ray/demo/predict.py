@@ -81,3 +81,35 @@ def camera_frame_vertices(body: BodyModel, estimate: BodyEstimate) -> np.ndarray
 def image_focal_length(scale: float, camera: CameraConfig) -> float:
     """Focal length in image pixels of the crop camera of a box of `scale` (box side = 200 * scale px)."""
     return camera.focal_length * SCALE_UNIT_PX * scale / camera.crop_size
+
+
+@dataclass(frozen=True)
+class PeopleEstimate:
+    """Every person of one image through the network and, with fitting settings, SMPLify (one batch)."""
+
+    estimate: BodyEstimate  # the fit where SMPLify ran and did not fail, else the network's
+    initial_error: np.ndarray | None = None  # (N,) ranking error of the network's estimate (None without SMPLify)
+    error: np.ndarray | None = None  # (N,) ranking error after SMPLify
+    pixel_error: np.ndarray | None = None  # (N,) mean keypoint distance after SMPLify, fitting-crop pixels
+    failed: np.ndarray | None = None  # (N,) bool: SMPLify's loss went non-finite, the network's estimate is kept
+
+
+def estimate_people(
+    predict: Predictor, body: BodyModel, image: np.ndarray, boxes: list[tuple[np.ndarray, float]],
+    openpose: list[np.ndarray], img_res: int, camera: CameraConfig, fitting: FittingConfig | None,
+) -> PeopleEstimate:
+    """Regress the people of `image` in their boxes (center, scale) as one batch; refine on their BODY_25
+    keypoints with `fitting` (None: no SMPLify), keeping the network's estimate where a fit failed."""
+    crops = torch.cat([network_input(image, center, scale, img_res) for center, scale in boxes])
+    estimate = regress(predict, crops, camera)
+    if fitting is None:
+        return PeopleEstimate(estimate)
+    keypoints = torch.cat([fitting_keypoints(kp, center, scale, camera) for kp, (center, scale)
+                           in zip(openpose, boxes, strict=True)])
+    fit = refine(body, estimate, keypoints, fitting, camera)
+    fitted = from_smplify(fit)
+    keep = ~fit.failed.bool()
+    estimate = BodyEstimate(*(torch.where(keep[:, None], new, old) for new, old in (
+        (fitted.pose, estimate.pose), (fitted.betas, estimate.betas), (fitted.camera_t, estimate.camera_t))))
+    return PeopleEstimate(estimate, fit.initial_error.detach().numpy(), fit.error.detach().numpy(),
+                          fit.pixel_error.detach().numpy(), (~keep).numpy())

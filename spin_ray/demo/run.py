@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RunConfig, load_config
@@ -20,16 +19,7 @@ from spin_ray.demo.inputs import (
     read_keypoints,
     select_person,
 )
-from spin_ray.demo.predict import (
-    BodyEstimate,
-    camera_frame_vertices,
-    fitting_keypoints,
-    from_smplify,
-    image_focal_length,
-    network_input,
-    refine,
-    regress,
-)
+from spin_ray.demo.predict import camera_frame_vertices, estimate_people, image_focal_length
 from spin_ray.demo.views import (
     PlacedMesh,
     encode_png,
@@ -214,26 +204,22 @@ def run_demo(request: DemoRequest) -> DemoResult:
             + ("" if request.refine else " (add --refine to fit it to the keypoints)"))
     predictor = model_predictor(model) if trained else mean_params_predictor(model)
     camera = cfg.camera
-    crops = torch.cat([network_input(image, center, scale, cfg.data.img_res) for _, center, scale in boxes])
-    estimate = regress(predictor, crops, camera)
-    results = [PersonResult(person, center, scale, np.empty((0, 3), np.float32)) for person, center, scale in boxes]
     fitting = cfg.fitting.model_copy(update={"recipe": request.recipe})
+    people_estimate = estimate_people(predictor, body, image, [(center, scale) for _, center, scale in boxes],
+                                      [people[person] for person, _, _ in boxes], cfg.data.img_res, camera,
+                                      fitting if request.refine else None)
+    estimate = people_estimate.estimate
+    results = [PersonResult(person, center, scale, np.empty((0, 3), np.float32)) for person, center, scale in boxes]
     if request.refine:
-        keypoints = torch.cat([fitting_keypoints(people[person], center, scale, camera)
-                               for person, center, scale in boxes])
-        fit = refine(body, estimate, keypoints, fitting, camera)
-        fitted = from_smplify(fit)
-        keep = ~fit.failed.bool()
-        estimate = BodyEstimate(*(torch.where(keep[:, None], new, old) for new, old in (
-            (fitted.pose, estimate.pose), (fitted.betas, estimate.betas), (fitted.camera_t, estimate.camera_t))))
         threshold = fitting.valid_error_threshold
         for i, result in enumerate(results):
-            result.initial_error = float(fit.initial_error[i])
-            if not keep[i]:
+            result.initial_error = float(people_estimate.initial_error[i])
+            if people_estimate.failed[i]:
                 notes.append(f"person {result.person}: SMPLify failed (a non-finite loss); showing the regressor's "
                              "estimate instead")
                 continue
-            result.smplify_error, result.pixel_error = float(fit.error[i]), float(fit.pixel_error[i])
+            result.smplify_error = float(people_estimate.error[i])
+            result.pixel_error = float(people_estimate.pixel_error[i])
             result.rejected = not result.smplify_error < threshold
             if result.rejected:
                 notes.append(f"person {result.person}: the fit is REJECTED: its ranking error "

@@ -79,17 +79,22 @@ def image_depth(mesh: PlacedMesh) -> float:
 
 
 def render_image_overlay(
-    image: np.ndarray, meshes: list[PlacedMesh], faces: np.ndarray,
+    image: np.ndarray, meshes: list[PlacedMesh], faces: np.ndarray, renderer: MeshRenderer | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every mesh over the whole image, farthest first so nearer people cover farther ones; and the (H, W) bool
-    mask of where any mesh covers the image."""
+    mask of where any mesh covers the image. `renderer`: one of the image's size to reuse (a video's frames)."""
     height, width = image.shape[:2]
     picture, mask = image, np.zeros((height, width), bool)
-    with MeshRenderer(width, height, faces) as renderer:
+    own = renderer is None
+    renderer = MeshRenderer(width, height, faces) if own else renderer
+    try:
         for mesh in sorted(meshes, key=image_depth, reverse=True):
             rgba = renderer.shaded(mesh.vertices, (0.0, 0.0, 0.0), mesh.focal, mesh.center, mesh.color)
             picture = overlay(picture, rgba, MESH_OPACITY)
             mask |= rgba[..., 3] > 0
+    finally:
+        if own:
+            renderer.close()
     return picture, mask
 
 
