@@ -1,11 +1,12 @@
-"""`spin-ray data import`: a researcher's own keypoints (COCO, OpenPose, Halpe, COCO-WholeBody) as a SPIN-format `.npz`."""
+"""`spin-ray data import`: a researcher's own keypoints (COCO, OpenPose, Halpe, COCO-WholeBody), or the bundled
+detector's people in a folder of photos or a video, as a SPIN-format `.npz`."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from spin_ray.cli.arg_types import non_negative_float, non_negative_int, path_with_suffix, positive_float
+from spin_ray.cli.arg_types import non_negative_float, non_negative_int, path_with_suffix, positive_float, positive_int
 
 PROGRESS_MIN = 200  # OpenPose files; fewer read in a blink
 
@@ -16,17 +17,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                   description="Datasets from keypoints you bring.")
     actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
     parser = actions.add_parser(
-        "import", help="keypoints (COCO, OpenPose, Halpe, WholeBody) to a SPIN-format .npz",
+        "import", help="keypoints (COCO, OpenPose, Halpe, WholeBody), or photos / a video through the detector, to "
+                       "a SPIN-format .npz",
         description="Read COCO-format keypoints (an annotations.json: ground truth, into SPIN's 24 dataset joints; "
                     "a detector's results file: detections, into the 25 OpenPose joints), a folder of OpenPose "
                     "JSON files (BODY_25 or COCO-18), or Halpe-26 / COCO-WholeBody-133; box every person by SPIN's "
                     "rule (center = box centre, scale = --box-factor x longer side / 200), leave out crowds, "
                     "low scores, people with few joints, tiny and truncated people (each counted), and write a "
-                    "SPIN-format .npz that `spin-ray fit` and training read.",
+                    "SPIN-format .npz that `spin-ray fit` and training read. --format detect: SOURCE is a folder of "
+                    "photos (searched recursively; imgname is relative to it) or a video (every --every K-th frame "
+                    "written as JPEG under --images, default the .npz's folder, in VIDEO_frames/); the bundled "
+                    "detector (`make detect`) finds every person, their keypoints fill the 25 OpenPose joints, and "
+                    "what it found is kept in SOURCE.detections.json beside the .npz, so a rerun (or a run after a "
+                    "stop) detects only new or changed images.",
     )
-    parser.add_argument("source", type=Path, help="COCO-format JSON file, or OpenPose's --write_json folder")
-    parser.add_argument("--format", choices=("coco", "openpose", "halpe", "wholebody"), required=True,
-                        help="the source's keypoint format")
+    parser.add_argument("source", type=Path, help="COCO-format JSON file, OpenPose's --write_json folder, or (--format "
+                                                  "detect) a folder of photos or a video")
+    parser.add_argument("--format", choices=("coco", "openpose", "halpe", "wholebody", "detect"), required=True,
+                        help="the source's keypoint format; detect: no keypoints, the bundled detector finds them")
+    parser.add_argument("--every", type=positive_int, default=1, metavar="K",
+                        help="--format detect on a video: every K-th frame (default 1)")
     parser.add_argument("--out", type=path_with_suffix(".npz"), required=True, help="the SPIN-format .npz to write")
     parser.add_argument("--images", type=Path, default=None,
                         help="image folder (imgname is relative to it; image sizes are read from file headers "
@@ -81,6 +91,10 @@ def _import(args: argparse.Namespace) -> int:
     # Before any reading: a large import must not end in "cannot write".
     writable_output(args.out, "--out")
     check_image_dir(args.images)
+    if args.format == "detect":
+        return _import_detected(args, options)
+    if args.every != 1:
+        raise ConfigError("--every is for --format detect on a video")
 
     def read(source: Path, fmt: str, images=None):
         files = sum(1 for _ in source.rglob("*.json")) if fmt == "openpose" and source.is_dir() else 0
@@ -101,4 +115,40 @@ def _import(args: argparse.Namespace) -> int:
           + (f"; {len(detections)} detections from {detections.source}" if detections is not None else ""))
     for line in report.lines():
         print(line)
+    return 0
+
+
+def _import_detected(args: argparse.Namespace, options) -> int:
+    from tqdm import tqdm
+
+    from spin_ray.data.importers.detect_source import detect_people_in
+    from spin_ray.data.importers.to_spin import import_people
+    from spin_ray.errors import ConfigError
+
+    if args.gt_and_detections is not None:
+        raise ConfigError("--gt-and-detections needs ground truth as SOURCE; --format detect has none")
+    video = args.source.is_file()
+    if not video and args.images is not None and args.images.resolve() != args.source.resolve():
+        raise ConfigError(f"--images {args.images}: with --format detect on a folder the images are that folder "
+                          f"({args.source}); leave --images out")
+    cache = args.out.parent / f"{args.source.name}.detections.json"
+    with tqdm(desc=f"detecting people in {args.source.name}", unit="image", disable=None) as bar:
+        def total(n: int) -> None:
+            bar.total = n or None
+            bar.refresh()
+
+        found = detect_people_in(args.source, cache, frames_dir=args.images or args.out.parent, every=args.every,
+                                 progress=bar.update, total=total)
+    _, report = import_people(found.people, options, args.out, found.image_root)
+    if found.video_summary:
+        print(found.video_summary)
+    print(f"{args.source}: {found.images} {'frames' if video else 'images'} ({found.detected} through the detector, "
+          f"{found.cached} from the cache {cache}), {len(found.people)} people found"
+          + (f"; {len(found.unreadable)} unreadable: {', '.join(found.unreadable[:5])}"
+             + (", ..." if len(found.unreadable) > 5 else "") if found.unreadable else ""))
+    for note in found.notes:
+        print(f"note: {note}")
+    for line in report.lines():
+        print(line)
+    print(f"next: spin-ray fit {args.out} --image-root {found.image_root}")
     return 0

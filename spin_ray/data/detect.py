@@ -21,7 +21,8 @@ from spin_ray.body.keypoint_formats import blazepose_to_openpose25
 from spin_ray.errors import InputError
 
 INSTALL_HINT = ("the photo detector is not installed: run `make detect` (or `pip install --no-deps -r "
-                "requirements-detect.txt` in spin-ray's environment), or pass the photo's keypoints with --keypoints")
+                "requirements-detect.txt` in spin-ray's environment), or bring the keypoints (demo --keypoints, "
+                "data import --format openpose|coco)")
 # BlazePose's person detector as a graph of one node: the legacy pose solution runs it inside its own graph and
 # keeps only the first detection.
 _DETECTION_GRAPH = """
