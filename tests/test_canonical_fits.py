@@ -46,3 +46,31 @@ def test_a_worse_fit_scores_higher():
     noisy_pose = problem.pose + 0.3 * torch.randn(problem.pose.shape, generator=torch.Generator().manual_seed(0))
     bad = score_fits(body, noisy_pose, problem.betas, problem.keypoints_2d, CFG.camera, CFG.fitting)
     assert (bad > good).all()
+
+
+def test_a_step_and_the_request_made_of_it_fit_the_same():
+    """The trainer's tensors (sync mode) and the pool's read-only numpy request go through one fit, equally."""
+    from spin_ray.fitting.canonical_fits import StepPredictions, fit_predictions
+    from spin_ray.fitting.priors import load_pose_prior
+    from spin_ray.fitting.starts import typical_depth
+    from spin_ray.pipeline.requests import FitRequest
+
+    body = BodyModel.embedded()
+    problem = synthetic_problems(body, 4, torch.Generator().manual_seed(5), CFG.camera)
+    aug = torch.stack([torch.from_numpy(AugParams(flip=bool(i % 2), rot=10.0 * i, scale=1.0).as_array())
+                       for i in range(4)])
+    camera_t = torch.tensor([[0.0, 0.0, typical_depth(CFG.camera)]]).expand(4, -1)
+    step = StepPredictions(3, ["d"] * 4, torch.arange(4).numpy(), pose=torch.zeros(4, 72),
+                           betas=torch.zeros(4, body.num_betas), camera_t=camera_t,
+                           keypoints=augment_keypoints(_normalised(problem.keypoints_2d, CFG.camera.crop_size), aug),
+                           aug=aug)
+    request = FitRequest.from_predictions(step)
+    for array in (request.pose, request.keypoints):
+        array.flags.writeable = False  # what Ray's object store hands a fitter
+    fitting = CFG.fitting.model_copy(update={"iterations_camera": 5, "iterations_body": 5})
+    prior = load_pose_prior(fitting)
+    from_step = fit_predictions(body, prior, step, fitting, CFG.camera)
+    from_request = fit_predictions(body, prior, request, fitting, CFG.camera)
+    torch.testing.assert_close(from_step.pose, from_request.pose)
+    torch.testing.assert_close(from_step.error, from_request.error)
+    assert torch.isfinite(from_step.error).all() and (from_step.pose.abs().sum(dim=1) > 0).all()

@@ -1,4 +1,4 @@
-"""The fitter without Ray: fit_request canonicalises SMPLify fits; FitterActor writes only improvements."""
+"""The fitter without Ray: fit_predictions takes a request as it is; FitterActor writes only improvements."""
 
 import math
 import uuid
@@ -11,7 +11,8 @@ from pipeline_problems import fast_config, make_request, seed_store
 from spin_ray.body.body_model import BodyModel
 from spin_ray.errors import ConfigError, PipelineError
 from spin_ray.fitting.priors import load_pose_prior
-from spin_ray.pipeline.fitter import FitterActor, fit_request
+from spin_ray.fitting.canonical_fits import fit_predictions
+from spin_ray.pipeline.fitter import FitterActor
 from spin_ray.pipeline.requests import FitRequest
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
@@ -37,7 +38,7 @@ def store(redis_server, body):
 
 def test_fit_request_beats_the_prediction_in_the_canonical_frame(body):
     request = make_request(body, CFG.camera, 8, seed=1, augment=True)
-    fits = fit_request(body, load_pose_prior(CFG.fitting), request, CFG.fitting, CFG.camera)
+    fits = fit_predictions(body, load_pose_prior(CFG.fitting), request, CFG.fitting, CFG.camera)
     as_t = torch.from_numpy
     before = to_canonical(body, as_t(request.pose), as_t(request.betas), as_t(request.keypoints), as_t(request.aug),
                             CFG.camera, CFG.fitting)
@@ -57,7 +58,7 @@ def test_a_nan_prediction_fails_alone(body):
     pose = request.pose.copy()
     pose[2] = np.nan
     request = FitRequest(**{**request.__dict__, "pose": pose})
-    fits = fit_request(body, load_pose_prior(CFG.fitting), request, CFG.fitting, CFG.camera)
+    fits = fit_predictions(body, load_pose_prior(CFG.fitting), request, CFG.fitting, CFG.camera)
     assert math.isinf(fits.error[2]) and torch.isfinite(fits.error[[0, 1, 3]]).all()
 
 

@@ -93,9 +93,9 @@ def test_the_closed_form_camera_follows_the_configured_ignored_joints():
     kp[:, neck, :2] += 60.0  # SPIN ignores OP Neck; a skeleton that trusts it sees it 60 px off
     pose, betas = problem.pose, problem.betas
     trusting = CFG.fitting.model_copy(update={"ignored_joints": ()})
-    spin_start, _, _ = static_start(body, kp, pose, betas, CFG.camera, CFG.fitting)
-    other_start, _, _ = static_start(body, kp, pose, betas, CFG.camera, trusting)
-    exact_start, _, _ = static_start(body, problem.keypoints_2d, pose, betas, CFG.camera, CFG.fitting)
+    spin_start = static_start(body, kp, pose, betas, CFG.camera, CFG.fitting)
+    other_start = static_start(body, kp, pose, betas, CFG.camera, trusting)
+    exact_start = static_start(body, problem.keypoints_2d, pose, betas, CFG.camera, CFG.fitting)
     torch.testing.assert_close(spin_start.camera_t, exact_start.camera_t)  # ignored: the moved neck changes nothing
     assert (other_start.camera_t - spin_start.camera_t).abs().max() > 1e-3
     mean = mean_body_pose(torch.Generator().manual_seed(1))

@@ -104,3 +104,10 @@ def canonicalise_pose(pose: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
     aug = _check_aug(aug, pose.shape[0]).to(pose.dtype)
     unflipped = torch.where(aug[:, :1] > 0.5, flip_pose(pose), pose)
     return _rotate_global_orient(unflipped, aug[:, 1])
+
+
+def canonicalise_fit(
+    pose: torch.Tensor, keypoints: torch.Tensor, aug: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fit found in an augmented crop and the keypoints it was fitted to, both moved to the canonical crop."""
+    return canonicalise_pose(pose, aug), canonicalise_keypoints(keypoints, aug)

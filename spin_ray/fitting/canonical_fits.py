@@ -10,12 +10,13 @@ and nothing else moves fits between frames.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from spin_ray.body.body_model import BodyModel
-from spin_ray.body.frames import canonicalise_keypoints, canonicalise_pose
+from spin_ray.body.frames import canonicalise_fit
 from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.fitting.scoring import score_fits
 from spin_ray.fitting.recipes import fit
@@ -23,9 +24,34 @@ from spin_ray.fitting.smplify import SmplifyParams
 from spin_ray.geometry import keypoints_to_pixels
 
 
+class FitStart(Protocol):
+    """What `fit_predictions` fits: an SMPLify start in a batch's augmented crop, with its keypoints and augmentation.
+
+    Tensors or numpy arrays: `StepPredictions`, `StartBatch` and the pipeline's `FitRequest` all have
+    these fields, so each hands itself to `fit_predictions` as it is (no torch object crosses Ray).
+    """
+
+    pose: Any  # (B, 72) axis-angle, augmented frame
+    betas: Any  # (B, num_betas)
+    camera_t: Any  # (B, 3) camera translation
+    keypoints: Any  # (B, 49, 3) [x, y, conf] normalised to [-1, 1] in the augmented crop
+    aug: Any  # (B, 6) augmentation records in AUG_FIELDS order
+
+
+@dataclass(frozen=True)
+class StartBatch:
+    """A `FitStart` of tensors: what `static_fits.static_start` builds from given parameters."""
+
+    pose: torch.Tensor
+    betas: torch.Tensor
+    camera_t: torch.Tensor
+    keypoints: torch.Tensor
+    aug: torch.Tensor
+
+
 @dataclass(frozen=True)
 class StepPredictions:
-    """A step's detached predictions as an SMPLify start, with the batch's sample names, keypoints and augmentation.
+    """A step's detached predictions as an SMPLify start (a `FitStart`), with the batch's sample names.
 
     What the trainer hands the fitter pool and what `spin-ray fit` sends it: it lives here, below both.
     """
@@ -33,7 +59,9 @@ class StepPredictions:
     step: int
     datasets: list[str]  # (B,) dataset of each row
     indices: np.ndarray  # (B,) int64 dataset rows
-    start: SmplifyParams  # axis-angle pose, betas, camera translation, in the batch's augmented frame
+    pose: torch.Tensor  # (B, 72) axis-angle, in the batch's augmented frame
+    betas: torch.Tensor  # (B, num_betas)
+    camera_t: torch.Tensor  # (B, 3) camera translation
     keypoints: torch.Tensor  # (B, 49, 3) normalised in the augmented crop
     aug: torch.Tensor  # (B, 6) augmentation records
 
@@ -52,22 +80,32 @@ def to_canonical(
     camera: CameraConfig, fitting: FittingConfig,
 ) -> CanonicalFits:
     """Fits found in an augmented crop (pose (B,72), normalised keypoints (B,49,3)) moved to canonical and scored."""
-    canonical_pose = canonicalise_pose(pose, aug)
-    canonical_keypoints = keypoints_to_pixels(canonicalise_keypoints(keypoints, aug), camera.crop_size)
-    error = score_fits(body, canonical_pose, betas, canonical_keypoints, camera, fitting)
+    canonical_pose, canonical_keypoints = canonicalise_fit(pose, keypoints, aug)
+    error = score_fits(body, canonical_pose, betas, keypoints_to_pixels(canonical_keypoints, camera.crop_size),
+                       camera, fitting)
     return CanonicalFits(canonical_pose, betas, error)
 
 
-def fit_predictions(
-    body: BodyModel, prior: torch.nn.Module, start: SmplifyParams, keypoints: torch.Tensor, aug: torch.Tensor,
-    fitting: FittingConfig, camera: CameraConfig,
-) -> CanonicalFits:
-    """SMPLify (fitting.recipe) from predictions in an augmented crop (normalised keypoints (B,49,3)), canonical.
+def _tensor(values: Any, device: torch.device) -> torch.Tensor:
+    """A tensor on `device` that owns its memory (arrays Ray hands over are read-only views of its object store)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(device)
+    return torch.tensor(np.asarray(values), device=device)
 
-    The error is inf where SMPLify failed or any value of the fit is not finite; such rows are
-    never written (`FitStore.keep_best_samples` skips them).
+
+def fit_predictions(
+    body: BodyModel, prior: torch.nn.Module, start: FitStart, fitting: FittingConfig, camera: CameraConfig,
+) -> CanonicalFits:
+    """SMPLify (fitting.recipe) from a start in an augmented crop (normalised keypoints (B,49,3)), canonical.
+
+    Runs on the body model's device. The error is inf where SMPLify failed or any value of the fit
+    is not finite; such rows are never written (`FitStore.keep_best_samples` skips them).
     """
-    result = fit(body, prior, keypoints_to_pixels(keypoints, camera.crop_size), start, fitting, camera)
+    device = body.j_template.device
+    keypoints, aug = _tensor(start.keypoints, device), _tensor(start.aug, device)
+    params = SmplifyParams.from_pose(_tensor(start.pose, device), _tensor(start.betas, device),
+                                     _tensor(start.camera_t, device))
+    result = fit(body, prior, keypoints_to_pixels(keypoints, camera.crop_size), params, fitting, camera)
     fits = to_canonical(body, result.params.pose, result.params.betas, keypoints, aug, camera, fitting)
     usable = (
         ~result.failed

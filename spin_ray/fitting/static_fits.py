@@ -19,7 +19,7 @@ from spin_ray.body.body_model import BodyModel
 from spin_ray.body.frames import NO_AUG, SCALE_UNIT_PX
 from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.errors import InputError
-from spin_ray.fitting.canonical_fits import fit_predictions
+from spin_ray.fitting.canonical_fits import StartBatch, fit_predictions
 from spin_ray.fitting.starts import typical_depth
 from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, ignored_joints, rejected_samples
 from spin_ray.geometry import pixels_to_normalised
@@ -62,8 +62,8 @@ def canonical_crop_keypoints(
 def static_start(
     body: BodyModel, keypoints_px: torch.Tensor, pose: torch.Tensor, betas: torch.Tensor, camera: CameraConfig,
     fitting: FittingConfig,
-) -> tuple[SmplifyParams, torch.Tensor, torch.Tensor]:
-    """An SMPLify start in canonical crops from given parameters: (start, normalised keypoints, augmentation records).
+) -> StartBatch:
+    """An SMPLify start in canonical crops from given parameters, with normalised keypoints and no augmentation.
 
     The camera translation is found in closed form from the keypoints (rejected samples get a
     harmless one; SMPLify flags them); what comes out is what `fit_predictions` takes, so offline
@@ -74,7 +74,7 @@ def static_start(
     camera_t = camera_from_keypoints(body, pose, betas, safe_kp, camera, typical_depth(camera), ignored_joints(fitting))
     normalised = torch.cat([pixels_to_normalised(kp[..., :2], camera.crop_size), kp[..., 2:]], dim=-1)
     aug = torch.tensor(NO_AUG, dtype=kp.dtype).expand(kp.shape[0], -1)
-    return SmplifyParams.from_pose(pose, betas, camera_t), normalised, aug
+    return StartBatch(pose, betas, camera_t, normalised, aug)
 
 
 def fit_static(
@@ -110,9 +110,9 @@ def fit_static(
     for start in range(0, len(todo), fitting.batch_size):
         rows = todo[start:start + fitting.batch_size]
         index = torch.from_numpy(rows)
-        start, kp, aug = static_start(body, keypoints_px[index], init_pose[index].clone(),
-                                      init_betas[index].clone(), camera, fitting)
-        fits = fit_predictions(body, pose_prior, start, kp, aug, fitting, camera)
+        fit_start = static_start(body, keypoints_px[index], init_pose[index].clone(), init_betas[index].clone(),
+                                 camera, fitting)
+        fits = fit_predictions(body, pose_prior, fit_start, fitting, camera)
         pose[rows] = fits.pose.numpy()
         betas[rows] = fits.betas.numpy()
         error[rows] = fits.error.double().numpy()

@@ -132,8 +132,9 @@ def start_predictions(body: BodyModel, job: DatasetFit, rows: np.ndarray, cfg: R
     """The rows' starts as a step's predictions in the canonical crop, what the pool takes from a trainer."""
     pose, betas = job.start_of(rows)
     keypoints = torch.from_numpy(np.ascontiguousarray(job.keypoints[rows], np.float32))
-    start, normalised, aug = static_start(body, keypoints, pose, betas, cfg.camera, cfg.fitting)
-    return StepPredictions(job.step, [job.dataset] * len(rows), rows.astype(np.int64), start, normalised, aug)
+    start = static_start(body, keypoints, pose, betas, cfg.camera, cfg.fitting)
+    return StepPredictions(job.step, [job.dataset] * len(rows), rows.astype(np.int64), start.pose, start.betas,
+                           start.camera_t, start.keypoints, start.aug)
 
 
 class _Progress:

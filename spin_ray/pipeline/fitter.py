@@ -1,7 +1,6 @@
 """The fitter: batched SMPLify on a trainer's predictions, canonical fits written with keep_best.
 
-`fit_request` is the pure part (request in, canonical fits out, through `fitting.fit_predictions`),
-usable without Ray. `FitterActor`
+The fit itself is `fitting.fit_predictions`, which takes a request as it is (usable without Ray). `FitterActor`
 is a plain class holding the state a fitter process needs (body model, pose prior, store
 connection); `FitterPool` wraps it with `ray.remote` so its resources come from the config. The
 body model is built inside the actor from the config: shipped, it would pickle to ~42 MB.
@@ -21,24 +20,12 @@ from spin_ray.data.augment import IDENTITY_AUG
 from spin_ray.errors import ConfigError, PipelineError
 from spin_ray.fitting.canonical_fits import CanonicalFits, fit_predictions
 from spin_ray.fitting.priors import load_pose_prior
-from spin_ray.fitting.smplify import SmplifyParams
 from spin_ray.fitting.starts import typical_depth
 from spin_ray.model.device import resolve_device
 from spin_ray.pipeline.fitter_protocol import FitterHealth, report_fields
 from spin_ray.pipeline.requests import FitReport, FitRequest
 from spin_ray.store.fit_store import FitStore
 from spin_ray.store.records import FitStoreAddress
-
-
-def fit_request(
-    body: BodyModel, prior: torch.nn.Module, request: FitRequest, fitting: FittingConfig, camera: CameraConfig,
-    device: torch.device | str = "cpu",
-) -> CanonicalFits:
-    """SMPLify from the request's predictions, as canonical fits; error inf where a fit failed."""
-    # Arrays Ray hands over are read-only views of the object store: copy before torch owns them.
-    as_tensor = lambda a: torch.tensor(a, device=device)  # noqa: E731
-    start = SmplifyParams.from_pose(as_tensor(request.pose), as_tensor(request.betas), as_tensor(request.camera_t))
-    return fit_predictions(body, prior, start, as_tensor(request.keypoints), as_tensor(request.aug), fitting, camera)
 
 
 def fitter_device(config: RunConfig) -> torch.device:
@@ -87,12 +74,12 @@ class FitterActor(FitterHealth):
         camera_t = np.array([[0.0, 0.0, typical_depth(self.camera)]], np.float32)
         warm = FitRequest.build(0, "warm-up", [0], np.zeros((1, 72)), np.zeros((1, self.body.num_betas)), camera_t,
                                 keypoints, IDENTITY_AUG.as_array()[None])
-        fit_request(self.body, self.prior, warm, fitting, self.camera, self.device)
+        fit_predictions(self.body, self.prior, warm, fitting, self.camera)
 
     def fit(self, request: FitRequest) -> FitReport:
         """Fit one request, write every improvement to the store (source `self.source`), report what happened."""
         start, cpu_start = time.perf_counter(), time.process_time()
-        fits = fit_request(self.body, self.prior, request, self.fitting, self.camera, self.device)
+        fits = fit_predictions(self.body, self.prior, request, self.fitting, self.camera)
         error = fits.error.cpu().numpy().astype(np.float64)
         written = self.store.keep_best_samples(request.row_datasets, request.indices, fits.pose.cpu().numpy(),
                                                fits.betas.cpu().numpy(), error, request.step, self.source)

@@ -160,9 +160,8 @@ class FitRequest:
     @classmethod
     def from_predictions(cls, predictions: StepPredictions) -> FitRequest:
         """The request for one step's predictions (what the trainer hands the pool)."""
-        start = predictions.start
-        return cls.build(predictions.step, predictions.datasets, predictions.indices, start.pose, start.betas,
-                         start.camera_t, predictions.keypoints, predictions.aug)
+        return cls.build(predictions.step, predictions.datasets, predictions.indices, predictions.pose,
+                         predictions.betas, predictions.camera_t, predictions.keypoints, predictions.aug)
 
     @property
     def row_datasets(self) -> np.ndarray:

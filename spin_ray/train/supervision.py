@@ -29,7 +29,6 @@ from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
 from spin_ray.body.frames import augment_pose
 from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.fitting.canonical_fits import StepPredictions, fit_predictions
-from spin_ray.fitting.smplify import SmplifyParams
 from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
 from spin_ray.model.hmr import HMROutput
 from spin_ray.store.decode import describe
@@ -195,12 +194,14 @@ def step_predictions(batch: Batch, pred: HMROutput, step: int, camera: CameraCon
     """
     datasets, indices = batch_samples(batch)
     rotmat = pred.rotmat.detach()
-    start = SmplifyParams.from_pose(
-        matrix_to_axis_angle(rotmat).reshape(rotmat.shape[0], -1),
-        pred.betas.detach(),
-        weak_perspective_to_translation(pred.camera.detach(), camera.focal_length, camera.crop_size),
+    return StepPredictions(
+        step, datasets, indices,
+        pose=matrix_to_axis_angle(rotmat).reshape(rotmat.shape[0], -1),
+        betas=pred.betas.detach(),
+        camera_t=weak_perspective_to_translation(pred.camera.detach(), camera.focal_length, camera.crop_size),
+        keypoints=batch["keypoints"].detach(),
+        aug=batch["aug"].detach(),
     )
-    return StepPredictions(step, datasets, indices, start, batch["keypoints"].detach(), batch["aug"].detach())
 
 
 class SyncFits:
@@ -223,8 +224,7 @@ class SyncFits:
     def targets(self, batch: Batch, pred: HMROutput, step: int) -> FitTargets | None:
         """Fit the batch from the predictions, keep-best into the store, return the stored best."""
         predictions = step_predictions(batch, pred, step, self.camera)
-        fits = fit_predictions(self.body, self.prior, predictions.start, predictions.keypoints, predictions.aug,
-                               self.fitting, self.camera)
+        fits = fit_predictions(self.body, self.prior, predictions, self.fitting, self.camera)
         written = self.store.keep_best_samples(predictions.datasets, predictions.indices, fits.pose, fits.betas,
                                                fits.error, step, "loop")
         # Read after the write: the store now holds the better of the new and the old fit, also
