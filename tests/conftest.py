@@ -131,3 +131,39 @@ def _stop_ray_at_the_end():
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
         ray.shutdown()
+
+
+# -- fit store on a real local Redis Cluster (3 masters + 3 replicas, tests/cluster_fixture.py) --------
+# `store_url` runs a test on one node and on the cluster; `any_fit_store` is `fit_store` on either, with
+# 4 index groups on both, so the merging of groups is tested on one node too.
+
+STORE_TEST_GROUPS = 4
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real 3-master, 3-replica Redis Cluster on free ports of 127.0.0.1, shared by the session (~3 s to start)."""
+    from cluster_fixture import LocalCluster
+
+    with LocalCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["node", "cluster"])
+def store_url(request):
+    """The URL of the session's single Redis node, or of its Redis Cluster."""
+    if request.param == "node":
+        return request.getfixturevalue("redis_server").url
+    return request.getfixturevalue("redis_cluster").url
+
+
+@pytest.fixture
+def any_fit_store(store_url):
+    """A writable FitStore in a namespace of its own, with STORE_TEST_GROUPS index groups, on a node or the cluster."""
+    from spin_ray.store.fit_store import FitStore
+
+    store = FitStore.open(store_url, f"test-{uuid.uuid4().hex[:12]}", body_model_hash=TEST_BODY_HASH,
+                          index_groups=STORE_TEST_GROUPS)
+    yield store
+    store.drop()
+    store.close()

@@ -16,6 +16,12 @@ from spin_ray.store.server import EmbeddedRedis, free_port
 from conftest import TEST_BODY_HASH
 
 
+@pytest.fixture
+def fit_store(any_fit_store):
+    """Every test here runs on one Redis node and on a 3-master Redis Cluster (tests/conftest.py)."""
+    return any_fit_store
+
+
 def _rows(n: int, seed: int = 0, low: float = 1.0, high: float = 200.0):
     rng = np.random.default_rng(seed)
     return (
@@ -64,7 +70,7 @@ def test_error_compare_is_numeric_and_exact(fit_store):
     for err, expect in [(10.0, True), (9.5, True), (0.30000000000000004, True), (0.3, True), (0.3, False)]:
         assert fit_store.keep_best("h36m", [5], pose, betas, [err], 0, "loop")[0] == expect
     assert fit_store.read("h36m", [5]).error[0] == 0.3
-    assert fit_store.client.zscore(f"spinray:{fit_store.namespace}:idx:h36m", "5") == 0.3
+    assert fit_store.client.zscore(fit_store.index_key("h36m", 5), "5") == 0.3
 
 
 def test_read_reports_missing_samples(fit_store):
@@ -194,21 +200,34 @@ def test_corrupt_record_bytes_name_the_key(fit_store):
         fit_store.read("coco", [17])
 
 
-def test_other_body_model_or_schema_is_refused(fit_store, redis_server):
+def test_other_body_model_or_schema_is_refused(fit_store, store_url):
     with pytest.raises(FitStoreError, match="holds fits of body model 0123456789abcdef, but this store was opened for body model ffff0000"):
-        FitStore.open(redis_server.url, fit_store.namespace, body_model_hash="ffff0000")
-    reader = FitStore.open(redis_server.url, fit_store.namespace)  # no hash: read-only, allowed
+        FitStore.open(store_url, fit_store.namespace, body_model_hash="ffff0000")
+    reader = FitStore.open(store_url, fit_store.namespace)  # no hash: read-only, allowed
     pose, betas, err = _rows(1)
     with pytest.raises(FitStoreError, match="read-only"):
         reader.keep_best("coco", [0], pose, betas, err, 0, "loop")
-    fit_store.client.hset(f"spinray:{fit_store.namespace}:meta", "schema_version", 99)
-    with pytest.raises(FitStoreError, match="schema 99, this code reads schema 1"):
-        FitStore.open(redis_server.url, fit_store.namespace, body_model_hash=TEST_BODY_HASH)
-    # A writer already open notices inside the script, and writes nothing.
-    with pytest.raises(FitStoreError, match="changed under this writer \\(namespace metadata is schema 99"):
-        fit_store.keep_best("coco", [0, 1], np.repeat(pose, 2, 0), np.repeat(betas, 2, 0), [1.0, 2.0], 0, "loop")
-    assert fit_store.read("coco", [0, 1]).found.tolist() == [False, False]
-    fit_store.client.delete(f"spinray:{fit_store.namespace}:meta")
+    fit_store.keep_best("coco", [4], pose, betas, err, 0, "loop")  # group 0 is stamped with the metadata
+    meta = f"spinray:{fit_store.namespace}:meta"
+    fit_store.client.hset(meta, "schema_version", 99)
+    with pytest.raises(FitStoreError, match="schema 99, this code reads schema 2"):
+        FitStore.open(store_url, fit_store.namespace, body_model_hash=TEST_BODY_HASH)
+    fit_store.client.hset(meta, "schema_version", 1)
+    with pytest.raises(FitStoreError, match="key layout of fit-store schema 1 .*`spin-ray store migrate --namespace"):
+        FitStore.open(store_url, fit_store.namespace, body_model_hash=TEST_BODY_HASH)
+    # A writer already open notices inside the script (each group's stats carry a stamp of the metadata),
+    # and writes nothing: the namespace dropped and re-created for another body model under it...
+    reader.drop()
+    FitStore.open(store_url, fit_store.namespace, body_model_hash="ffff0000").close()
+    two = dict(poses=np.repeat(pose, 2, 0), betas=np.repeat(betas, 2, 0), errors=[1.0, 2.0], step=0, source="loop")
+    with pytest.raises(FitStoreError, match="changed under this writer \\(namespace metadata is schema 2, body model ffff0000"):
+        fit_store.keep_best("coco", [0, 1], **two)
+    assert reader.read("coco", [0, 1]).found.tolist() == [False, False]
+    # ... or a group stamped for another body model (the script's own check).
+    fit_store.client.hset(fit_store.stats_key("coco", 2), mapping={"schema_version": 2, "body_model_hash": "ffff0000"})
+    with pytest.raises(FitStoreError, match="changed under this writer \\(namespace metadata is schema 2, body model ffff0000"):
+        fit_store.keep_best("coco", [2, 6], **two)
+    reader.drop()
     with pytest.raises(FitStoreError, match="namespace metadata is missing"):
         fit_store.keep_best("coco", [0], pose, betas, err, 0, "loop")
     assert fit_store.count("coco") == 0
@@ -270,21 +289,21 @@ def test_npy_round_trip_is_lossless(fit_store, tmp_path):
         fit_store.import_npy("coco", tmp_path / "bad.npy", 1.0)
 
 
-def test_parquet_round_trip_is_lossless(fit_store, redis_server, tmp_path):
+def test_parquet_round_trip_is_lossless(fit_store, store_url, tmp_path):
     import pyarrow.parquet as pq
 
     for step, (source, dataset) in enumerate([("static", "coco"), ("loop", "coco"), ("gt", "h36m")]):
         pose, betas, err = _rows(40, seed=step)
         fit_store.keep_best(dataset, np.arange(0, 80, 2), pose, betas, err, step * 10, source)
     first = fit_store.export_parquet(tmp_path / "a.parquet")
-    other = FitStore.open(redis_server.url, fit_store.namespace + "-copy", body_model_hash=TEST_BODY_HASH)
+    other = FitStore.open(store_url, fit_store.namespace + "-copy", body_model_hash=TEST_BODY_HASH)
     try:
         assert other.import_parquet(first) == 80
         second = other.export_parquet(tmp_path / "b.parquet")
         a, b = pq.read_table(first), pq.read_table(second)
         assert a.num_rows == 80 and a.drop_columns([]).equals(b)
         assert set(a.column("source").to_pylist()) == {"static", "loop", "gt"}
-        stranger = FitStore.open(redis_server.url, fit_store.namespace + "-other", body_model_hash="ffff0000")
+        stranger = FitStore.open(store_url, fit_store.namespace + "-other", body_model_hash="ffff0000")
         with pytest.raises(FitStoreError, match="holds fits of body model 0123456789abcdef"):
             stranger.import_parquet(first)
         stranger.drop()

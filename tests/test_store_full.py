@@ -89,8 +89,8 @@ def test_store_import_into_a_full_redis_says_how_many_rows_went_in(capsys, full_
 def test_check_on_a_full_redis_still_reports_and_a_repair_that_cannot_write_says_so(capsys, full_server):
     server, store = full_server
     c, p = store.client, store.key_prefix
-    c.zrem(f"{p}idx:coco", "2")  # an unindexed record: its repair is a write (ZADD)
-    c.zadd(f"{p}idx:coco", {"5": 0.5})  # a score unlike its record
+    c.zrem(f"{p}idx:{{coco:0}}", "2")  # an unindexed record: its repair is a write (ZADD)
+    c.zadd(f"{p}idx:{{coco:0}}", {"5": 0.5})  # a score unlike its record
     fill_up(c, room=0)
     code, out, err = _cli(capsys, server.url, "check")
     assert code == 1 and "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -99,11 +100,10 @@ def test_keep_best_script_refuses_poison_on_its_own(fit_store, field, value):
     pose, betas = _rows(1)
     args = {"error": b"1.0", "pose": pose[0].tobytes(), "betas": betas[0].tobytes()}
     args[field] = value
-    prefix = fit_store.key_prefix
-    keys = [f"{prefix}fit:coco:0", f"{prefix}idx:coco", f"{prefix}stats:coco", f"{prefix}meta"]
-    with pytest.raises(redis.exceptions.ResponseError, match=f"SPINRAY_BAD {keys[0]}: "):
+    keys = [fit_store.record_key("coco", 0), fit_store.index_key("coco", 0), fit_store.stats_key("coco", 0)]
+    with pytest.raises(redis.exceptions.ResponseError, match=re.escape(f"SPINRAY_BAD {keys[0]}: ")):
         fit_store.client.evalsha(
-            fit_store._keep_best.sha, 4, *keys, args["error"], args["pose"], args["betas"], 0, "loop", 1.7e9, 0,
+            fit_store._keep_best.sha, 3, *keys, args["error"], args["pose"], args["betas"], 0, "loop", 1.7e9, 0,
             SCHEMA_VERSION, TEST_BODY_HASH, "",
         )  # fmt: skip
     assert fit_store.client.exists(keys[0]) == 0 and fit_store.client.zcard(keys[1]) == 0
@@ -112,7 +112,7 @@ def test_keep_best_script_refuses_poison_on_its_own(fit_store, field, value):
 def test_a_poisoned_record_from_an_older_store_is_reported_and_replaced(capsys, eight):
     # What `import --error -5` used to leave behind: a negative error in the record and its index.
     eight.client.hset(eight.record_key("coco", 2), "error", b"-5.0")
-    eight.client.zadd(f"{eight.key_prefix}idx:coco", {"2": -5.0})
+    eight.client.zadd(f"{eight.key_prefix}idx:{{coco:0}}", {"2": -5.0})
     code, out, _ = _cli(capsys, eight, "stats")
     assert code == 0 and "integrity: CORRUPT: 1 fit(s) have a negative or infinite error" in out
     pose, betas = _rows(1, seed=9)
@@ -161,7 +161,7 @@ def test_training_read_skips_a_corrupt_record_with_a_count(corrupt, caplog):
 
 
 def test_worst_marks_corrupt_and_orphaned_entries(capsys, corrupt):
-    corrupt.client.zadd(f"{corrupt.key_prefix}idx:coco", {"3": 99.0, "40": 98.0})  # 3 corrupt, 40 has no record
+    corrupt.client.zadd(f"{corrupt.key_prefix}idx:{{coco:0}}", {"3": 99.0, "40": 98.0})  # 3 corrupt, 40 has no record
     code, out, _ = _cli(capsys, corrupt, "worst", "--k", "3")
     lines = [line for line in out.splitlines() if line.startswith("  coco")]
     assert code == 0
@@ -173,7 +173,7 @@ def test_worst_marks_corrupt_and_orphaned_entries(capsys, corrupt):
 def test_orphan_index_entry_is_never_exported(capsys, eight, tmp_path):
     import pyarrow.parquet as pq
 
-    eight.client.zadd(f"{eight.key_prefix}idx:coco", {"99": 1.0})
+    eight.client.zadd(f"{eight.key_prefix}idx:{{coco:0}}", {"99": 1.0})
     code, _, err = _cli(capsys, eight, "export", str(tmp_path / "all.parquet"))
     assert code == 0 and pq.read_table(tmp_path / "all.parquet").num_rows == N
     assert "left out 1 index entr(ies) without a record" in err
@@ -193,9 +193,9 @@ def _damage(store) -> dict[str, str]:
     c.hset(keys["nan"], "error", b"nan")
     c.delete(keys["type"])
     c.set(keys["type"], b"not a hash")
-    c.zadd(f"{p}idx:coco", {"99": 1.0})
-    c.zrem(f"{p}idx:coco", "6")
-    c.hset(f"{p}fit:coco:x7", "error", b"1.0")  # a key no write makes
+    c.zadd(f"{p}idx:{{coco:0}}", {"99": 1.0})
+    c.zrem(f"{p}idx:{{coco:0}}", "6")
+    c.hset(f"{p}fit:{{coco:0}}:x7", "error", b"1.0")  # a key no write makes
     return keys
 
 
@@ -218,9 +218,9 @@ def test_check_finds_repairs_and_quarantines(capsys, eight):
     assert _cli(capsys, eight, "check")[:2] == (0, f"namespace {eight.namespace}: 5 good, 0 corrupt, "
                                                    "0 orphaned index entries, 0 unindexed records, 0 index scores unlike "
                                                    "their record's error\n")  # fmt: skip
-    quarantined = f"{eight.key_prefix}quarantine:fit:coco:3"
+    quarantined = f"{eight.key_prefix}quarantine:fit:{{coco:0}}:3"
     assert eight.client.hget(quarantined, "pose") == b"abc"  # kept whole, for a person to look at
-    assert eight.client.get(f"{eight.key_prefix}quarantine:fit:coco:5") == b"not a hash"
+    assert eight.client.get(f"{eight.key_prefix}quarantine:fit:{{coco:0}}:5") == b"not a hash"
     assert eight.count("coco") == 5 and eight.read("coco", [3, 4, 5]).found.tolist() == [False] * 3
     pose, betas = _rows(1, seed=4)
     assert eight.keep_best("coco", [3], pose, betas, [30.0], 1, "loop").all()  # the sample can get a fit again
@@ -243,7 +243,7 @@ def test_repair_leaves_a_record_rewritten_since_the_scan(eight):
 def test_an_index_score_unlike_its_record_is_found_and_reindexed_from_the_record(capsys, eight):
     c, p = eight.client, eight.key_prefix
     assert eight.read("coco", [6]).error[0] == 16.0
-    c.zadd(f"{p}idx:coco", {"6": 0.5})  # the index says 0.5, the record says 16.0
+    c.zadd(f"{p}idx:{{coco:0}}", {"6": 0.5})  # the index says 0.5, the record says 16.0
     assert 6 in eight.filter("coco", 1.0)[0].tolist()  # what the check is for: filter trusts the index
     code, out, err = _cli(capsys, eight, "check")
     assert code == 1 and "check --repair" in err
@@ -260,30 +260,30 @@ def test_a_stats_key_of_the_wrong_type_is_reported_by_stats_worst_and_check(caps
     c, p = eight.client, eight.key_prefix
     pose, betas = _rows(2)
     eight.keep_best("lsp", [0, 1], pose, betas, [3.0, 4.0], 0, "loop")
-    c.delete(f"{p}stats:coco")
-    c.set(f"{p}stats:coco", b"not a hash")
+    c.delete(f"{p}stats:{{coco:0}}")
+    c.set(f"{p}stats:{{coco:0}}", b"not a hash")
     code, out, _ = _cli(capsys, eight, "stats")
     assert code == 0 and "coco: 8 fits" in out and "lsp: 2 fits (loop 2)" in out  # the rest is still shown
-    assert f"DAMAGED: {p}stats:coco is not a hash (WRONGTYPE), so it cannot be read; run `spin-ray store check --repair`" in out
+    assert f"DAMAGED: {p}stats:{{coco:0}} is not a hash (WRONGTYPE), so it cannot be read; run `spin-ray store check --repair`" in out
     code, out, err = _cli(capsys, eight, "worst", "--k", "2")
-    assert code == 0 and "coco 7 17" in out and "lsp 1 4" in out and f"coco: DAMAGED: {p}stats:coco is not a hash" in err
+    assert code == 0 and "coco 7 17" in out and "lsp 1 4" in out and f"coco: DAMAGED: {p}stats:{{coco:0}} is not a hash" in err
     code, out, _ = _cli(capsys, eight, "check")
-    assert code == 1 and f"wrong Redis type: {p}stats:coco is a string, expected a hash" in out
+    assert code == 1 and f"wrong Redis type: {p}stats:{{coco:0}} is a string, expected a hash" in out
     code, out, _ = _cli(capsys, eight, "check", "--repair")
-    assert code == 0 and f"{p}stats:coco -> {p}quarantine:stats:coco" in out and "rebuilt 1 stats hash(es)" in out
-    assert c.get(f"{p}quarantine:stats:coco") == b"not a hash"  # kept for a person to look at
+    assert code == 0 and f"{p}stats:{{coco:0}} -> {p}quarantine:stats:{{coco:0}}" in out and "rebuilt 1 stats hash(es)" in out
+    assert c.get(f"{p}quarantine:stats:{{coco:0}}") == b"not a hash"  # kept for a person to look at
     assert "coco: 8 fits (static 8)" in _cli(capsys, eight, "stats")[1]
     assert _cli(capsys, eight, "check")[0] == 0
 
 
 def test_an_index_of_the_wrong_type_is_reported_and_rebuilt_from_the_records(capsys, eight):
     c, p = eight.client, eight.key_prefix
-    c.delete(f"{p}idx:coco")
-    c.hset(f"{p}idx:coco", "3", "13.0")
+    c.delete(f"{p}idx:{{coco:0}}")
+    c.hset(f"{p}idx:{{coco:0}}", "3", "13.0")
     code, out, err = _cli(capsys, eight, "worst", "--k", "2")
     assert code == 1 and "coco: cannot rank its fits" in err and "WRONGTYPE" in err and "Traceback" not in err
     code, out, _ = _cli(capsys, eight, "check")
-    assert code == 1 and f"{p}idx:coco is a hash, expected a zset" in out and "8 unindexed records" in out
+    assert code == 1 and f"{p}idx:{{coco:0}} is a hash, expected a zset" in out and "8 unindexed records" in out
     code, out, _ = _cli(capsys, eight, "check", "--repair")
     assert code == 0 and "indexed 8 records" in out
     assert eight.all_errors("coco")[1].tolist() == [10.0 + i for i in range(N)]

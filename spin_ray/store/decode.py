@@ -9,6 +9,7 @@ and time a finite number. Anything else is corrupt: a strict read refuses it, a 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -96,9 +97,10 @@ def refuse_corrupt(bad: list[BadRecord] | tuple[BadRecord, ...], what: str, extr
 
 
 def decode_records(
-    key_prefix: str, idx: np.ndarray, replies: list[tuple[bytes | None, ...]], skip_corrupt: bool = False
+    key_of: Callable[[int], str], pattern: str, idx: np.ndarray, replies: list[tuple[bytes | None, ...]],
+    skip_corrupt: bool = False,
 ) -> StoredFits:
-    """Arrays from the records' fields (keys `key_prefix + index`), every field checked first.
+    """Arrays from the records' fields (the record of index i is at key_of(i); `pattern` names them all), every field checked first.
 
     A record with no field at all is absent (found False). A corrupt one raises FitStoreError naming it,
     or with `skip_corrupt` reads as absent and is listed in `corrupt`.
@@ -124,7 +126,7 @@ def decode_records(
             betas_parts.append(zero_betas)
             continue
         except _Bad as problem:
-            bad.append(BadRecord(f"{key_prefix}{int(idx[i])}", *problem.args))
+            bad.append(BadRecord(key_of(int(idx[i])), *problem.args))
             pose_parts.append(zero_pose)
             betas_parts.append(zero_betas)
             continue
@@ -136,11 +138,11 @@ def decode_records(
     for name, values in (("pose", pose), ("betas", betas)):
         for i in np.flatnonzero(found & ~np.isfinite(values).all(axis=1)).tolist():
             count = int((~np.isfinite(values[i])).sum())
-            bad.append(BadRecord(f"{key_prefix}{int(idx[i])}", f"{name}: not finite", f"{count} NaN/inf values"))
+            bad.append(BadRecord(key_of(int(idx[i])), f"{name}: not finite", f"{count} NaN/inf values"))
             found[i] = False
     if bad:
         if not skip_corrupt:
-            refuse_corrupt(bad, f"reading {key_prefix}*")
+            refuse_corrupt(bad, f"reading {pattern}")
         gone = ~found
         pose[gone], betas[gone], error[gone], step[gone], updates[gone], stamp[gone], source[gone] = (
             0, 0, np.nan, -1, 0, np.nan, ""

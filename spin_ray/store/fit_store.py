@@ -1,15 +1,20 @@
 """FitStore: the fit dictionary in Redis, with atomic keep-best writes, batch reads and curation queries.
 
-Keys of a namespace NS (every name is checked by `records.check_name`, so ':' only separates parts):
-- `spinray:NS:meta`            hash: schema version, body-model hash, creation time
-- `spinray:NS:fit:DS:I`        hash: one record (pose/betas as raw float32 LE bytes, decimal fields)
-- `spinray:NS:idx:DS`          sorted set: member I, score = error of the stored record
-- `spinray:NS:stats:DS`        hash: `src:S` records per source, `n:STEP` / `s:STEP` count and error sum
-                               of the fits written at each trainer step (improvements over time)
+Keys of a namespace NS (store/keys.py; every name is checked by `records.check_name`, so ':' only
+separates parts; `{DS:g}` is the hash tag of index group g of dataset DS, so one group's keys share a
+Redis Cluster slot and the groups of a dataset spread over every shard):
+- `spinray:NS:meta`            hash: schema version, body-model hash, creation time, index groups
+- `spinray:NS:fit:{DS:g}:I`    hash: one record (pose/betas as raw float32 LE bytes, decimal fields), g = I mod G
+- `spinray:NS:idx:{DS:g}`      sorted set: member I, score = error of the stored record
+- `spinray:NS:stats:{DS:g}`    hash: `src:S` records per source, `n:STEP` / `s:STEP` count and error sum
+                               of the fits written at each trainer step; the schema and body model stamp
 - `spinray:NS:datasets`        hash: dataset name -> JSON {fingerprint, source} of the dataset it stands for
                                (store/dataset_names.py: another dataset under a taken name is refused)
 - `spinray:NS:check`           JSON: summary of the last `spin-ray store check` (store/integrity.py)
 - `spinray:NS:quarantine:...`  records `store check --repair` moved aside (kept for a person to look at)
+
+Queries over a dataset (worst, best, filter, stats, export) read every group and merge (store/queries.py),
+so they answer as one index would.
 
 A FitStore holds only its address and a client, so it pickles to its address and reconnects on the
 other side (a Ray actor or another process gets a working store from the same object).
@@ -18,11 +23,12 @@ other side (a Ray actor or another process gets a working store from the same ob
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import numpy as np
 import redis
@@ -33,11 +39,14 @@ from spin_ray.store import records as rec
 from spin_ray.store.dataset_names import bind_dataset
 from spin_ray.store.decode import decode_records
 from spin_ray.store.integrity import load_summary
-from spin_ray.store.lua import INIT_META_LUA, KEEP_BEST_LUA, READ_LUA
+from spin_ray.store.cluster import is_cluster
+from spin_ray.store.keys import KeyLayout, datasets_of
+from spin_ray.store.lua import INIT_META_LUA, KEEP_BEST_LUA, READ_LUA, STAMP_LUA
 from spin_ray.store.namespace import META_FIELDS, check_meta
 from spin_ray.store.queries import (
     dataset_stats,
-    names_with_prefix,
+    merge_ranked,
+    merge_stats,
     pairs_to_arrays,
     progress_from_stats,
     unlink_with_prefix,
@@ -45,13 +54,31 @@ from spin_ray.store.queries import (
 from spin_ray.store.records import POSE_SIZE, SCHEMA_VERSION, FitStoreAddress, NamespaceMeta, StoredFits, StoreStats
 from spin_ray.store.server import connect, redact_url, redis_errors, resolve_url
 from spin_ray.store.validation import WriteBatch, as_numpy, group_finite_rows, validate_rows
-from spin_ray.store.writes import PIPELINE_CHUNK, WriteTarget, counting_rows_before, script_error, send_keep_best
+from spin_ray.store.writes import (
+    PIPELINE_CHUNK,
+    WriteTarget,
+    counting_rows_before,
+    script_error,
+    send_keep_best,
+    wait_for_replicas,
+)
 
 if TYPE_CHECKING:
     from spin_ray.config import StoreConfig
 
 # Re-exported: callers import these from here.
 __all__ = ["PIPELINE_CHUNK", "FitStore", "StoredFits", "resolve_url"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# What a client meets while a cluster fails over: a dead master, slots without a master for a moment.
+CLUSTER_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
+                     redis.exceptions.TryAgainError, redis.exceptions.ClusterError)
+CLUSTER_INDEX_GROUPS = 16  # index groups of a namespace created on a cluster: ~5 slots per shard of 3 masters
+# On a cluster a write batch is acknowledged once every master it touched has it on this many replicas
+# (WAIT), so a replica promoted after a master dies holds every acknowledged fit (docs/STORE.md).
+CLUSTER_REPLICA_ACKS = 1
+REPLICA_WAIT_MS = 2000
 
 
 class FitStore:
@@ -68,7 +95,9 @@ class FitStore:
         self._keep_best = self._client.register_script(KEEP_BEST_LUA)
         self._read_batch = self._client.register_script(READ_LUA)
         self._init_meta = self._client.register_script(INIT_META_LUA)
+        self._cluster = is_cluster(self._client)
         self._meta: NamespaceMeta | None = None
+        self._groups: int | None = None
         with self._redis_errors("opening the namespace"):
             self._load_scripts()
             self._meta = self._open_namespace()
@@ -80,9 +109,14 @@ class FitStore:
         namespace: str = "default",
         body_model_hash: str | None = None,
         connect_timeout_s: float = 30.0,
+        index_groups: int | None = None,
     ) -> "FitStore":
-        """Connect to the namespace at `url`; with a body-model hash the store can write."""
-        return cls(rec.make_address(url, namespace, body_model_hash, connect_timeout_s))
+        """Connect to the namespace at `url`; with a body-model hash the store can write.
+
+        `index_groups` is used only by the writer that creates the namespace (None: 1 on one Redis node,
+        CLUSTER_INDEX_GROUPS on a cluster); an existing namespace keeps the groups in its metadata.
+        """
+        return cls(rec.make_address(url, namespace, body_model_hash, connect_timeout_s, index_groups))
 
     @classmethod
     def from_config(cls, config: "StoreConfig", body_model_hash: str | None, url: str | None = None) -> "FitStore":
@@ -93,7 +127,7 @@ class FitStore:
                 "the store config names no Redis (store.url and store.url_env are unset): "
                 "start an EmbeddedRedis and pass its url, or set store.url"
             )
-        return cls.open(url, config.namespace, body_model_hash, config.connect_timeout_s)
+        return cls.open(url, config.namespace, body_model_hash, config.connect_timeout_s, config.index_groups)
 
     def __reduce__(self) -> tuple:
         # Pickle the address only: the other process opens its own connection.
@@ -136,15 +170,40 @@ class FitStore:
         """Every key of this namespace starts with this (`spinray:NS:`)."""
         return self._prefix
 
+    def _default_groups(self) -> int:
+        if self.address.index_groups is not None:
+            return self.address.index_groups
+        return CLUSTER_INDEX_GROUPS if self._cluster else 1
+
+    @property
+    def layout(self) -> KeyLayout:
+        """The namespace's key names: its index groups from the metadata (the default if it has none yet)."""
+        if self._groups is None:
+            with self._redis_errors("reading namespace metadata"):
+                raw = self._client.hget(self._meta_key(), "index_groups")
+            if raw is None or not raw.isdigit() or int(raw) < 1:
+                return KeyLayout(self.namespace, self._default_groups())  # no namespace yet: ask again next time
+            self._groups = int(raw)  # fixed for the namespace's life
+        return KeyLayout(self.namespace, self._groups)
+
+    @property
+    def is_cluster(self) -> bool:
+        """Whether the store is on a Redis Cluster."""
+        return self._cluster
+
     def record_key(self, dataset: str, index: int) -> str:
         """Redis key of the record of sample (dataset, index)."""
-        return f"{self._prefix}fit:{dataset}:{index}"
+        return self.layout.record(dataset, index)
 
-    def _index_key(self, dataset: str) -> str:
-        return f"{self._prefix}idx:{dataset}"
+    def index_key(self, dataset: str, index: int) -> str:
+        """Redis key of the error index (group) that holds sample (dataset, index)."""
+        layout = self.layout
+        return layout.index(dataset, layout.group_of(index))
 
-    def _stats_key(self, dataset: str) -> str:
-        return f"{self._prefix}stats:{dataset}"
+    def stats_key(self, dataset: str, index: int) -> str:
+        """Redis key of the statistics hash (group) that counts sample (dataset, index)."""
+        layout = self.layout
+        return layout.stats(dataset, layout.group_of(index))
 
     # -- namespace metadata -------------------------------------------------------------------------
 
@@ -153,11 +212,15 @@ class FitStore:
         if self.address.body_model_hash is not None:
             raw = self._init_meta(
                 keys=[self._meta_key()],
-                args=[SCHEMA_VERSION, self.address.body_model_hash, rec.format_float(time.time())],
+                args=[SCHEMA_VERSION, self.address.body_model_hash, rec.format_float(time.time()),
+                      self._default_groups()],
             )
         else:
             raw = self._client.hmget(self._meta_key(), *META_FIELDS)
-        return check_meta(self.namespace, self._meta_key(), raw, self.address.body_model_hash)
+        meta = check_meta(self.namespace, self._meta_key(), raw, self.address.body_model_hash)
+        if meta is not None:
+            self._groups = meta.index_groups
+        return meta
 
     @property
     def meta(self) -> NamespaceMeta | None:
@@ -205,31 +268,84 @@ class FitStore:
         return written
 
     def _write(self, batch: WriteBatch, dataset: str) -> np.ndarray:
-        """Send a validated batch to the keep-best script (FITS_PER_CALL fits a call, pipelined by round trip)."""
+        """Send a validated batch to the keep-best script (an index group and FITS_PER_CALL fits a call, pipelined)."""
         if self.address.body_model_hash is None:
             raise FitStoreError(
                 f"this FitStore for namespace {self.namespace!r} was opened without a body-model hash, "
                 f"so it is read-only: pass body_model_hash to write"
             )
-        target = WriteTarget(
-            f"{self._prefix}fit:{dataset}:", self._index_key(dataset), self._stats_key(dataset), self._meta_key(),
-            self.address.body_model_hash,
-        )
+        target = WriteTarget(self.layout, dataset, self.address.body_model_hash)
         n = batch.indices.shape[0]
+        what = f"writing {n} fits of {dataset}"
         written = np.zeros(n, dtype=bool)
         pending = np.arange(n)
-        with self._redis_errors(f"writing {n} fits of {dataset}"):
-            for _attempt in range(2):
-                retry = send_keep_best(
+        with self._redis_errors(what):
+            for _attempt in range(3):
+                sent = self._cluster_retrying(what, lambda: send_keep_best(
                     self._client, self._keep_best.sha, batch, target, pending, written,
-                    lambda reply, call: self._raise_script_error(reply, f"writing {n} fits of {dataset}", written, call),
-                )
-                if retry.size == 0:
+                    lambda reply, call: self._raise_script_error(reply, what, written, call),
+                ))  # fmt: skip
+                touched = sent.touched
+                if self._cluster and touched:
+                    self._cluster_retrying(what, lambda: self._wait_for_replicas(touched))
+                if sent.noscript:
+                    # The script cache was flushed (server restart, SCRIPT FLUSH, a promoted replica): reload.
+                    self._load_scripts()
+                if sent.unstamped:
+                    self._stamp_groups(dataset, list(sent.unstamped))
+                pending = sent.retry_rows()
+                if pending.size == 0:
                     return written
-                # The script cache was flushed (server restart, SCRIPT FLUSH): reload once, resend those rows.
-                self._load_scripts()
-                pending = retry
-        raise FitStoreError("Redis keeps forgetting the keep-best script (NOSCRIPT twice); is a SCRIPT FLUSH looping?")
+        raise FitStoreError("Redis keeps forgetting the keep-best script or the group stamps (three tries); "
+                            "is a SCRIPT FLUSH or a namespace drop looping?")
+
+    def _stamp_groups(self, dataset: str, groups: list[int]) -> None:
+        """Copy the namespace's schema and body model into the groups' stats, after checking the metadata still holds them."""
+        raw = self._client.hmget(self._meta_key(), *META_FIELDS)
+        meta = None
+        with contextlib.suppress(FitStoreError):
+            meta = check_meta(self.namespace, self._meta_key(), raw, None)
+        if meta is None or meta.body_model_hash != self.address.body_model_hash:
+            self._meta = None
+            found = "missing" if raw[0] is None else (f"schema {raw[0].decode(errors='replace')}, body model "
+                                                      f"{(raw[1] or b'?').decode(errors='replace')}")
+            raise FitStoreError(
+                f"namespace {self.namespace!r} changed under this writer (namespace metadata is {found}; expected "
+                f"schema {SCHEMA_VERSION}, body model {self.address.body_model_hash}): it was dropped "
+                f"or re-created for another body model; reopen the store"
+            )
+        layout = self.layout
+        pipe = self._client.pipeline(transaction=False)
+        for group in groups:
+            pipe.execute_command("EVAL", STAMP_LUA, 1, layout.stats(dataset, group), SCHEMA_VERSION, meta.body_model_hash)
+        pipe.execute()
+
+    def _wait_for_replicas(self, index_keys: set[str]) -> None:
+        acks = wait_for_replicas(self._client, index_keys, CLUSTER_REPLICA_ACKS, REPLICA_WAIT_MS)
+        short = [name for name, n in acks.items() if n < CLUSTER_REPLICA_ACKS]
+        if short:
+            log.warning("Redis Cluster masters %s acknowledged a write batch with no replica holding it "
+                        "(no live replica?): those fits live on the master alone until a replica catches up",
+                        ", ".join(short))
+
+    def _cluster_retrying(self, what: str, send: Callable[[], T]) -> T:
+        """`send()`; on a cluster, again while a failover is under way (up to connect_timeout_s), as the new topology says."""
+        if not self._cluster:
+            return send()
+        deadline = time.monotonic() + self.address.connect_timeout_s
+        delay = 0.1
+        while True:
+            try:
+                return send()
+            except CLUSTER_TRANSIENT as err:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info("Redis Cluster %s while %s: %s; retrying in %.1f s", redact_url(self._url), what,
+                         type(err).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                with contextlib.suppress(redis.RedisError):
+                    self._client.nodes_manager.initialize()
 
     def _raise_script_error(self, reply: Exception, what: str, written: np.ndarray, call: np.ndarray) -> NoReturn:
         self._meta = None  # read again on next use: the reply may say the namespace changed under us
@@ -239,7 +355,8 @@ class FitStore:
     # -- reads --------------------------------------------------------------------------------------
 
     def read(self, dataset: str, indices: Any, skip_corrupt: bool = False) -> StoredFits:
-        """The stored best fits of the samples, in one round trip; missing samples have found=False.
+        """The stored best fits of the samples, one script call per index group, one round trip (per shard);
+        missing samples have found=False.
 
         A corrupt record raises FitStoreError naming it, or with `skip_corrupt` reads as missing and is
         listed in the result's `corrupt`.
@@ -247,44 +364,69 @@ class FitStore:
         rec.check_name("dataset", dataset)
         idx = as_numpy(indices, np.int64, "indices").reshape(-1)
         n = idx.shape[0]
+        layout = self.layout
         width = len(rec.RECORD_FIELDS)
-        replies: list[tuple[bytes | None, ...]] = []
-        with self._redis_errors(f"reading {n} fits of {dataset}"):
+        replies: list[tuple[bytes | None, ...]] = [()] * n
+        what = f"reading {n} fits of {dataset}"
+        with self._redis_errors(what):
             for start in range(0, n, PIPELINE_CHUNK):
-                keys = [f"{self._prefix}fit:{dataset}:{i}" for i in idx[start : start + PIPELINE_CHUNK].tolist()]
-                try:
-                    flat = self._client.evalsha(self._read_batch.sha, len(keys), *keys)
-                except redis.exceptions.NoScriptError:
+                chunk = idx[start : start + PIPELINE_CHUNK]
+                groups = layout.by_group(chunk)
+                calls = [(start + rows, [layout.record(dataset, int(i)) for i in chunk[rows].tolist()])
+                         for rows in groups.values()]
+                for attempt in range(2):
+                    flats = self._cluster_retrying(what, lambda: self._read_calls(calls))
+                    if not any(isinstance(f, redis.exceptions.NoScriptError) for f in flats):
+                        break
                     self._load_scripts()
-                    flat = self._client.evalsha(self._read_batch.sha, len(keys), *keys)
-                if len(flat) != width * len(keys):
-                    raise FitStoreError(f"batch read returned {len(flat)} fields for {len(keys)} records, expected {width} each")
-                replies.extend(zip(*[iter(flat)] * width))
-        return decode_records(f"{self._prefix}fit:{dataset}:", idx, replies, skip_corrupt)
+                for (rows, keys), flat in zip(calls, flats):
+                    if isinstance(flat, Exception):
+                        raise flat
+                    if len(flat) != width * len(keys):
+                        raise FitStoreError(f"batch read returned {len(flat)} fields for {len(keys)} records, expected {width} each")
+                    for row, fields in zip(rows.tolist(), zip(*[iter(flat)] * width)):
+                        replies[row] = fields
+        return decode_records(lambda i: layout.record(dataset, i), f"{self._prefix}fit:{{{dataset}:*}}:*", idx,
+                              replies, skip_corrupt)
+
+    def _read_calls(self, calls: list[tuple[np.ndarray, list[str]]]) -> list:
+        """The READ script's reply for each (rows, keys), pipelined; errors in place."""
+        pipe = self._client.pipeline(transaction=False)
+        for _, keys in calls:
+            pipe.evalsha(self._read_batch.sha, len(keys), *keys)
+        return pipe.execute(raise_on_error=False) if calls else []
 
     # -- curation -----------------------------------------------------------------------------------
 
     def datasets(self) -> list[str]:
         """Names of the datasets that have at least one fit in this namespace, sorted."""
         with self._redis_errors("listing datasets"):
-            return names_with_prefix(self._client, self._index_key(""))
+            keys = [k.decode() for k in self._client.scan_iter(match=f"{self._prefix}idx:*", count=1000)]
+        return datasets_of(keys, self._prefix)
 
     def require_dataset(self, dataset: str) -> None:
         """Raise FitStoreError if the dataset has no fits here, listing the ones that do."""
         rec.check_name("dataset", dataset)
         with self._redis_errors(f"checking dataset {dataset}"):
-            if self._client.exists(self._index_key(dataset)):
+            if self._client.exists(*self.layout.indexes(dataset)):
                 return
         known = ", ".join(self.datasets()) or "none"
         raise FitStoreError(
             f"unknown dataset {dataset!r}: namespace {self.namespace!r} has no fits for it (datasets with fits: {known})"
         )
 
+    def _each_index(self, dataset: str, send: Callable[[Any, str], None]) -> list:
+        """The reply of send(pipe, index key) for every index group of the dataset, one round trip (per shard)."""
+        pipe = self._client.pipeline(transaction=False)
+        for key in self.layout.indexes(dataset):
+            send(pipe, key)
+        return pipe.execute()
+
     def count(self, dataset: str) -> int:
         """Number of samples of the dataset with a stored fit."""
         rec.check_name("dataset", dataset)
         with self._redis_errors(f"counting fits of {dataset}"):
-            return int(self._client.zcard(self._index_key(dataset)))
+            return sum(int(n) for n in self._each_index(dataset, lambda pipe, key: pipe.zcard(key)))
 
     def worst(self, dataset: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices, errors) of the k samples with the highest stored errors, worst first."""
@@ -299,8 +441,8 @@ class FitStore:
             raise FitStoreError(f"k must be >= 1, got {k}")
         self.require_dataset(dataset)
         with self._redis_errors(f"ranking fits of {dataset}"):
-            pairs = self._client.zrange(self._index_key(dataset), 0, k - 1, desc=highest, withscores=True)
-        return pairs_to_arrays(pairs)
+            parts = self._each_index(dataset, lambda pipe, key: pipe.zrange(key, 0, k - 1, desc=highest, withscores=True))
+        return pairs_to_arrays(merge_ranked(parts, highest)[:k])
 
     def filter(self, dataset: str, max_error: float) -> tuple[np.ndarray, np.ndarray]:
         """(indices, errors) of the samples whose stored error is <= max_error, by index."""
@@ -308,8 +450,8 @@ class FitStore:
             raise FitStoreError(f"max_error must be a finite number, got {max_error}")
         self.require_dataset(dataset)
         with self._redis_errors(f"filtering fits of {dataset}"):
-            pairs = self._client.zrangebyscore(self._index_key(dataset), "-inf", max_error, withscores=True)
-        indices, errors = pairs_to_arrays(pairs)
+            parts = self._each_index(dataset, lambda pipe, key: pipe.zrangebyscore(key, "-inf", max_error, withscores=True))
+        indices, errors = pairs_to_arrays(merge_ranked(parts, False))
         order = np.argsort(indices, kind="stable")
         return indices[order], errors[order]
 
@@ -317,14 +459,17 @@ class FitStore:
         """(indices, errors) of every stored fit of the dataset, by error."""
         rec.check_name("dataset", dataset)
         with self._redis_errors(f"reading the error index of {dataset}"):
-            pairs = self._client.zrange(self._index_key(dataset), 0, -1, withscores=True)
-        return pairs_to_arrays(pairs)
+            parts = self._each_index(dataset, lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True))
+        return pairs_to_arrays(merge_ranked(parts, False))
 
     def progress(self, dataset: str) -> list[tuple[int, int, float]]:
         """(step, fits written at that step, their mean error) for every step that wrote a fit."""
         rec.check_name("dataset", dataset)
         with self._redis_errors(f"reading the progress of {dataset}"):
-            raw = self._client.hgetall(self._stats_key(dataset))
+            pipe = self._client.pipeline(transaction=False)
+            for key in self.layout.stats_keys(dataset):
+                pipe.hgetall(key)
+            raw = merge_stats(pipe.execute())
         return progress_from_stats(raw)
 
     def stats(self, threshold: float = 100.0, datasets: Sequence[str] | None = None) -> StoreStats:
@@ -332,9 +477,10 @@ class FitStore:
         names = list(datasets) if datasets is not None else self.datasets()
         for name in names:
             self.require_dataset(name)
+        layout = self.layout
         with self._redis_errors("computing statistics"):
             out = [
-                dataset_stats(self._client, name, self._index_key(name), self._stats_key(name), threshold)
+                dataset_stats(self._client, name, layout.indexes(name), layout.stats_keys(name), threshold)
                 for name in names
             ]
             last_check = load_summary(self._client, self.namespace)
@@ -345,6 +491,7 @@ class FitStore:
         with self._redis_errors(f"dropping namespace {self.namespace}"):
             deleted = unlink_with_prefix(self._client, self._prefix, PIPELINE_CHUNK)
         self._meta = None
+        self._groups = None
         return deleted
 
     # -- files --------------------------------------------------------------------------------------

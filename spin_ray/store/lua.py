@@ -15,13 +15,17 @@ from __future__ import annotations
 # hash one HINCRBY per source and one HINCRBY/HINCRBYFLOAT per step, each with the call's totals.
 # Redis refuses a write for want of memory only at a script's first write, so a call goes in whole or
 # not at all, and its reply counts exactly.
-# KEYS: the record of each of the n fits, then error index, dataset stats, namespace meta
+# Every key of a call is in one index group (store/keys.py: one hash tag, so one Redis Cluster slot). The
+# namespace's schema and body model are checked against the stamp in the group's stats hash, which the
+# writer copies from the namespace metadata (`spinray:NS:meta`, in another slot) the first time a group is
+# written; dropping a namespace deletes the stamps, so a writer of the dropped namespace is refused.
+# KEYS: the record of each of the n fits, then the group's error index and stats
 # ARGV: 7 per fit (error, pose, betas, step, source, time, index), then schema, body hash, then one
-#       `updates` per fit ('' = old + 1). A call of one fit is the layout of the former per-fit script.
+#       `updates` per fit ('' = old + 1).
 # Reply: n characters, '1' for a fit written, '0' for one that did not beat the stored error.
 KEEP_BEST_LUA = """
-local n = #KEYS - 3
-local index_key, stats_key, meta_key = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
+local n = #KEYS - 2
+local index_key, stats_key = KEYS[n + 1], KEYS[n + 2]
 local sources = {static = true, loop = true, gt = true}
 local function bad(i, what)
   return redis.error_reply('SPINRAY_BAD ' .. tostring(KEYS[i]) .. ': ' .. what .. ' (fit ' .. i .. ' of ' .. n .. ' in the call)')
@@ -47,7 +51,7 @@ local function finite(data)
   return no_nonfinite_with(data, '\\127') and no_nonfinite_with(data, '\\255')
 end
 if n < 1 or #ARGV ~= 8 * n + 2 then
-  return redis.error_reply('SPINRAY_BAD call of ' .. #KEYS .. ' keys and ' .. #ARGV .. ' arguments: expected n records + 3 keys and 8 n + 2 arguments')
+  return redis.error_reply('SPINRAY_BAD call of ' .. #KEYS .. ' keys and ' .. #ARGV .. ' arguments: expected n records + 2 keys and 8 n + 2 arguments')
 end
 for i = 1, n do
   local a = 7 * (i - 1)
@@ -66,9 +70,9 @@ for i = 1, n do
     return bad(i, 'step ' .. tostring(ARGV[a + 4]) .. ', source ' .. tostring(ARGV[a + 5]) .. ', time or updates is invalid')
   end
 end
-local meta = redis.call('HMGET', meta_key, 'schema_version', 'body_model_hash')
+local meta = redis.call('HMGET', stats_key, 'schema_version', 'body_model_hash')
 if not meta[1] then
-  return redis.error_reply('SPINRAY_META namespace metadata is missing')
+  return redis.error_reply('SPINRAY_NOMETA ' .. stats_key .. ' has no stamp of the namespace metadata')
 end
 if meta[1] ~= ARGV[7 * n + 1] or meta[2] ~= ARGV[7 * n + 2] then
   return redis.error_reply('SPINRAY_META namespace metadata is schema ' .. meta[1] .. ', body model ' .. tostring(meta[2]))
@@ -135,9 +139,20 @@ return out
 """
 
 # Create the namespace metadata if absent, then return it, atomically (two writers may open at once).
+# ARGV: schema, body hash, creation time, index groups
 INIT_META_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'schema_version', ARGV[1], 'body_model_hash', ARGV[2], 'created', ARGV[3])
+  redis.call('HSET', KEYS[1], 'schema_version', ARGV[1], 'body_model_hash', ARGV[2], 'created', ARGV[3],
+             'index_groups', ARGV[4])
 end
-return redis.call('HMGET', KEYS[1], 'schema_version', 'body_model_hash', 'created')
+return redis.call('HMGET', KEYS[1], 'schema_version', 'body_model_hash', 'created', 'index_groups')
+"""
+
+# Stamp a group's stats hash with the namespace's schema and body model (the writer read them from the
+# namespace metadata just before), unless it has a stamp. KEYS: the stats hash; ARGV: schema, body hash
+STAMP_LUA = """
+if redis.call('HEXISTS', KEYS[1], 'schema_version') == 0 then
+  redis.call('HSET', KEYS[1], 'schema_version', ARGV[1], 'body_model_hash', ARGV[2])
+end
+return 1
 """

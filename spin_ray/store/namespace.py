@@ -8,7 +8,7 @@ from spin_ray.errors import FitStoreError
 from spin_ray.store import records as rec
 from spin_ray.store.records import SCHEMA_VERSION, NamespaceMeta
 
-META_FIELDS: tuple[str, ...] = ("schema_version", "body_model_hash", "created")
+META_FIELDS: tuple[str, ...] = ("schema_version", "body_model_hash", "created", "index_groups")
 
 
 def parse_meta(key: str, raw: Sequence[bytes | None]) -> NamespaceMeta:
@@ -19,6 +19,7 @@ def parse_meta(key: str, raw: Sequence[bytes | None]) -> NamespaceMeta:
         schema_version=rec.parse_number(key, "schema_version", raw[0], int),
         body_model_hash=raw[1].decode("ascii", errors="replace"),
         created=rec.parse_number(key, "created", raw[2], float),
+        index_groups=rec.parse_number(key, "index_groups", raw[3], int),
     )
 
 
@@ -31,6 +32,12 @@ def check_meta(namespace: str, key: str, raw: Sequence[bytes | None], wanted_has
     if raw[0] is None:
         return None
     schema = rec.parse_number(key, "schema_version", raw[0], int)
+    if schema == 1:
+        raise FitStoreError(
+            f"namespace {namespace!r} has the key layout of fit-store schema 1 (one index per dataset); this code "
+            f"reads schema {SCHEMA_VERSION} (hash-tagged, grouped indexes): migrate it once, on the same Redis, with "
+            f"`spin-ray store migrate --namespace {namespace}`"
+        )
     if schema != SCHEMA_VERSION:
         raise FitStoreError(
             f"namespace {namespace!r} was written with fit-store schema {schema}, "

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from spin_ray.errors import FitStoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: hash-tagged keys, the error index in groups (store/keys.py); 1: one index per dataset
 POSE_SIZE = 72  # 24 SMPL joints x axis-angle, canonical frame
 BETAS_SIZE = 10
 FLOAT32_LE = np.dtype("<f4")
@@ -73,12 +73,18 @@ class FitStoreAddress(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: SecretStr = Field(description="redis:// or rediss:// URL, possibly with user and password")
+    url: SecretStr = Field(
+        description="redis://, rediss:// or redis+cluster://host:port,... URL, possibly with user and password"
+    )
     namespace: str = Field("default", description="fit-store namespace, one per run")
     body_model_hash: str | None = Field(
         None, description="hex identity of the body model the fits belong to; None opens read-only"
     )
     connect_timeout_s: float = Field(30.0, gt=0, description="give up connecting after this many seconds")
+    index_groups: int | None = Field(
+        None, ge=1, le=1024,
+        description="index groups per dataset of a namespace this store creates; None: 1 on one node, 16 on a cluster",
+    )
 
     @field_validator("namespace")
     @classmethod
@@ -93,11 +99,13 @@ class FitStoreAddress(BaseModel):
         return value.lower() if value is not None else None
 
 
-def make_address(url: str, namespace: str, body_model_hash: str | None, connect_timeout_s: float) -> FitStoreAddress:
+def make_address(url: str, namespace: str, body_model_hash: str | None, connect_timeout_s: float,
+                 index_groups: int | None = None) -> FitStoreAddress:
     """A checked FitStoreAddress; FitStoreError names the bad fields (never their values: a URL may hold a password)."""
     try:
         return FitStoreAddress(
-            url=url, namespace=namespace, body_model_hash=body_model_hash, connect_timeout_s=connect_timeout_s
+            url=url, namespace=namespace, body_model_hash=body_model_hash, connect_timeout_s=connect_timeout_s,
+            index_groups=index_groups,
         )
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
@@ -110,6 +118,7 @@ class NamespaceMeta(BaseModel):
     schema_version: int
     body_model_hash: str
     created: float = Field(description="Unix time the namespace was created")
+    index_groups: int = Field(1, ge=1, description="index groups per dataset (store/keys.py), fixed at creation")
 
 
 class FitRecord(BaseModel):

@@ -14,12 +14,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import redis
 
 from spin_ray.errors import FitStoreError, FitStoreUnavailable, StoreFullError
 from spin_ray.redact import redact_url, scrub
+from spin_ray.store.cluster import CLUSTER_SCHEMES, connect_cluster, refuse_cluster_node
 from spin_ray.store.embedded import RAY_GCS_PORT, EmbeddedRedis, find_redis_server, free_port
 
 if TYPE_CHECKING:
@@ -35,14 +35,18 @@ URL_ENV = "SPIN_RAY_REDIS_URL"
 
 
 def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
-    """Open a client for `url` (redis:// or rediss://), retrying with backoff until it answers PING."""
-    try:
-        scheme = urlsplit(url).scheme
-    except ValueError:
-        scheme = ""
+    """Open a client for `url`, retrying with backoff until it answers PING.
+
+    redis:// rediss:// (TLS) unix:// name one Redis node; redis+cluster:// rediss+cluster:// a Redis Cluster
+    (`host:port,host:port,...`: the start nodes), through redis-py's cluster client (store/cluster.py).
+    """
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme in CLUSTER_SCHEMES:
+        return connect_cluster(url, timeout_s)
     if scheme not in ("redis", "rediss", "unix"):
         raise FitStoreError(
-            f"Redis URL {redact_url(url)!r} must start with redis://, rediss:// (TLS) or unix://"
+            f"Redis URL {redact_url(url)!r} must start with redis://, rediss:// (TLS), unix://, "
+            f"or redis+cluster:// / rediss+cluster:// for a Redis Cluster"
         )
     try:
         client = redis.Redis.from_url(
@@ -56,6 +60,7 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
     while True:
         try:
             client.ping()
+            refuse_cluster_node(client, url)
             return client
         except redis.AuthenticationError as err:
             # Retrying a wrong password only delays the message.

@@ -1,11 +1,11 @@
-"""Sending a validated batch to the keep-best script: FITS_PER_CALL fits an EVALSHA, pipelined, a bounded number of rows a round trip."""
+"""Sending a validated batch to the keep-best script: one index group and FITS_PER_CALL fits an EVALSHA, pipelined."""
 
 from __future__ import annotations
 
 import contextlib
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 import numpy as np
@@ -13,6 +13,7 @@ import redis
 
 from spin_ray.errors import FitStoreError, StoreFullError
 from spin_ray.store import records as rec
+from spin_ray.store.keys import KeyLayout
 from spin_ray.store.records import SCHEMA_VERSION
 from spin_ray.store.server import first_line, is_store_full, store_full
 from spin_ray.store.validation import WriteBatch
@@ -26,32 +27,49 @@ _REFUSED_FIT = re.compile(r"\(fit (\d+) of \d+ in the call\)$")
 
 @dataclass(frozen=True)
 class WriteTarget:
-    """The keys one dataset's keep-best writes touch, and the body model the namespace must hold."""
+    """The keys one dataset's keep-best writes touch (by index group), and the body model the namespace must hold."""
 
-    record_prefix: str  # record key = record_prefix + index
-    index_key: str
-    stats_key: str
-    meta_key: str
+    layout: KeyLayout
+    dataset: str
     body_model_hash: str
 
 
-def keep_best_calls(batch: WriteBatch, target: WriteTarget, rows: np.ndarray) -> Iterator[tuple[np.ndarray, list]]:
-    """(rows, EVALSHA keys-and-args) of each keep-best script call: FITS_PER_CALL rows a call, in order."""
+@dataclass
+class SendResult:
+    """Rows to send again: those of calls that hit NOSCRIPT, and those of groups whose stats have no metadata stamp."""
+
+    noscript: list[np.ndarray] = field(default_factory=list)
+    unstamped: dict[int, list[np.ndarray]] = field(default_factory=dict)  # group -> rows
+    touched: set[str] = field(default_factory=set)  # an index key of every group a call went to
+
+    def retry_rows(self) -> np.ndarray:
+        """Every row to send again, in batch order."""
+        parts = self.noscript + [r for rows in self.unstamped.values() for r in rows]
+        return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def keep_best_calls(batch: WriteBatch, target: WriteTarget, rows: np.ndarray) -> Iterator[tuple[np.ndarray, int, list]]:
+    """(rows, group, EVALSHA keys-and-args) of each keep-best script call: one index group a call, FITS_PER_CALL rows at most."""
     schema = str(SCHEMA_VERSION)
     pb, bb = rec.POSE_BYTES, rec.BETAS_BYTES
     pose, betas = batch.pose_bytes, batch.betas_bytes
-    for start in range(0, rows.size, FITS_PER_CALL):
-        call = rows[start : start + FITS_PER_CALL]
-        row_list = call.tolist()
-        index_text = [str(i) for i in batch.indices[call].tolist()]
-        args: list = [target.record_prefix + i for i in index_text]
-        args += (target.index_key, target.stats_key, target.meta_key)
-        for i, index in zip(row_list, index_text):
-            args += (batch.errors[i], pose[i * pb : (i + 1) * pb], betas[i * bb : (i + 1) * bb], batch.steps[i],
-                     batch.sources[i], batch.times[i], index)  # fmt: skip
-        args += (schema, target.body_model_hash)
-        args += [batch.updates[i] for i in row_list]
-        yield call, [len(row_list) + 3, *args]
+    layout, dataset = target.layout, target.dataset
+    for group, positions in layout.by_group(batch.indices[rows]).items():
+        group_rows = rows[positions]  # stable: duplicates of a sample keep their order
+        prefix = layout.record_prefix(dataset, group)
+        tail = (layout.index(dataset, group), layout.stats(dataset, group))
+        for start in range(0, group_rows.size, FITS_PER_CALL):
+            call = group_rows[start : start + FITS_PER_CALL]
+            row_list = call.tolist()
+            index_text = [str(i) for i in batch.indices[call].tolist()]
+            args: list = [prefix + i for i in index_text]
+            args += tail
+            for i, index in zip(row_list, index_text):
+                args += (batch.errors[i], pose[i * pb : (i + 1) * pb], betas[i * bb : (i + 1) * bb], batch.steps[i],
+                         batch.sources[i], batch.times[i], index)  # fmt: skip
+            args += (schema, target.body_model_hash)
+            args += [batch.updates[i] for i in row_list]
+            yield call, group, [len(row_list) + 2, *args]
 
 
 def send_keep_best(
@@ -62,41 +80,58 @@ def send_keep_best(
     rows: np.ndarray,
     written: np.ndarray,
     on_script_error: Callable[[Exception, np.ndarray], NoReturn],
-) -> np.ndarray:
-    """Send the rows to the keep-best script, FITS_PER_CALL a call and about PIPELINE_CHUNK a round trip;
-    fill `written`; return the rows of calls that hit NOSCRIPT.
+) -> SendResult:
+    """Send the rows to the keep-best script, one call per index group and FITS_PER_CALL rows, about
+    PIPELINE_CHUNK rows a round trip (on a cluster, a round trip per shard); fill `written`; return the
+    rows to send again.
 
     Every reply of a round trip is counted before its first error is raised (through `on_script_error`,
     with the rows of the failed call), so `written` says which rows went in when a write fails part way
     (e.g. Redis filled up: a call goes in whole or not at all).
     """
-    noscript: list[np.ndarray] = []
+    result = SendResult()
     calls = keep_best_calls(batch, target, rows)
     while True:
         pipe = client.pipeline(transaction=False)
-        sent: list[np.ndarray] = []
-        for call, args in calls:
+        sent: list[tuple[np.ndarray, int]] = []
+        n_rows = 0
+        for call, group, args in calls:
             pipe.evalsha(sha, *args)
-            sent.append(call)
-            if len(sent) * FITS_PER_CALL >= PIPELINE_CHUNK:
+            sent.append((call, group))
+            n_rows += call.size
+            if n_rows >= PIPELINE_CHUNK:
                 break
         if not sent:
             break
         replies = pipe.execute(raise_on_error=False)
         failed: tuple[Exception, np.ndarray] | None = None
-        for call, reply in zip(sent, replies):
+        for (call, group), reply in zip(sent, replies):
             if isinstance(reply, redis.exceptions.NoScriptError):
-                noscript.append(call)
+                result.noscript.append(call)
+            elif isinstance(reply, Exception) and "SPINRAY_NOMETA" in str(reply):
+                result.unstamped.setdefault(group, []).append(call)
             elif isinstance(reply, Exception):
                 failed = failed or (reply, call)
             else:
                 mask = np.frombuffer(reply, dtype=np.uint8)
                 if mask.size != call.size:
                     raise FitStoreError(f"the keep-best script answered {reply[:80]!r} for {call.size} fits")
-                written[call] = mask == ord("1")
+                written[call] |= mask == ord("1")  # a row resent after a failover answers '0' (equal)
+                result.touched.add(target.layout.index(target.dataset, group))
         if failed is not None:
             on_script_error(*failed)
-    return np.concatenate(noscript) if noscript else np.zeros(0, dtype=np.int64)
+    return result
+
+
+def wait_for_replicas(client: redis.Redis, index_keys: set[str], replicas: int, timeout_ms: int) -> dict[str, int]:
+    """WAIT on every cluster master that holds one of the keys: node name -> replicas that have its writes.
+
+    A client's WAIT covers the writes sent on its own connection, and redis-py's cluster client keeps one
+    connection per node, so this follows the pipeline that wrote.
+    """
+    nodes = {client.get_node_from_key(key).name: client.get_node_from_key(key) for key in index_keys}
+    return {name: int(client.execute_command("WAIT", replicas, timeout_ms, target_nodes=node))
+            for name, node in nodes.items()}
 
 
 def script_error(reply: Exception, url: str, namespace: str, body_model_hash: str | None, what: str,

