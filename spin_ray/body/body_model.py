@@ -201,6 +201,9 @@ class BodyModel(torch.nn.Module):
         if rotmats.device != self.j_template.device or betas.device != self.j_template.device:
             raise InputError(f"body model is on {self.j_template.device} but got rotmats on {rotmats.device} "
                              f"and betas on {betas.device}; move one of them")
+        if torch.compiler.is_compiling():
+            # A compiled fitting step cannot branch on data; it masks non-finite samples itself.
+            return
         if not bool(torch.isfinite(rotmats).all()) or not bool(torch.isfinite(betas).all()):
             bad = (~torch.isfinite(rotmats).flatten(1).all(1)) | (~torch.isfinite(betas).all(1))
             raise InputError(f"body model: NaN or infinite parameters in batch rows "

@@ -72,6 +72,14 @@ class KinematicPlan:
         return self._tensors[device]
 
 
+def small_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for tiny matrices (4x4 transforms): eager, torch.matmul; inside torch.compile, a broadcast product and
+    sum, which inductor fuses with its neighbours where an extern bmm call per product costs more than the product."""
+    if torch.compiler.is_compiling():
+        return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+    return a @ b
+
+
 def _homogeneous(rotmats: torch.Tensor, translations: torch.Tensor) -> torch.Tensor:
     """4x4 transforms (...,4,4) from rotations (...,3,3) and translations (...,3)."""
     top = torch.cat([rotmats, translations.unsqueeze(-1)], dim=-1)
@@ -99,12 +107,12 @@ def forward_kinematics(
     world = [local.narrow(1, start, count)]
     for (start, count), positions in zip(plan.slices[1:], index["levels"]):
         parent_world = world[-1] if positions is None else world[-1].index_select(1, positions)
-        world.append(parent_world @ local.narrow(1, start, count))
+        world.append(small_matmul(parent_world, local.narrow(1, start, count)))
     transforms = torch.cat(world, dim=1).index_select(1, index["inverse"])
     rotations = transforms[..., :3, :3]
     posed_joints = transforms[..., :3, 3]
     # Skinning transform: world transform applied after moving the rest joint to the origin.
-    translation = posed_joints - (rotations @ rest_joints.unsqueeze(-1)).squeeze(-1)
+    translation = posed_joints - small_matmul(rotations, rest_joints.unsqueeze(-1)).squeeze(-1)
     return posed_joints, _homogeneous(rotations, translation)
 
 
@@ -206,7 +214,7 @@ def _matrix_regressed_points(
     rows = skinning[..., :3, :].transpose(1, 2).reshape(batch * 3, joints * 4)
     per_beta = (rows @ basis["pair_matrix"]).view(batch, 3, 1 + betas.shape[1], -1)
     coefficients = torch.nn.functional.pad(betas, (1, 0), value=1.0)
-    points = (coefficients[:, None, None, :] @ per_beta).squeeze(2).transpose(1, 2)  # (B, K, 3)
+    points = small_matmul(coefficients[:, None, None, :], per_beta).squeeze(2).transpose(1, 2)  # (B, K, 3)
     if basis.get("pair_posedirs") is not None:
         # Pose correctives move p per (k, j) pair with the pose: the dense pair sum, as smplx's posedirs.
         offsets = (pose_feature(rotmats) @ basis["pair_posedirs"]).view(batch, points.shape[1], joints, 3)

@@ -8,7 +8,9 @@ SPIN pins the depth of its start, so a start 10 % too far stays 10 % too far.
 means as body poses (same orientation, shape and camera), with a short camera stage and the first
 staged step, keeps per sample the one with the lowest ranking error, and runs the remaining staged
 steps from it: a far start (the mean pose) ends in the basin of the pose that explains the keypoints.
-Measured in benchmarks/bench_fit_quality.py (RESULTS.md, "Fit quality, recipes").
+`spin_compiled` is `spin` with each Adam iteration compiled (fitting/compiled_stage.py): the same
+stages and loss, equal to float rounding rather than to the bit, several times faster on CPU.
+Measured in benchmarks/bench_fit_quality.py (RESULTS.md, "Fit quality, recipes") and bench_smplify.py.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RECIPES, CameraConfig, FittingConfig
 from spin_ray.errors import InputError
+from spin_ray.fitting.compiled_stage import compiled_run_stage
 from spin_ray.fitting.smplify import (
     SmplifyParams,
     SmplifyResult,
@@ -111,7 +114,7 @@ def multistart_fit(
 
 def iteration_overrides(recipe: str, iterations: int) -> dict[str, int]:
     """FittingConfig fields that give every stage of `recipe` `iterations` Adam iterations (one home for `--iterations`)."""
-    if recipe == "spin":
+    if recipe in ("spin", "spin_compiled"):
         return {"iterations_camera": iterations, "iterations_body": iterations}
     if recipe == "staged":
         return {"iterations_camera": iterations, "staged_iterations": iterations}
@@ -130,6 +133,8 @@ def fit(
     """Fit SMPL to 2D keypoints (B, 49, 3) with fitting.recipe; `spin` is smplify itself."""
     if fitting.recipe == "spin":
         return smplify(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration)
+    if fitting.recipe == "spin_compiled":
+        return smplify(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration, runner=compiled_run_stage)
     if fitting.recipe == "staged":
         return staged_fit(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration)
     if fitting.recipe == "multistart":

@@ -249,6 +249,10 @@ def run_stage(
     return final, failed
 
 
+# run_stage's signature: (params, trainable, iterations, lr, failed, loss_fn, scales, on_iteration).
+StageRunner = Callable[..., tuple[SmplifyParams, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class FitInputs:
     """Checked inputs of a fit: safe keypoints, the start, rejected samples, fit confidences and the start's error."""
@@ -315,11 +319,16 @@ def smplify(
     fitting: FittingConfig,
     camera: CameraConfig,
     on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
+    runner: StageRunner | None = None,
 ) -> SmplifyResult:
-    """Fit SMPL to 2D keypoints (B, 49, 3) [u, v, conf] in crop pixels, starting from init (SPIN's recipe)."""
+    """Fit SMPL to 2D keypoints (B, 49, 3) [u, v, conf] in crop pixels, starting from init (SPIN's recipe).
+
+    `runner` runs each Adam stage (default run_stage; fitting/compiled_stage.py has a compiled one).
+    """
+    runner = runner or run_stage
     inputs = prepare_fit(body, keypoints_2d, init, fitting, camera)
-    params, failed = camera_stage(body, inputs, fitting, camera, on_iteration)
-    params, failed = run_stage(
+    params, failed = camera_stage(body, inputs, fitting, camera, on_iteration, runner)
+    params, failed = runner(
         params, ("global_orient", "body_pose", "betas"), fitting.iterations_body, fitting.lr, failed,
         lambda p: body_stage_loss(model_keypoints(body, p, fitting.joints_only), p, inputs.keypoints_2d, inputs.conf,
                                   pose_prior, camera, fitting),
@@ -331,10 +340,11 @@ def smplify(
 def camera_stage(
     body: BodyModel, inputs: FitInputs, fitting: FittingConfig, camera: CameraConfig,
     on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
+    runner: StageRunner | None = None,
 ) -> tuple[SmplifyParams, torch.Tensor]:
     """SPIN's camera stage (global orientation and translation against the torso, depth pinned); every recipe's first."""
     initial_depth = inputs.start.camera_t[:, 2].detach()
-    return run_stage(
+    return (runner or run_stage)(
         inputs.start, ("global_orient", "camera_t"), fitting.iterations_camera, fitting.lr, inputs.rejected,
         lambda p: camera_stage_loss(model_keypoints(body, p, fitting.joints_only), p.camera_t, initial_depth,
                                     inputs.keypoints_2d, camera, fitting.depth_loss_weight),
