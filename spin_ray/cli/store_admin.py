@@ -1,4 +1,4 @@
-"""`spin-ray store export | import | check`: fits to and from files, and finding and repairing corrupt records."""
+"""`spin-ray store export | import | check | migrate`: fits to and from files, and finding and repairing corrupt records."""
 
 from __future__ import annotations
 
@@ -53,6 +53,26 @@ def register(sub: argparse._SubParsersAction, connected: Callable[[str, str], ar
     )  # fmt: skip
     check.add_argument("--all-namespaces", action="store_true", help="check every namespace on the server")
     check.set_defaults(func=_check)
+
+    migrate = connected("migrate", "move a namespace of the schema-1 key layout to schema 2 (once, on the same Redis)")
+    migrate.set_defaults(func=_migrate)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from spin_ray.cli.store_common import store_server
+    from spin_ray.store.migrate import migrate_schema1
+    from spin_ray.store.server import connect, redis_errors
+
+    with store_server(args) as url:
+        client = connect(url, args.timeout)
+        try:
+            with redis_errors(url, f"migrating namespace {args.namespace}"):
+                done = migrate_schema1(client, args.namespace)
+        finally:
+            client.close()
+    print(f"namespace {done.namespace}: {done.records} records and {done.index_entries} index entries of "
+          f"{done.datasets} dataset(s) moved to schema 2")
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -7,7 +7,11 @@ replica is promoted. Every message shows the URL with its password masked.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import unquote
 
 import redis
@@ -18,7 +22,13 @@ from redis.retry import Retry
 from spin_ray.errors import FitStoreError
 from spin_ray.redact import redact_url, scrub
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# What a client meets while a cluster fails over: a dead master, slots without a master for a moment.
+CLUSTER_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
+                     redis.exceptions.TryAgainError, redis.exceptions.ClusterError)
 SLOTS = 16384
 
 
@@ -132,3 +142,21 @@ def refuse_cluster_node(client: redis.Redis, url: str) -> None:
         raise FitStoreError(
             f"{redact_url(url)} is a node of a Redis Cluster, not a single Redis: use "
             f"{redact_url(url).replace('redis://', 'redis+cluster://', 1).replace('rediss://', 'rediss+cluster://', 1)}")
+
+
+def retry_through_failover(client: RedisCluster, url: str, what: str, timeout_s: float, send: Callable[[], T]) -> T:
+    """`send()`, again while a failover is under way (up to `timeout_s`), with the topology learnt anew each time."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            return send()
+        except CLUSTER_TRANSIENT as err:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.info("Redis Cluster %s while %s: %s; retrying in %.1f s", redact_url(url), what, type(err).__name__,
+                     delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            with contextlib.suppress(redis.RedisError):
+                client.nodes_manager.initialize()

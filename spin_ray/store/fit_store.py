@@ -1,20 +1,12 @@
 """FitStore: the fit dictionary in Redis, with atomic keep-best writes, batch reads and curation queries.
 
-Keys of a namespace NS (store/keys.py; every name is checked by `records.check_name`, so ':' only
-separates parts; `{DS:g}` is the hash tag of index group g of dataset DS, so one group's keys share a
-Redis Cluster slot and the groups of a dataset spread over every shard):
-- `spinray:NS:meta`            hash: schema version, body-model hash, creation time, index groups
-- `spinray:NS:fit:{DS:g}:I`    hash: one record (pose/betas as raw float32 LE bytes, decimal fields), g = I mod G
-- `spinray:NS:idx:{DS:g}`      sorted set: member I, score = error of the stored record
-- `spinray:NS:stats:{DS:g}`    hash: `src:S` records per source, `n:STEP` / `s:STEP` count and error sum
-                               of the fits written at each trainer step; the schema and body model stamp
-- `spinray:NS:datasets`        hash: dataset name -> JSON {fingerprint, source} of the dataset it stands for
-                               (store/dataset_names.py: another dataset under a taken name is refused)
-- `spinray:NS:check`           JSON: summary of the last `spin-ray store check` (store/integrity.py)
-- `spinray:NS:quarantine:...`  records `store check --repair` moved aside (kept for a person to look at)
+The key layout (schema 2: `spinray:NS:fit:{DS:g}:I` records, `idx:{DS:g}` error indexes and
+`stats:{DS:g}` statistics in G index groups, one Redis Cluster slot a group) is in store/keys.py and
+docs/STORE.md. Queries over a dataset (worst, best, filter, stats, export) read every group and merge
+(store/queries.py), so they answer as one index would.
 
-Queries over a dataset (worst, best, filter, stats, export) read every group and merge (store/queries.py),
-so they answer as one index would.
+Long because FitStore is the store's whole public API (writes, reads, curation queries, files) in one
+class; its methods are thin, and the work lives in keys.py, writes.py, reads.py, queries.py and exports.py.
 
 A FitStore holds only its address and a client, so it pickles to its address and reconnects on the
 other side (a Ray actor or another process gets a working store from the same object).
@@ -23,7 +15,6 @@ other side (a Ray actor or another process gets a working store from the same ob
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -39,18 +30,20 @@ from spin_ray.store import records as rec
 from spin_ray.store.dataset_names import bind_dataset
 from spin_ray.store.decode import decode_records
 from spin_ray.store.integrity import load_summary
-from spin_ray.store.cluster import is_cluster
+from spin_ray.store.cluster import is_cluster, retry_through_failover
 from spin_ray.store.keys import KeyLayout, datasets_of
-from spin_ray.store.lua import INIT_META_LUA, KEEP_BEST_LUA, READ_LUA, STAMP_LUA
+from spin_ray.store.lua import INIT_META_LUA, KEEP_BEST_LUA, READ_LUA
 from spin_ray.store.namespace import META_FIELDS, check_meta
 from spin_ray.store.queries import (
     dataset_stats,
+    each_key,
     merge_ranked,
     merge_stats,
     pairs_to_arrays,
     progress_from_stats,
     unlink_with_prefix,
 )
+from spin_ray.store.reads import read_fields
 from spin_ray.store.records import POSE_SIZE, SCHEMA_VERSION, FitStoreAddress, NamespaceMeta, StoredFits, StoreStats
 from spin_ray.store.server import connect, redact_url, redis_errors, resolve_url
 from spin_ray.store.validation import WriteBatch, as_numpy, group_finite_rows, validate_rows
@@ -60,6 +53,7 @@ from spin_ray.store.writes import (
     counting_rows_before,
     script_error,
     send_keep_best,
+    stamp_groups,
     wait_for_replicas,
 )
 
@@ -69,16 +63,8 @@ if TYPE_CHECKING:
 # Re-exported: callers import these from here.
 __all__ = ["PIPELINE_CHUNK", "FitStore", "StoredFits", "resolve_url"]
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
-# What a client meets while a cluster fails over: a dead master, slots without a master for a moment.
-CLUSTER_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
-                     redis.exceptions.TryAgainError, redis.exceptions.ClusterError)
 CLUSTER_INDEX_GROUPS = 16  # index groups of a namespace created on a cluster: ~5 slots per shard of 3 masters
-# On a cluster a write batch is acknowledged once every master it touched has it on this many replicas
-# (WAIT), so a replica promoted after a master dies holds every acknowledged fit (docs/STORE.md).
-CLUSTER_REPLICA_ACKS = 1
-REPLICA_WAIT_MS = 2000
 
 
 class FitStore:
@@ -287,7 +273,7 @@ class FitStore:
                 ))  # fmt: skip
                 touched = sent.touched
                 if self._cluster and touched:
-                    self._cluster_retrying(what, lambda: self._wait_for_replicas(touched))
+                    self._cluster_retrying(what, lambda: wait_for_replicas(self._client, touched))
                 if sent.noscript:
                     # The script cache was flushed (server restart, SCRIPT FLUSH, a promoted replica): reload.
                     self._load_scripts()
@@ -300,52 +286,17 @@ class FitStore:
                             "is a SCRIPT FLUSH or a namespace drop looping?")
 
     def _stamp_groups(self, dataset: str, groups: list[int]) -> None:
-        """Copy the namespace's schema and body model into the groups' stats, after checking the metadata still holds them."""
-        raw = self._client.hmget(self._meta_key(), *META_FIELDS)
-        meta = None
-        with contextlib.suppress(FitStoreError):
-            meta = check_meta(self.namespace, self._meta_key(), raw, None)
-        if meta is None or meta.body_model_hash != self.address.body_model_hash:
+        try:
+            stamp_groups(self._client, self.layout, dataset, groups, self.address.body_model_hash)
+        except FitStoreError:
             self._meta = None
-            found = "missing" if raw[0] is None else (f"schema {raw[0].decode(errors='replace')}, body model "
-                                                      f"{(raw[1] or b'?').decode(errors='replace')}")
-            raise FitStoreError(
-                f"namespace {self.namespace!r} changed under this writer (namespace metadata is {found}; expected "
-                f"schema {SCHEMA_VERSION}, body model {self.address.body_model_hash}): it was dropped "
-                f"or re-created for another body model; reopen the store"
-            )
-        layout = self.layout
-        pipe = self._client.pipeline(transaction=False)
-        for group in groups:
-            pipe.execute_command("EVAL", STAMP_LUA, 1, layout.stats(dataset, group), SCHEMA_VERSION, meta.body_model_hash)
-        pipe.execute()
-
-    def _wait_for_replicas(self, index_keys: set[str]) -> None:
-        acks = wait_for_replicas(self._client, index_keys, CLUSTER_REPLICA_ACKS, REPLICA_WAIT_MS)
-        short = [name for name, n in acks.items() if n < CLUSTER_REPLICA_ACKS]
-        if short:
-            log.warning("Redis Cluster masters %s acknowledged a write batch with no replica holding it "
-                        "(no live replica?): those fits live on the master alone until a replica catches up",
-                        ", ".join(short))
+            raise
 
     def _cluster_retrying(self, what: str, send: Callable[[], T]) -> T:
-        """`send()`; on a cluster, again while a failover is under way (up to connect_timeout_s), as the new topology says."""
+        """`send()`; on a cluster, again while a failover is under way (up to connect_timeout_s)."""
         if not self._cluster:
             return send()
-        deadline = time.monotonic() + self.address.connect_timeout_s
-        delay = 0.1
-        while True:
-            try:
-                return send()
-            except CLUSTER_TRANSIENT as err:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.info("Redis Cluster %s while %s: %s; retrying in %.1f s", redact_url(self._url), what,
-                         type(err).__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                with contextlib.suppress(redis.RedisError):
-                    self._client.nodes_manager.initialize()
+        return retry_through_failover(self._client, self._url, what, self.address.connect_timeout_s, send)
 
     def _raise_script_error(self, reply: Exception, what: str, written: np.ndarray, call: np.ndarray) -> NoReturn:
         self._meta = None  # read again on next use: the reply may say the namespace changed under us
@@ -363,38 +314,13 @@ class FitStore:
         """
         rec.check_name("dataset", dataset)
         idx = as_numpy(indices, np.int64, "indices").reshape(-1)
-        n = idx.shape[0]
         layout = self.layout
-        width = len(rec.RECORD_FIELDS)
-        replies: list[tuple[bytes | None, ...]] = [()] * n
-        what = f"reading {n} fits of {dataset}"
+        what = f"reading {idx.shape[0]} fits of {dataset}"
         with self._redis_errors(what):
-            for start in range(0, n, PIPELINE_CHUNK):
-                chunk = idx[start : start + PIPELINE_CHUNK]
-                groups = layout.by_group(chunk)
-                calls = [(start + rows, [layout.record(dataset, int(i)) for i in chunk[rows].tolist()])
-                         for rows in groups.values()]
-                for attempt in range(2):
-                    flats = self._cluster_retrying(what, lambda: self._read_calls(calls))
-                    if not any(isinstance(f, redis.exceptions.NoScriptError) for f in flats):
-                        break
-                    self._load_scripts()
-                for (rows, keys), flat in zip(calls, flats):
-                    if isinstance(flat, Exception):
-                        raise flat
-                    if len(flat) != width * len(keys):
-                        raise FitStoreError(f"batch read returned {len(flat)} fields for {len(keys)} records, expected {width} each")
-                    for row, fields in zip(rows.tolist(), zip(*[iter(flat)] * width)):
-                        replies[row] = fields
+            replies = read_fields(self._client, lambda: self._read_batch.sha, layout, dataset, idx, PIPELINE_CHUNK,
+                                  self._load_scripts, lambda send: self._cluster_retrying(what, send))
         return decode_records(lambda i: layout.record(dataset, i), f"{self._prefix}fit:{{{dataset}:*}}:*", idx,
                               replies, skip_corrupt)
-
-    def _read_calls(self, calls: list[tuple[np.ndarray, list[str]]]) -> list:
-        """The READ script's reply for each (rows, keys), pipelined; errors in place."""
-        pipe = self._client.pipeline(transaction=False)
-        for _, keys in calls:
-            pipe.evalsha(self._read_batch.sha, len(keys), *keys)
-        return pipe.execute(raise_on_error=False) if calls else []
 
     # -- curation -----------------------------------------------------------------------------------
 
@@ -415,18 +341,11 @@ class FitStore:
             f"unknown dataset {dataset!r}: namespace {self.namespace!r} has no fits for it (datasets with fits: {known})"
         )
 
-    def _each_index(self, dataset: str, send: Callable[[Any, str], None]) -> list:
-        """The reply of send(pipe, index key) for every index group of the dataset, one round trip (per shard)."""
-        pipe = self._client.pipeline(transaction=False)
-        for key in self.layout.indexes(dataset):
-            send(pipe, key)
-        return pipe.execute()
-
     def count(self, dataset: str) -> int:
         """Number of samples of the dataset with a stored fit."""
         rec.check_name("dataset", dataset)
         with self._redis_errors(f"counting fits of {dataset}"):
-            return sum(int(n) for n in self._each_index(dataset, lambda pipe, key: pipe.zcard(key)))
+            return sum(int(n) for n in each_key(self._client, self.layout.indexes(dataset), "zcard"))
 
     def worst(self, dataset: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices, errors) of the k samples with the highest stored errors, worst first."""
@@ -441,7 +360,8 @@ class FitStore:
             raise FitStoreError(f"k must be >= 1, got {k}")
         self.require_dataset(dataset)
         with self._redis_errors(f"ranking fits of {dataset}"):
-            parts = self._each_index(dataset, lambda pipe, key: pipe.zrange(key, 0, k - 1, desc=highest, withscores=True))
+            parts = each_key(self._client, self.layout.indexes(dataset), "zrange", 0, k - 1, desc=highest,
+                             withscores=True)
         return pairs_to_arrays(merge_ranked(parts, highest)[:k])
 
     def filter(self, dataset: str, max_error: float) -> tuple[np.ndarray, np.ndarray]:
@@ -450,7 +370,8 @@ class FitStore:
             raise FitStoreError(f"max_error must be a finite number, got {max_error}")
         self.require_dataset(dataset)
         with self._redis_errors(f"filtering fits of {dataset}"):
-            parts = self._each_index(dataset, lambda pipe, key: pipe.zrangebyscore(key, "-inf", max_error, withscores=True))
+            parts = each_key(self._client, self.layout.indexes(dataset), "zrangebyscore", "-inf", max_error,
+                             withscores=True)
         indices, errors = pairs_to_arrays(merge_ranked(parts, False))
         order = np.argsort(indices, kind="stable")
         return indices[order], errors[order]
@@ -459,18 +380,14 @@ class FitStore:
         """(indices, errors) of every stored fit of the dataset, by error."""
         rec.check_name("dataset", dataset)
         with self._redis_errors(f"reading the error index of {dataset}"):
-            parts = self._each_index(dataset, lambda pipe, key: pipe.zrange(key, 0, -1, withscores=True))
+            parts = each_key(self._client, self.layout.indexes(dataset), "zrange", 0, -1, withscores=True)
         return pairs_to_arrays(merge_ranked(parts, False))
 
     def progress(self, dataset: str) -> list[tuple[int, int, float]]:
         """(step, fits written at that step, their mean error) for every step that wrote a fit."""
         rec.check_name("dataset", dataset)
         with self._redis_errors(f"reading the progress of {dataset}"):
-            pipe = self._client.pipeline(transaction=False)
-            for key in self.layout.stats_keys(dataset):
-                pipe.hgetall(key)
-            raw = merge_stats(pipe.execute())
-        return progress_from_stats(raw)
+            return progress_from_stats(merge_stats(each_key(self._client, self.layout.stats_keys(dataset), "hgetall")))
 
     def stats(self, threshold: float = 100.0, datasets: Sequence[str] | None = None) -> StoreStats:
         """Counts per dataset and source, error quantiles, fits above `threshold`, improvements by step."""

@@ -296,6 +296,8 @@ def repair(client: redis.Redis, report: CheckReport, chunk: int = PIPELINE_CHUNK
     quarantine = client.register_script(QUARANTINE_LUA)
     drop_orphan = client.register_script(DROP_ORPHAN_LUA)
     reindex = client.register_script(REINDEX_LUA)
+    for script in (quarantine, drop_orphan, reindex):  # loaded on every master: a pipeline does not load them
+        client.script_load(script.script)
 
     def move_aside(pipe, key: str, dataset: str, member: str) -> None:
         quarantine(

@@ -10,7 +10,6 @@ same keys. Keys without a tag (`meta`, `datasets`, `check`) are read on their ow
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,11 +98,3 @@ def datasets_of(index_keys: list[str], prefix: str) -> list[str]:
         except FitStoreError:
             continue
     return sorted(names)
-
-
-def group_positions(groups: dict[int, np.ndarray]) -> defaultdict[int, list[int]]:
-    """group -> list of positions (for callers that append)."""
-    out: defaultdict[int, list[int]] = defaultdict(list)
-    for g, rows in groups.items():
-        out[g].extend(rows.tolist())
-    return out

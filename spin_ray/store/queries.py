@@ -51,6 +51,14 @@ def wrong_type(key: str, found: Exception, wanted: str) -> str:
             f"run `spin-ray store check --repair`")
 
 
+def each_key(client: redis.Redis, keys: list[str], command: str, *args: object, **kwargs: object) -> list:
+    """The reply of `command(key, *args, **kwargs)` for every key, pipelined: one round trip (a shard each on a cluster)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        getattr(pipe, command)(key, *args, **kwargs)
+    return pipe.execute()
+
+
 def merge_ranked(parts: list[list[tuple[bytes, float]]], highest: bool) -> list[tuple[bytes, float]]:
     """The (member, score) pairs of several sorted sets in the order one set holding them all would give.
 

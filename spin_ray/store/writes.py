@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,14 +15,22 @@ import redis
 from spin_ray.errors import FitStoreError, StoreFullError
 from spin_ray.store import records as rec
 from spin_ray.store.keys import KeyLayout
+from spin_ray.store.lua import STAMP_LUA
+from spin_ray.store.namespace import META_FIELDS, check_meta
 from spin_ray.store.records import SCHEMA_VERSION
 from spin_ray.store.server import first_line, is_store_full, store_full
 from spin_ray.store.validation import WriteBatch
+
+log = logging.getLogger(__name__)
 
 PIPELINE_CHUNK = 1024  # rows per round trip for bulk writes, reads and exports; bounds client memory
 # Fits per keep-best script call: the per-call costs (meta check, ZADD, stats) are shared by this many
 # fits, and Redis serves nothing else while a call runs (~0.5 ms for 64).
 FITS_PER_CALL = 64
+# On a cluster a write batch is acknowledged once every master it touched has it on this many replicas
+# (WAIT), so a replica promoted after its master dies holds every acknowledged fit (docs/STORE.md).
+CLUSTER_REPLICA_ACKS = 1
+REPLICA_WAIT_MS = 2000
 _REFUSED_FIT = re.compile(r"\(fit (\d+) of \d+ in the call\)$")
 
 
@@ -123,15 +132,40 @@ def send_keep_best(
     return result
 
 
-def wait_for_replicas(client: redis.Redis, index_keys: set[str], replicas: int, timeout_ms: int) -> dict[str, int]:
-    """WAIT on every cluster master that holds one of the keys: node name -> replicas that have its writes.
+def wait_for_replicas(client: redis.Redis, index_keys: set[str]) -> None:
+    """WAIT on every cluster master that holds one of the keys until CLUSTER_REPLICA_ACKS replicas have its writes.
 
-    A client's WAIT covers the writes sent on its own connection, and redis-py's cluster client keeps one
-    connection per node, so this follows the pipeline that wrote.
+    A client's WAIT covers the writes sent on its own connection; redis-py's cluster client hands a thread
+    the node's connection it used last, so this follows the pipeline that wrote. A master without a live
+    replica acknowledges alone, with a warning.
     """
     nodes = {client.get_node_from_key(key).name: client.get_node_from_key(key) for key in index_keys}
-    return {name: int(client.execute_command("WAIT", replicas, timeout_ms, target_nodes=node))
-            for name, node in nodes.items()}
+    short = [name for name, node in nodes.items()
+             if int(client.execute_command("WAIT", CLUSTER_REPLICA_ACKS, REPLICA_WAIT_MS, target_nodes=node))
+             < CLUSTER_REPLICA_ACKS]
+    if short:
+        log.warning("Redis Cluster master(s) %s acknowledged a write batch that no replica holds yet (no live "
+                    "replica?): those fits live on the master alone until a replica catches up", ", ".join(short))
+
+
+def stamp_groups(client: redis.Redis, layout: KeyLayout, dataset: str, groups: list[int], body_model_hash: str) -> None:
+    """Copy the namespace's schema and body model into the groups' stats, after checking the metadata still holds them."""
+    raw = client.hmget(layout.meta, *META_FIELDS)
+    meta = None
+    with contextlib.suppress(FitStoreError):
+        meta = check_meta(layout.namespace, layout.meta, raw, None)
+    if meta is None or meta.body_model_hash != body_model_hash:
+        found = "missing" if raw[0] is None else (f"schema {raw[0].decode(errors='replace')}, body model "
+                                                  f"{(raw[1] or b'?').decode(errors='replace')}")
+        raise FitStoreError(
+            f"namespace {layout.namespace!r} changed under this writer (namespace metadata is {found}; expected "
+            f"schema {SCHEMA_VERSION}, body model {body_model_hash}): it was dropped "
+            f"or re-created for another body model; reopen the store"
+        )
+    pipe = client.pipeline(transaction=False)
+    for group in groups:  # rare (a group's first write): EVAL, no script to load
+        pipe.execute_command("EVAL", STAMP_LUA, 1, layout.stats(dataset, group), SCHEMA_VERSION, meta.body_model_hash)
+    pipe.execute()
 
 
 def script_error(reply: Exception, url: str, namespace: str, body_model_hash: str | None, what: str,
