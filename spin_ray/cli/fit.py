@@ -75,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "--checkpoint; each measured better than spin, the paper's SMPLify, from such starts at "
                              "under 2x its cost: benchmarks/RESULTS.md, 'Fit quality')")
     parser.add_argument("--limit", type=positive_int, default=None, help="fit only the first N samples")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="samples fitted together, per request to a fitter (default: fitting.batch_size, 64; "
+                             "fits/s per batch size: benchmarks/RESULTS.md, 'SMPLify')")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads of this process")
     parser.add_argument("--bad-samples", choices=("skip", "raise"), default=None,
                         help="rows with bad annotations: skip them or stop (default: data.bad_samples, skip)")
@@ -96,7 +99,8 @@ def _config(args: argparse.Namespace) -> RunConfig:
     # As `spin-ray store ...` does: a job on a cluster names its Redis in the environment.
     url = url_override(args.store, cfg.store)
     iterations = {} if args.iterations is None else iteration_overrides(recipe, args.iterations)
-    return with_overrides(cfg, data={"bad_samples": args.bad_samples}, fitting={"recipe": recipe, **iterations},
+    fitting = {"recipe": recipe, "batch_size": args.batch_size, **iterations}
+    return with_overrides(cfg, data={"bad_samples": args.bad_samples}, fitting=fitting,
                           store={"url": url, "namespace": args.namespace})
 
 

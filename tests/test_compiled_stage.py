@@ -1,0 +1,122 @@
+"""The compiled SMPLify stage (recipe spin_compiled): spin's results to float rounding, spin's failure rules, and
+the eager stage with one warning line where compiling fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from spin_ray.body.body_model import BodyModel
+from spin_ray.config import RunConfig
+from spin_ray.fitting.priors import load_pose_prior
+from spin_ray.fitting.recipes import fit
+from spin_ray_sim.fitting_problems import network_like_init, synthetic_problems
+
+torch.set_num_threads(1)
+CFG = RunConfig()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def body():
+    return BodyModel.embedded()
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return load_pose_prior(CFG.fitting)
+
+
+def both(body, prior, keypoints, init, iterations: int):
+    """(spin, spin_compiled) results of one problem."""
+    out = []
+    for recipe in ("spin", "spin_compiled"):
+        fitting = CFG.fitting.model_copy(update={"recipe": recipe, "iterations_camera": iterations,
+                                                 "iterations_body": iterations})
+        out.append(fit(body, prior, keypoints, init, fitting, CFG.camera))
+    return out
+
+
+def test_spin_compiled_is_spin_to_float_rounding(body, prior):
+    # The problem of test_fit_recipes' golden values (8 people, 2 px noise, 20 + 20 iterations).
+    problem = synthetic_problems(body, 8, torch.Generator().manual_seed(3), CFG.camera, pixel_noise=2.0)
+    init = network_like_init(problem, torch.Generator().manual_seed(4))
+    eager, compiled = both(body, prior, problem.keypoints_2d, init, 20)
+    for a, b in zip(eager.params.tensors(), compiled.params.tensors()):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(compiled.error, eager.error, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(compiled.pixel_error, eager.pixel_error, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(compiled.initial_error, eager.initial_error)
+    assert not compiled.failed.any()
+    # It moved: the fit is not its start.
+    assert (compiled.params.body_pose - init.body_pose).abs().max() > 1e-2
+
+
+def test_a_batch_of_another_size_gives_each_sample_the_same_fit(body, prior):
+    problem = synthetic_problems(body, 11, torch.Generator().manual_seed(7), CFG.camera)
+    init = network_like_init(problem, torch.Generator().manual_seed(8))
+    fitting = CFG.fitting.model_copy(update={"recipe": "spin_compiled", "iterations_camera": 10,
+                                             "iterations_body": 10})
+    whole = fit(body, prior, problem.keypoints_2d, init, fitting, CFG.camera)
+    part = fit(body, prior, problem.keypoints_2d[3:8], type(init)(*(t[3:8] for t in init.tensors())), fitting,
+               CFG.camera)
+    for a, b in zip(whole.params.tensors(), part.params.tensors()):
+        torch.testing.assert_close(b, a[3:8], atol=1e-4, rtol=1e-4)
+
+
+def test_failed_samples_follow_spins_rules(body, prior):
+    problem = synthetic_problems(body, 6, torch.Generator().manual_seed(11), CFG.camera)
+    init = network_like_init(problem, torch.Generator().manual_seed(12))
+    keypoints = problem.keypoints_2d.clone()
+    keypoints[1, 5, 0] = float("nan")  # rejected before fitting
+    keypoints[3, :, 2] = 0.0  # nothing visible: rejected
+    keypoints[4, 10, :2] = 1e30  # finite, but its loss overflows: fails in the first iteration
+    eager, compiled = both(body, prior, keypoints, init, 8)
+    assert eager.failed.tolist() == [False, True, False, True, True, False]
+    assert compiled.failed.tolist() == eager.failed.tolist()
+    assert torch.isinf(compiled.error[[1, 3, 4]]).all() and torch.isfinite(compiled.error[[0, 2, 5]]).all()
+    # The overflowing sample is frozen at its last good values (its start, after the camera stage's first step).
+    for a, b in zip(eager.params.tensors(), compiled.params.tensors()):
+        assert torch.isfinite(b).all()
+        torch.testing.assert_close(b[[0, 2, 4, 5]], a[[0, 2, 4, 5]], atol=1e-4, rtol=1e-5)
+
+
+FALLBACK_SCRIPT = textwrap.dedent("""
+    import torch
+    from spin_ray.body.body_model import BodyModel
+    from spin_ray.config import RunConfig
+    from spin_ray.fitting.priors import load_pose_prior
+    from spin_ray.fitting.recipes import fit
+    from spin_ray_sim.fitting_problems import network_like_init, synthetic_problems
+
+    torch.set_num_threads(1)
+    cfg = RunConfig()
+    body, prior = BodyModel.embedded(), load_pose_prior(cfg.fitting)
+    problem = synthetic_problems(body, 3, torch.Generator().manual_seed(1), cfg.camera)
+    init = network_like_init(problem, torch.Generator().manual_seed(2))
+    results = []
+    for recipe in ("spin_compiled", "spin_compiled", "spin"):
+        fitting = cfg.fitting.model_copy(update={"recipe": recipe, "iterations_camera": 2, "iterations_body": 2})
+        results.append(fit(body, prior, problem.keypoints_2d, init, fitting, cfg.camera))
+    same = all(torch.equal(a, b) for r in results[:2] for a, b in zip(r.params.tensors(), results[2].params.tensors()))
+    print("EQUAL" if same else "DIFFERENT")
+""")
+
+
+def test_a_compile_failure_fits_with_the_eager_stage_and_says_so_once(tmp_path):
+    # No C++ compiler (and an empty inductor cache): inductor cannot build the program.
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "EQUAL"  # the eager stage: spin to the bit
+    warnings = [line for line in proc.stderr.splitlines() if "torch.compile of the SMPLify stage failed" in line]
+    assert len(warnings) == 1, proc.stderr[-3000:]
+    assert "eager stage" in warnings[0] and "Traceback" not in proc.stderr
