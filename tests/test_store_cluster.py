@@ -214,3 +214,38 @@ def test_a_master_killed_under_load_loses_no_acknowledged_fit(tmp_path):
         assert (got.error <= np.array([acknowledged[i] for i in idx.tolist()])).all()
         assert integrity.scan(store.client, "failover").clean
         store.close()
+
+
+# -- runs on the cluster -----------------------------------------------------------------------------
+
+
+def test_spin_ray_fit_writes_into_the_cluster(tiny_spin_data, redis_cluster, ray_local, capsys):
+    ns = f"fit-{uuid.uuid4().hex[:8]}"
+    assert main(["fit", str(tiny_spin_data["tiny-itw"]), "--store", redis_cluster.url, "--namespace", ns,
+                 "--fitters", "1", "--iterations", "4", "--limit", "24", "--no-progress"]) == 0
+    assert "fitted 24 of 24 sent" in capsys.readouterr().out
+    with FitStore.open(redis_cluster.url, ns) as store:
+        try:
+            fits = store.read("tiny-itw", np.arange(24))
+            assert fits.found.all() and store.count("tiny-itw") == 24 and store.layout.groups == 16
+            assert integrity.scan(store.client, ns).clean
+        finally:
+            store.drop()
+
+
+def test_an_async_run_on_the_cluster(tmp_path, tiny_spin_data, redis_cluster, ray_local):
+    from spin_ray.cli.launch import launch
+    from test_launch import tiny_config
+
+    cfg = tiny_config(tmp_path, tiny_spin_data, redis_cluster.url,
+                      train={"steps": 8, "checkpoint_every": 8, "report_images": 0})
+    summary = launch(cfg, progress=False)
+    assert summary["steps"] == 8
+    pool = summary["pipeline"]["pool"]
+    assert pool["written"] > 0 and pool["lost"] == 0
+    with FitStore.open(redis_cluster.url, cfg.store.namespace) as store:
+        try:
+            assert store.stats().datasets and all(store.read_all(d).found.all() for d in store.datasets())
+            assert integrity.scan(store.client, cfg.store.namespace).clean
+        finally:
+            store.drop()
