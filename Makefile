@@ -40,7 +40,7 @@ detect: $(DETECT_STAMP)
 
 # The detector's own tests (without the extra they skip, naming `make detect`).
 test-detect: detect
-	$(PY) -m pytest -q tests/test_detect.py tests/test_keypoint_formats.py tests/test_demo.py
+	$(PY) -m pytest -q tests/test_detect.py tests/test_keypoint_formats.py tests/test_demo.py tests/test_video.py tests/test_smoothing.py tests/test_tracking.py tests/test_data_import_detect.py
 
 clean-venv:
 	rm -rf $(VENV)
