@@ -107,8 +107,9 @@ class PeopleDetector:
                                    min_detection_confidence=self.settings.min_detection_score)
 
     def close(self) -> None:
-        self._people.close()
-        self._pose.close()
+        with quiet_stderr():
+            self._people.close()
+            self._pose.close()
 
     def __enter__(self) -> PeopleDetector:
         return self
