@@ -1,12 +1,15 @@
 """Fit-store throughput on loopback: keep_best writes/s (batch 64 and single) and batch-64 read latency.
 
-Usage: python benchmarks/bench_store.py [--seconds 3] [--clients 1 4] [--write-results benchmarks/RESULTS.md]
+Usage: python benchmarks/bench_store.py [--seconds 3] [--clients 1 4] [--no-cluster] [--write-results benchmarks/RESULTS.md]
 
 Every timed write improves the stored error (or writes a new sample), so each keep_best does the full
 write path (HSET, ZADD, stats counters), not just the compare. First, one client side by side: the
 batched keep-best script, the former per-fit script (kept here only, as the baseline), and the
 ceiling of the batched script: `redis-benchmark` (Debian's redis-tools) sending EVALSHA calls of 64
-new fits each, pipelined, so no Python client is in the way.
+new fits each, pipelined, so no Python client is in the way. Then one client on local Redis Clusters
+(tests/cluster_fixture.py) of 1 and 3 masters with a replica each, every batch acknowledged after WAIT 1,
+beside one node holding a namespace of 16 index groups (the cost of grouping alone): on a 2-core machine
+the cluster's 6 servers and the client share the cores, so the per-master rate is what matters there.
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the local Redis Cluster of the tests
 from results import cpu_busy_fraction, machine_summary, write_section  # noqa: E402
 
+from cluster_fixture import LocalCluster  # noqa: E402
 from spin_ray.store.fit_store import FitStore  # noqa: E402
+from spin_ray.store.keys import KeyLayout  # noqa: E402
 from spin_ray.store.records import SCHEMA_VERSION  # noqa: E402
-from spin_ray.store.server import EmbeddedRedis  # noqa: E402
+from spin_ray.store.server import EmbeddedRedis, connect  # noqa: E402
 from spin_ray.store.validation import validate_rows  # noqa: E402
 from spin_ray.store.writes import FITS_PER_CALL, PIPELINE_CHUNK  # noqa: E402
 
@@ -145,9 +151,12 @@ def redis_benchmark_ceiling(server: EmbeddedRedis, sha: str, seconds: float) -> 
         return None
     rng = np.random.default_rng(7)
     pose, betas = _nul_free_rows(rng, FITS_PER_CALL, 72), _nul_free_rows(rng, FITS_PER_CALL, 10)
-    prefix, dataset = "spinray:bench:", "ceiling"
-    keys = [f"{prefix}fit:{dataset}:__rand_int__"] * FITS_PER_CALL
-    keys += [f"{prefix}idx:{dataset}", f"{prefix}stats:{dataset}", f"{prefix}meta"]
+    layout = KeyLayout("bench", 1)
+    keys = [layout.record_prefix("ceiling", 0) + "__rand_int__"] * FITS_PER_CALL
+    keys += [layout.index("ceiling", 0), layout.stats("ceiling", 0)]
+    client = connect(server.url, 5)
+    client.hset(layout.stats("ceiling", 0), mapping={"schema_version": SCHEMA_VERSION, "body_model_hash": BODY_HASH})
+    client.close()
     args: list[bytes | str] = []
     for i in range(FITS_PER_CALL):
         args += ["7.5", pose[i].tobytes(), betas[i].tobytes(), "1", "loop", "1700000000.0", "__rand_int__"]
@@ -225,6 +234,34 @@ def side_by_side(server: EmbeddedRedis, store: FitStore, seconds: float) -> list
     return lines
 
 
+def cluster_rows(seconds: float, groups_on_node: float) -> list[str]:
+    """One client, batch 64, on local clusters of 1 and 3 masters (one replica each, WAIT 1 a batch): writes, reads."""
+    lines = [
+        "| store | keep_best batch 64, new samples (fits/s) | per master | read batch 64 p50 / p99 |",
+        "| --- | --- | --- | --- |",
+        f"| one node, 16 index groups (as a cluster's namespace) | {groups_on_node:,.0f} | | |",
+    ]
+    for masters in (1, 3):
+        with tempfile.TemporaryDirectory() as folder, LocalCluster(Path(folder), masters=masters, replicas=1) as cluster:
+            store = FitStore.open(cluster.url, "bench", body_model_hash=BODY_HASH)
+            fits = _batched_writes(store, seconds, fresh=True)
+            n = store.count("side-new")
+            rng = np.random.default_rng(0)
+            lat = []
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                idx = rng.choice(n, 64, replace=False)
+                t = time.perf_counter()
+                assert store.read("side-new", idx).found.all()
+                lat.append(time.perf_counter() - t)
+            p50, p99 = np.percentile(np.asarray(lat) * 1e3, [50, 99])
+            lines.append(f"| cluster, {masters} master(s) + {masters} replica(s), 16 index groups | {fits:,.0f} | "
+                         f"{fits / masters:,.0f} | {p50:.2f} / {p99:.2f} ms |")
+            print(lines[-1], flush=True)
+            store.close()
+    return lines
+
+
 def _writes(store: FitStore, client: int, batch: int, seconds: float, start_at: float) -> tuple[int, float]:
     """Rows written in `seconds` of keep_best calls of `batch` rows; (rows, elapsed)."""
     rng = np.random.default_rng(client)
@@ -281,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4], help="client process counts")
     parser.add_argument("--write-results", type=Path, default=None, help="update this RESULTS.md section")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the local Redis Cluster rows")
     args = parser.parse_args(argv)
     busy_before = cpu_busy_fraction()
     header = machine_summary(busy_before)
@@ -289,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
         version = server_version(server)
         store = FitStore.open(server.url, "bench", body_model_hash=BODY_HASH)
         side = side_by_side(server, store, args.seconds)
+        if not args.no_cluster:
+            grouped = FitStore.open(server.url, "bench-groups", body_model_hash=BODY_HASH, index_groups=16)
+            side += ["", *cluster_rows(args.seconds, _batched_writes(grouped, args.seconds, fresh=True))]
+            grouped.drop()
+            grouped.close()
         ctx = mp.get_context("fork")
         for clients in args.clients:
             with ctx.Pool(clients) as pool:

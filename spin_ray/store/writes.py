@@ -136,13 +136,21 @@ def wait_for_replicas(client: redis.Redis, index_keys: set[str]) -> None:
     """WAIT on every cluster master that holds one of the keys until CLUSTER_REPLICA_ACKS replicas have its writes.
 
     A client's WAIT covers the writes sent on its own connection; redis-py's cluster client hands a thread
-    the node's connection it used last, so this follows the pipeline that wrote. A master without a live
-    replica acknowledges alone, with a warning.
+    the node's connection it used last, so this follows the pipeline that wrote. A master without a
+    replica in the topology (none configured, or just promoted) acknowledges alone, with a warning.
     """
-    nodes = {client.get_node_from_key(key).name: client.get_node_from_key(key) for key in index_keys}
-    short = [name for name, node in nodes.items()
-             if int(client.execute_command("WAIT", CLUSTER_REPLICA_ACKS, REPLICA_WAIT_MS, target_nodes=node))
-             < CLUSTER_REPLICA_ACKS]
+    nodes: dict[str, tuple[object, int]] = {}
+    for key in index_keys:
+        shard = client.nodes_manager.slots_cache.get(client.keyslot(key), [])
+        if shard:
+            nodes[shard[0].name] = (shard[0], len(shard) - 1)
+    short = []
+    for name, (node, replicas) in nodes.items():
+        wanted = min(CLUSTER_REPLICA_ACKS, replicas)
+        if wanted < CLUSTER_REPLICA_ACKS or (
+            wanted and int(client.execute_command("WAIT", wanted, REPLICA_WAIT_MS, target_nodes=node)) < wanted
+        ):
+            short.append(name)
     if short:
         log.warning("Redis Cluster master(s) %s acknowledged a write batch that no replica holds yet (no live "
                     "replica?): those fits live on the master alone until a replica catches up", ", ".join(short))
