@@ -156,3 +156,11 @@ def test_photo_options_on_a_video_are_one_line(clip, tmp_path, capsys):
     code, out, err = run(capsys, clip["path"], "--keypoints", tmp_path / "k.json", "--out", tmp_path / "out")
     assert code == 1 and "--keypoints is for a photo" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_every_on_a_photo_is_one_line(people, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), people[0])
+    code, out, err = run(capsys, photo, "--every", "2", "--out", tmp_path / "out")
+    assert code == 1 and "--every 2 is for a video" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

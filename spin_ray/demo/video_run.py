@@ -94,8 +94,12 @@ def run_video(request: VideoRequest) -> VideoResult:
     from spin_ray.render.renderer import MeshRenderer
 
     config = load_config(request.config) if request.config is not None else None
-    frames = VideoFrames(request.video, request.every)
-    model, cfg, body, trained = load_model(request.checkpoint, config)
+    frames = VideoFrames(request.video, request.every)  # a corrupt video fails here, before the model loads
+    try:
+        model, cfg, body, trained = load_model(request.checkpoint, config)
+    except BaseException:
+        frames.close()
+        raise
     predictor = model_predictor(model) if trained else mean_params_predictor(model)
     fitting = cfg.fitting.model_copy(update={"recipe": request.recipe}) if request.refine else None
     tracker = IouTracker()
