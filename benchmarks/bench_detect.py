@@ -4,8 +4,9 @@
    torso, arms, legs; BODY_25 slots BlazePose fills) and the found-person rate, on synth-test (the generator's
    shaded, clothed people on random backgrounds) and on tight part-coloured renders on black (the tests' kind);
 2. the people found in real photos given with --photos (no ground truth: counts, and a picture of what was found);
-3. images/s and people/s of the detector, and the demo's whole time per photo (detect + network + multistart
-   SMPLify) for one person, with torch on one thread.
+3. images/s and people/s of the detector, the demo's whole time per photo (detect + network + multistart
+   SMPLify) for one person, and the video demo's frames/s on a clip of two synth-test people walking, with torch on
+   one thread.
 
 Prints a Markdown section (and writes it to --section, for RESULTS.md).
 Run: .venv/bin/python benchmarks/bench_detect.py [--photos DIR] [--limit N] [--section FILE] [--picture PNG]
@@ -172,6 +173,30 @@ def demo_seconds(image: np.ndarray, repeats: int) -> tuple[float, dict[str, floa
     return best, parts
 
 
+def video_frames_per_second(images: list[np.ndarray], frames: int, refine: bool) -> tuple[float, str]:
+    """Frames/s of `spin-ray demo VIDEO` (run_video, start-up included) on a clip of two synth-test people walking
+    towards each other, 3 px a frame; and its summary line."""
+    import tempfile
+
+    from spin_ray.demo.video_run import VideoRequest, run_video
+
+    left, right = images[0], images[3]
+    size = left.shape[0]
+    with tempfile.TemporaryDirectory() as folder:
+        clip = Path(folder) / "walk.avi"
+        writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (2 * size, size))
+        for k in range(frames):
+            moved = [cv2.warpAffine(im, np.float32([[1, 0, sign * 3 * k], [0, 1, 0]]), (size, size),
+                                    borderMode=cv2.BORDER_REPLICATE) for im, sign in ((left, 1), (right, -1))]
+            writer.write(cv2.cvtColor(np.concatenate(moved, axis=1), cv2.COLOR_RGB2BGR))
+        writer.release()
+        start = time.perf_counter()
+        result = run_video(VideoRequest(clip, Path(folder) / "out", refine=refine, progress=False))
+        seconds = time.perf_counter() - start
+    return result.frames_read / seconds, (f"{len(result.tracks)} tracks; {result.frames_per_second:.2f} frames/s "
+                                          "once the model is loaded")
+
+
 def _cores() -> str:
     """Which cores this process may run on."""
     import os
@@ -206,6 +231,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=200, help="synth-test images (default: all 200)")
     parser.add_argument("--part-coloured", type=int, default=48, help="part-coloured renders (default 48)")
     parser.add_argument("--repeats", type=int, default=3, help="demo timing repeats (best kept)")
+    parser.add_argument("--video-frames", type=int, default=30, help="frames of the video clip (default 30)")
     parser.add_argument("--section", type=Path, default=None, help="write the Markdown section here")
     parser.add_argument("--picture", type=Path, default=None, help="PNG of the people found in --photos")
     args = parser.parse_args()
@@ -247,6 +273,12 @@ def main() -> None:
     lines += ["", f"Demo per photo, one person ({where}), steady (model, detector and prior loaded once), best of "
               f"{args.repeats}: **{best:.2f} s** (target <= 1.5 s): " +
               ", ".join(f"{k} {v:.2f} s" for k, v in parts.items())]
+    lines += ["", f"Video demo, {args.video_frames} frames of two synth-test people walking (512x256, MJPG), "
+              "whole call (model and detector loading, writing the overlay video included):"]
+    for refine in (False, True):
+        rate, summary = video_frames_per_second(sets[0][1], args.video_frames, refine)
+        lines.append(f"- {'with --refine (multistart)' if refine else 'network only'}: **{rate:.2f} frames/s** "
+                     f"({summary})")
     if whole is not None:
         lines += ["", f"The whole command, `spin-ray demo {where} --refine` in a new process (imports, model and "
                   f"detector loading, rendering and writing included), pinned to one core (`taskset -c 0`): "

@@ -27,7 +27,7 @@ from spin_ray.demo.views import PlacedMesh, render_image_overlay, person_color
 from spin_ray.errors import InputError
 from spin_ray.eval.evaluate import mean_params_predictor, model_predictor
 
-LABEL_SCALE = 0.5
+LABEL_SCALE = 0.7
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,9 @@ def label_tracks(picture: np.ndarray, boxes: list[np.ndarray], tracks: list[int]
     out = picture.copy()
     for box, track in zip(boxes, tracks, strict=True):
         colour = tuple(int(255 * c) for c in person_color(track))
-        x, y = int(box[0]), max(12, int(box[1]) - 4)
-        cv2.putText(out, str(track), (x, y), cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, colour, 1, cv2.LINE_AA)
+        x, y = int(box[0]), max(18, int(box[1]) - 6)
+        for ink, thickness in (((0, 0, 0), 4), (colour, 2)):  # a dark rim keeps it readable on any background
+            cv2.putText(out, str(track), (x, y), cv2.FONT_HERSHEY_SIMPLEX, LABEL_SCALE, ink, thickness, cv2.LINE_AA)
     return out
 
 
