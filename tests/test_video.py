@@ -164,3 +164,15 @@ def test_every_on_a_photo_is_one_line(people, tmp_path, capsys):
     code, out, err = run(capsys, photo, "--every", "2", "--out", tmp_path / "out")
     assert code == 1 and "--every 2 is for a video" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+@needs_detector
+def test_refine_fits_every_person_of_the_frames_meshed(clip, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, clip["path"], "--every", "4", "--refine", "--person", "1", "--out", out)
+    assert code == 0, err
+    assert "1 person followed (track 1: 2 frames)" in stdout, stdout
+    assert "SMPLify (multistart): 2 fits, median ranking error" in stdout
+    tracks = np.load(out / "walk_tracks.npz")
+    assert tracks["frame"].tolist() == [0, 4] and (tracks["track"] == 1).all()
+    assert np.isfinite(tracks["error"]).all() and (tracks["error"] < 100).all()  # valid fits
