@@ -52,6 +52,7 @@ class PoolResult:
     cpu_s: float  # CPU seconds the fitter processes spent on the timed requests
     mean_error: float
     busy_other: float  # share of the machine's CPU time not spent by the fitters during the run
+    recipe: str = "spin"  # fitting.recipe of the fitters
 
     @property
     def fits_per_s(self) -> float:
@@ -70,9 +71,11 @@ def start_ray() -> None:
              log_to_driver=False, configure_logging=False)
 
 
-def pool_config(fitters: int) -> RunConfig:
-    """Paper SMPLify settings (50 + 50 iterations); one CPU and one torch thread per fitter; block on a full pool."""
+def pool_config(fitters: int, recipe: str = "spin") -> RunConfig:
+    """Paper SMPLify settings (50 + 50 iterations, `recipe`); one CPU and one torch thread per fitter; block on a
+    full pool."""
     cfg = RunConfig()
+    cfg.fitting.recipe = recipe
     cfg.pipeline.num_fitters = fitters
     cfg.pipeline.fitter_num_cpus = 1.0
     cfg.pipeline.fitter_threads = 1
@@ -83,9 +86,10 @@ def pool_config(fitters: int) -> RunConfig:
 
 def measure_fitter_pool(
     body: BodyModel, address: FitStoreAddress, fitters: int, requests_per_fitter: int, first_index: int,
+    recipe: str = "spin",
 ) -> PoolResult:
     """Fits/s of a pool of `fitters` actors over requests_per_fitter x fitters batch-64 requests."""
-    cfg = pool_config(fitters)
+    cfg = pool_config(fitters, recipe)
     pool = FitterPool(cfg, address, name=f"bench{fitters}")
     try:
         # One request per fitter first, untimed: the first fit of a process is slower (allocator, caches).
@@ -112,7 +116,7 @@ def measure_fitter_pool(
         mean_error = sum(r.mean_error * r.fitted for r in reports) / max(samples, 1)
         cpu_s = sum(r.cpu_s for r in reports)
         busy_other = max(0.0, machine_cpu - cpu_s) / (seconds * (os.cpu_count() or 1))
-        return PoolResult(fitters, count, samples, seconds, cpu_s, mean_error, busy_other)
+        return PoolResult(fitters, count, samples, seconds, cpu_s, mean_error, busy_other, recipe)
     finally:
         pool.shutdown()
 
@@ -228,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-fitter", type=int, default=6, help="timed batch-64 requests per fitter")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each pool size, interleaved")
     parser.add_argument("--fitters", type=int, nargs="+", default=[1, 2], help="pool sizes to measure")
+    parser.add_argument("--recipes", nargs="+", default=["spin"],
+                        help="fitting recipes of the fitters, interleaved with the pool sizes (e.g. spin spin_compiled)")
     parser.add_argument("--write-results", type=Path, default=None, help="update this RESULTS.md section")
     parser.add_argument("--trainer-steps", type=int, default=40, help="steps per mode (0: skip the trainer part)")
     parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "local.yaml",
@@ -245,11 +251,14 @@ def main(argv: list[str] | None = None) -> int:
             first_index = 0
             for _ in range(args.repeats):
                 for fitters in args.fitters:
-                    result = measure_fitter_pool(body, store.address, fitters, args.requests_per_fitter, first_index)
-                    first_index += BATCH * (args.requests_per_fitter + 1) * fitters
-                    results.append(result)
-                    print(f"{fitters} fitter(s): {result.fits_per_s:.1f} fits/s "
-                          f"({result.samples} fits in {result.seconds:.1f} s)", flush=True)
+                    for recipe in args.recipes:
+                        result = measure_fitter_pool(body, store.address, fitters, args.requests_per_fitter,
+                                                     first_index, recipe)
+                        first_index += BATCH * (args.requests_per_fitter + 1) * fitters
+                        results.append(result)
+                        print(f"{fitters} fitter(s), recipe {recipe}: {result.fits_per_s:.1f} fits/s "
+                              f"({result.samples} fits in {result.seconds:.1f} s, mean error {result.mean_error:.3f}, "
+                              f"{result.fits_per_cpu_s:.1f} fits per fitter CPU s)", flush=True)
             store.drop()
             store.close()
             trainer_rows = []

@@ -120,3 +120,22 @@ def test_a_compile_failure_fits_with_the_eager_stage_and_says_so_once(tmp_path):
     warnings = [line for line in proc.stderr.splitlines() if "torch.compile of the SMPLify stage failed" in line]
     assert len(warnings) == 1, proc.stderr[-3000:]
     assert "eager stage" in warnings[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_spin_compiled_on_cuda_matches_eager_spin_on_the_cpu(body, prior):
+    problem = synthetic_problems(body, 32, torch.Generator().manual_seed(1), CFG.camera)
+    init = network_like_init(problem, torch.Generator().manual_seed(2))
+    keypoints = problem.keypoints_2d.clone()
+    keypoints[3] = float("nan")  # a rejected sample must not touch the others
+    eager = fit(body, prior, keypoints, init, CFG.fitting.model_copy(update={"iterations_camera": 10,
+                                                                           "iterations_body": 10}), CFG.camera)
+    fitting = CFG.fitting.model_copy(update={"recipe": "spin_compiled", "iterations_camera": 10, "iterations_body": 10})
+    gpu = fit(BodyModel.embedded().to("cuda"), prior.to("cuda"), keypoints.cuda(),
+              type(init)(*(t.cuda() for t in init.tensors())), fitting, CFG.camera)
+    assert gpu.error.device.type == "cuda"
+    assert torch.equal(gpu.failed.cpu(), eager.failed) and bool(eager.failed[3])
+    ok = ~eager.failed
+    torch.testing.assert_close(gpu.error.cpu()[ok], eager.error[ok], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(gpu.params.pose.cpu()[ok], eager.params.pose[ok], rtol=0, atol=1e-3)
