@@ -6,7 +6,8 @@ Every timed write improves the stored error (or writes a new sample), so each ke
 write path (HSET, ZADD, stats counters), not just the compare. First, one client side by side: the
 batched keep-best script, the former per-fit script (kept here only, as the baseline), and the
 ceiling of the batched script: `redis-benchmark` (Debian's redis-tools) sending EVALSHA calls of 64
-new fits each, pipelined, so no Python client is in the way. Then one client on local Redis Clusters
+new fits each, pipelined, so no Python client is in the way, and Redis's own CPU per fit (INFO
+commandstats), whose inverse is what one Redis core could take with no client cost at all. Then one client on local Redis Clusters
 (tests/cluster_fixture.py) of 1 and 3 masters with a replica each, every batch acknowledged after WAIT 1,
 beside one node holding a namespace of 16 index groups (the cost of grouping alone): on a 2-core machine
 the cluster's 6 servers and the client share the cores, so the per-master rate is what matters there.
@@ -173,7 +174,7 @@ def redis_benchmark_ceiling(server: EmbeddedRedis, sha: str, seconds: float) -> 
     return float(last[1]) * FITS_PER_CALL
 
 
-def _per_fit_writes(store: FitStore, sha: str, seconds: float) -> float:
+def _per_fit_writes(store: FitStore, sha: str, seconds: float, tag: str = "") -> float:
     """Fits/s of the former per-fit script, batch 64, every write an improvement (as `_writes`)."""
     rng = np.random.default_rng(3)
     pose = rng.normal(size=(SAMPLES_PER_CLIENT, 72)).astype(np.float32)
@@ -184,17 +185,17 @@ def _per_fit_writes(store: FitStore, sha: str, seconds: float) -> float:
         if cursor + 64 > SAMPLES_PER_CLIENT:
             cursor, error = 0, error - 1.0
         idx = np.arange(cursor, cursor + 64)
-        rows += int(per_fit_keep_best(store, sha, "per-fit", idx, pose[idx], betas[idx], np.full(64, error), 1, "loop").sum())
+        rows += int(per_fit_keep_best(store, sha, f"per-fit{tag}", idx, pose[idx], betas[idx], np.full(64, error), 1, "loop").sum())
         cursor += 64
     return rows / (time.perf_counter() - t0)
 
 
-def _batched_writes(store: FitStore, seconds: float, fresh: bool) -> float:
+def _batched_writes(store: FitStore, seconds: float, fresh: bool, tag: str = "") -> float:
     """Fits/s of keep_best at batch 64 from this process: new samples (`fresh`) or improving stored ones."""
     rng = np.random.default_rng(4)
     pose = rng.normal(size=(SAMPLES_PER_CLIENT, 72)).astype(np.float32)
     betas = rng.normal(size=(SAMPLES_PER_CLIENT, 10)).astype(np.float32)
-    dataset = "side-new" if fresh else "side-improve"
+    dataset = ("side-new" if fresh else "side-improve") + tag
     error, rows, cursor, base = 1e6, 0, 0, 0
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -206,28 +207,50 @@ def _batched_writes(store: FitStore, seconds: float, fresh: bool) -> float:
     return rows / (time.perf_counter() - t0)
 
 
-def side_by_side(server: EmbeddedRedis, store: FitStore, seconds: float) -> list[str]:
-    """One client: batched keep_best, the per-fit script, and redis-benchmark's ceiling of the batched script."""
+def side_by_side(server: EmbeddedRedis, store: FitStore, seconds: float, rounds: int = 3) -> list[str]:
+    """One client: batched keep_best, the per-fit script, and redis-benchmark's ceiling of the batched script.
+
+    Each is measured `rounds` times, interleaved (A B C D A B C D ...), and the medians are reported with
+    the per-round ratio to the ceiling: on a shared machine the load moves between measurements.
+    """
     per_fit_sha = store.client.script_load(PER_FIT_LUA)
     batched_sha = store.client.script_load(store._keep_best.script)
-    per_fit = _per_fit_writes(store, per_fit_sha, seconds)
-    improving = _batched_writes(store, seconds, fresh=False)
-    new = _batched_writes(store, seconds, fresh=True)
-    ceiling = redis_benchmark_ceiling(server, batched_sha, seconds)
+    part = seconds / rounds
+    runs: dict[str, list[float]] = {"per_fit": [], "improving": [], "new": [], "ceiling": [], "server_us": []}
+    for r in range(rounds):
+        runs["per_fit"].append(_per_fit_writes(store, per_fit_sha, part, f"-{r}"))
+        runs["improving"].append(_batched_writes(store, part, fresh=False, tag=f"-{r}"))
+        store.client.config_resetstat()
+        runs["new"].append(_batched_writes(store, part, fresh=True, tag=f"-{r}"))
+        stat = store.client.info("commandstats").get("cmdstat_evalsha", {})
+        runs["server_us"].append(stat.get("usec_per_call", float("nan")) / FITS_PER_CALL)
+        ceiling = redis_benchmark_ceiling(server, batched_sha, part)
+        if ceiling is not None:
+            runs["ceiling"].append(ceiling)
+    per_fit, improving, new = (float(np.median(runs[k])) for k in ("per_fit", "improving", "new"))
     lines = [
-        "| one client, batch 64 | fits/s |",
+        f"| one client, batch 64 (median of {rounds} interleaved rounds) | fits/s |",
         "| --- | --- |",
         f"| keep_best, batched script, new samples | {new:,.0f} |",
         f"| keep_best, batched script, improving stored fits | {improving:,.0f} |",
         f"| former per-fit script (one EVALSHA a fit, pipelined), improving stored fits | {per_fit:,.0f} |",
     ]
-    if ceiling is None:
+    server_us = float(np.median(runs["server_us"]))
+    lines += [
+        f"| Redis CPU per new fit in the keep_best rounds (INFO commandstats) | {server_us:.1f} µs, i.e. a ceiling of "
+        f"{1e6 / server_us:,.0f} fits/s for one Redis core |",
+        f"| keep_best (new samples) / that ceiling: the share of the time Redis runs the script | {new * server_us / 1e6:.2f} |",
+    ]
+    if not runs["ceiling"]:
         lines += ["| redis-benchmark ceiling | not measured: no redis-benchmark on PATH (apt-get install redis-tools) |"]
     else:
+        ceiling = float(np.median(runs["ceiling"]))
+        ratios = [n / c for n, c in zip(runs["new"], runs["ceiling"])]
         lines += [
             f"| redis-benchmark ceiling: EVALSHA of {FITS_PER_CALL} new fits, pipelined {CEILING_PIPELINE}, 1 client "
             f"| {ceiling:,.0f} |",
-            f"| keep_best (new samples) / ceiling | {new / ceiling:.2f} |",
+            f"| keep_best (new samples) / ceiling, median of the rounds (each round's) | {np.median(ratios):.2f} "
+            f"({', '.join(f'{r:.2f}' for r in ratios)}) |",
         ]
     for line in lines:
         print(line, flush=True)

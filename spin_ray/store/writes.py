@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+import hiredis
 import numpy as np
 import redis
 
 from spin_ray.errors import FitStoreError, StoreFullError
 from spin_ray.store import records as rec
+from spin_ray.store.cluster import is_cluster
 from spin_ray.store.keys import KeyLayout
 from spin_ray.store.lua import STAMP_LUA
 from spin_ray.store.namespace import META_FIELDS, check_meta
@@ -100,19 +102,11 @@ def send_keep_best(
     """
     result = SendResult()
     calls = keep_best_calls(batch, target, rows)
+    send = _send_cluster if is_cluster(client) else _send_streamed
     while True:
-        pipe = client.pipeline(transaction=False)
-        sent: list[tuple[np.ndarray, int]] = []
-        n_rows = 0
-        for call, group, args in calls:
-            pipe.evalsha(sha, *args)
-            sent.append((call, group))
-            n_rows += call.size
-            if n_rows >= PIPELINE_CHUNK:
-                break
+        sent, replies = send(client, sha, calls)
         if not sent:
             break
-        replies = pipe.execute(raise_on_error=False)
         failed: tuple[Exception, np.ndarray] | None = None
         for (call, group), reply in zip(sent, replies):
             if isinstance(reply, redis.exceptions.NoScriptError):
@@ -130,6 +124,48 @@ def send_keep_best(
         if failed is not None:
             on_script_error(*failed)
     return result
+
+
+Calls = Iterator[tuple[np.ndarray, int, list]]
+
+
+def _send_cluster(client: redis.Redis, sha: str, calls: Calls) -> tuple[list[tuple[np.ndarray, int]], list]:
+    """About PIPELINE_CHUNK rows of calls as one cluster pipeline (one round trip per shard); replies, errors in place."""
+    pipe = client.pipeline(transaction=False)
+    sent: list[tuple[np.ndarray, int]] = []
+    for call, group, args in calls:
+        pipe.evalsha(sha, *args)
+        sent.append((call, group))
+        if sum(c.size for c, _ in sent) >= PIPELINE_CHUNK:
+            break
+    return sent, (pipe.execute(raise_on_error=False) if sent else [])
+
+
+def _send_streamed(client: redis.Redis, sha: str, calls: Calls) -> tuple[list[tuple[np.ndarray, int]], list]:
+    """About PIPELINE_CHUNK rows of calls on one connection of a single node, each sent as soon as it is packed
+    (hiredis, in C), so Redis runs a call while the next is packed; then every reply, errors in place."""
+    conn = client.connection_pool.get_connection()
+    sent: list[tuple[np.ndarray, int]] = []
+    try:
+        rows = 0
+        for call, group, args in calls:
+            conn.send_packed_command([hiredis.pack_command(("EVALSHA", sha, *args))], check_health=not sent)
+            sent.append((call, group))
+            rows += call.size
+            if rows >= PIPELINE_CHUNK:
+                break
+        replies: list = []
+        for _ in sent:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as err:  # an error reply is a whole reply: the connection stays in step
+                replies.append(err)
+        return sent, replies
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: never hand this connection out again as it is
+        raise
+    finally:
+        client.connection_pool.release(conn)
 
 
 def wait_for_replicas(client: redis.Redis, index_keys: set[str]) -> None:
