@@ -3,6 +3,7 @@ a SPIN-format .npz that the dataset loader and `spin-ray fit` read; a rerun take
 
 from __future__ import annotations
 
+import json
 import os
 
 import cv2
@@ -83,14 +84,22 @@ def test_a_folder_of_photos_becomes_a_spin_dataset_and_a_rerun_uses_the_cache(ph
 
 
 @needs_detector
-def test_the_imported_photos_are_fitted(photos, tmp_path, capsys):
+def test_the_imported_photos_are_fitted_on_the_pool_and_shown_in_the_gallery(photos, ray_local, tmp_path, capsys):
+    """The issue's road: a folder of photos -> a SPIN dataset -> the fitter pool -> `store gallery --data-dir`."""
     out = tmp_path / "mine.npz"
     assert run(capsys, "data", "import", photos, "--format", "detect", "--out", out)[0] == 0
-    fits = tmp_path / "fits.npy"
-    code, stdout, err = run(capsys, "fit", out, "--image-root", photos, "--local", "--out", fits,
-                            "--iterations", "10", "--no-progress")
+    data_dir = tmp_path / "fit-mine" / "redis"
+    code, _, err = run(capsys, "fit", out, "--image-root", photos, "--output-dir", data_dir.parent, "--fitters", "1",
+                       "--iterations", "10", "--no-progress")
     assert code == 0, err
-    assert np.load(fits).shape == (5, 82) and np.isfinite(np.load(fits)).all()
+    code, stdout, err = run(capsys, "store", "stats", "--data-dir", data_dir, "--json")
+    assert code == 0, err
+    assert [(d["dataset"], d["count"]) for d in json.loads(stdout)["datasets"]] == [("mine", 5)]
+    gallery = tmp_path / "gallery"
+    code, _, err = run(capsys, "store", "gallery", "--data-dir", data_dir, "--worst", "5",
+                       "--data", f"mine={out}:{photos}", "--out", gallery)
+    assert code == 0, err
+    assert (gallery / "index.html").is_file() and len(list((gallery / "images").iterdir())) >= 5
 
 
 @needs_detector
