@@ -30,7 +30,7 @@ BENCHMARKS: dict[str, tuple[list[str], dict[str, str]]] = {
     "smplify": (["bench_smplify.py", "--no-full", "--no-write"], {
         "fits/s, 1 thread": r"^\| 1 \| ([0-9.]+) \|",
         "fits/s, 2 threads": r"^\| 2 \| ([0-9.]+) \|",
-        "median ranking error": r"^\| 1 \| [0-9.]+ \| not run \| \| ([0-9.]+) /",
+        "median ranking error": r"^\| 1 \| [0-9.]+ \| not run \|\s*\| ([0-9.]+) /",
     }),
     "store": (["bench_store.py", "--seconds", "2", "--clients", "1"], {
         "keep_best writes/s (batch 64)": r"^\| 1 \| keep_best, batch 64 \| ([0-9,.]+) writes/s",
