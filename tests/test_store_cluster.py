@@ -219,16 +219,30 @@ def test_a_master_killed_under_load_loses_no_acknowledged_fit(tmp_path):
 # -- runs on the cluster -----------------------------------------------------------------------------
 
 
-def test_spin_ray_fit_writes_into_the_cluster(tiny_spin_data, redis_cluster, ray_local, capsys):
+def test_spin_ray_fit_and_the_store_commands_on_the_cluster(tiny_spin_data, redis_cluster, ray_local, capsys,
+                                                            tmp_path):
     ns = f"fit-{uuid.uuid4().hex[:8]}"
-    assert main(["fit", str(tiny_spin_data["tiny-itw"]), "--store", redis_cluster.url, "--namespace", ns,
+    npz = tiny_spin_data["tiny-itw"]
+    assert main(["fit", str(npz), "--store", redis_cluster.url, "--namespace", ns,
                  "--fitters", "1", "--iterations", "4", "--limit", "24", "--no-progress"]) == 0
     assert "fitted 24 of 24 sent" in capsys.readouterr().out
+    flags = ["--url", redis_cluster.url, "--namespace", ns]
     with FitStore.open(redis_cluster.url, ns) as store:
         try:
             fits = store.read("tiny-itw", np.arange(24))
             assert fits.found.all() and store.count("tiny-itw") == 24 and store.layout.groups == 16
             assert integrity.scan(store.client, ns).clean
+            worst = store.worst("tiny-itw", 3)[0]
+            assert main(["store", "stats", *flags]) == 0 and "tiny-itw" in capsys.readouterr().out
+            assert main(["store", "worst", *flags, "--k", "3"]) == 0
+            said = capsys.readouterr().out
+            assert all(str(i) in said for i in worst.tolist()), said
+            out = tmp_path / "gallery"
+            data = f"tiny-itw={npz}:{npz.parent}"
+            assert main(["store", "gallery", *flags, "--worst", "3", "--out", str(out), "--data", data]) == 0
+            assert len(list((out / "images").glob("*_fit.jpg"))) == 3
+            assert main(["store", "export", str(tmp_path / "f.npy"), *flags, "--dataset", "tiny-itw"]) == 0
+            assert np.array_equal(np.load(tmp_path / "f.npy")[:24, :72], fits.pose)
         finally:
             store.drop()
 
