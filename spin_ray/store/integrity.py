@@ -1,16 +1,16 @@
 """`spin-ray store check`: scan a namespace for corrupt records and index faults, and repair them.
 
 The faults found, each in batches of SCAN/ZSCAN results sent as one pipeline:
-- corrupt: a record (`fit:DS:I`) that `decode.check_fields` refuses (missing field, wrong length,
+- corrupt: a record (`fit:{DS:g}:I`) that `decode.check_fields` refuses (missing field, wrong length,
   NaN/inf, negative error, unknown source) or that is not a hash at all;
-- orphaned: an index entry (`idx:DS` member I) whose record does not exist;
+- orphaned: an index entry (`idx:{DS:g}` member I) whose record does not exist;
 - unindexed: a sound record with no index entry (invisible to export, worst, stats);
 - mismatched: an index entry whose score is not its record's error (filter and worst would rank the
   sample by a number the record does not hold);
 - wrong type: an index that is not a sorted set, or a stats key that is not a hash (stats and worst
   cannot read it);
 - metadata: the namespace's metadata is missing, of another schema, or malformed.
-Repair moves a corrupt record to `spinray:NS:quarantine:fit:DS:I` (RENAME: kept whole for a person to
+Repair moves a corrupt record to `spinray:NS:quarantine:fit:{DS:g}:I` (RENAME: kept whole for a person to
 look at; `:2`, `:3`... if that name is taken), removes orphaned index entries, indexes unindexed records
 and re-indexes mismatched ones from their record, each by a script that first checks the record is
 still the one the scan saw; a key of the wrong type is moved to quarantine too (a stats hash is rebuilt
@@ -185,7 +185,8 @@ def _chunks(keys: Iterator[bytes], size: int) -> Iterator[list[str]]:
 
 
 def _split_record_key(prefix: str, key: str) -> tuple[str, str]:
-    """(dataset, index member) of `spinray:NS:fit:DS:I`."""
+    """(group tag `{DS:g}`, index member) of `spinray:NS:fit:{DS:g}:I`: the tag names the group's index and stats
+    keys as a dataset name did in schema 1, and keeps every key a repair script touches in the record's slot."""
     dataset, _, member = key[len(prefix) + len("fit:") :].rpartition(":")
     return dataset, member
 
