@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spin_ray.body.body_model import BodyModel
+from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
 from spin_ray.config import RunConfig
 from spin_ray.fitting.priors import load_pose_prior
 from spin_ray.fitting.recipes import fit
@@ -139,3 +139,13 @@ def test_spin_compiled_on_cuda_matches_eager_spin_on_the_cpu(body, prior):
     ok = ~eager.failed
     torch.testing.assert_close(gpu.error.cpu()[ok], eager.error[ok], rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(gpu.params.pose.cpu()[ok], eager.params.pose[ok], rtol=0, atol=1e-3)
+
+
+def test_the_compiled_joints_only_forward_equals_the_eager_one(body):
+    # Inside torch.compile the 4x4 products are broadcast sums and the extras sum over the coupled pairs only.
+    assert body.extras_method == "pairs" and body.pair_keypoint.numel() == body.num_pairs > 0
+    g = torch.Generator().manual_seed(0)
+    rotmats = axis_angle_pose_to_rotmats(torch.randn(16, 72, generator=g) * 0.6)
+    betas = torch.randn(16, body.num_betas, generator=g)
+    compiled = torch.compile(lambda r, b: body.keypoints(r, b), fullgraph=True)(rotmats, betas)
+    torch.testing.assert_close(compiled, body.keypoints(rotmats, betas), rtol=0, atol=1e-5)

@@ -13,6 +13,7 @@ import torch
 
 from spin_ray.body.joints import NUM_EXTRA_KEYPOINTS, NUM_SMPL_JOINTS, SPIN49_FROM_JOINTS_AND_EXTRAS
 from spin_ray.body.kinematics import (
+    coupled_pairs,
     forward_kinematics,
     joint_shape_basis,
     keypoint_joint_basis,
@@ -30,7 +31,7 @@ from spin_ray.geometry import axis_angle_to_matrix
 # smplx always appends 5 face keypoints from vertex ids; we compute our own extras and drop its
 # extra joints, so point them at vertex 0, which exists on every mesh.
 _UNUSED_SMPLX_VERTEX_IDS = {"nose": 0, "reye": 0, "leye": 0, "rear": 0, "lear": 0}
-_PAIR_BUFFERS = ("pair_matrix", "pair_posedirs")
+_PAIR_BUFFERS = ("pair_matrix", "pair_posedirs", "pair_keypoint", "pair_joint", "pair_points")
 ExtrasMethod = Literal["auto", "vertices", "pairs"]
 
 
@@ -118,6 +119,9 @@ class BodyModel(torch.nn.Module):
                 None if posedirs is None else _buffer(posedirs, f64),
             )
             self.register_buffer("pair_matrix", pair_matrix(basis).to(dtype))
+            # The same pairs listed sparsely, for compiled fitting (kinematics.coupled_pairs); derived, not saved.
+            for name, tensor in coupled_pairs(self.pair_matrix, arrays.keypoint_regressor.shape[0]).items():
+                self.register_buffer(name, tensor, persistent=False)
             pair_posedirs = basis.get("pair_posedirs")
             self.register_buffer("pair_posedirs", None if pair_posedirs is None else pair_posedirs.to(dtype))
             self.num_pairs = int(basis["coupled"].sum())

@@ -206,15 +206,39 @@ def regressed_skinned_points(
     return rotated + torch.einsum("kj,bjr->bkr", basis["pair_weight"], skinning[..., :3, 3])
 
 
+def coupled_pairs(matrix: torch.Tensor, keypoints: int) -> dict[str, torch.Tensor]:
+    """The (keypoint, joint) pairs of a `pair_matrix` that are not all zero: pair_keypoint (P,), pair_joint (P,) and
+    pair_points (P, 4, 1+Bt), each pair's homogeneous point basis, for `regressed_skinned_points` when compiled."""
+    point = matrix.view(matrix.shape[0] // 4, 4, -1, keypoints)  # (J, 4, 1+Bt, K), pair_matrix's layout
+    joint, keypoint = (point != 0).any(dim=2).any(dim=1).nonzero(as_tuple=True)
+    return {"pair_keypoint": keypoint, "pair_joint": joint, "pair_points": point.permute(0, 3, 1, 2)[joint, keypoint]}
+
+
+def _sparse_pair_points(skinning: torch.Tensor, betas: torch.Tensor, basis: dict[str, torch.Tensor],
+                        keypoints: int) -> torch.Tensor:
+    """Regressed points (B, K, 3) summed over the coupled pairs only (~1/6 of the dense pair matrix's products)."""
+    coefficients = torch.nn.functional.pad(betas, (1, 0), value=1.0)  # (B, 1+Bt)
+    homogeneous = torch.einsum("pcb,nb->npc", basis["pair_points"], coefficients)  # (B, P, 4)
+    transforms = skinning.index_select(1, basis["pair_joint"])[..., :3, :]  # (B, P, 3, 4)
+    products = (transforms * homogeneous[:, :, None, :]).sum(-1)  # (B, P, 3)
+    return products.new_zeros(betas.shape[0], keypoints, 3).index_add(1, basis["pair_keypoint"], products)
+
+
 def _matrix_regressed_points(
     rotmats: torch.Tensor, skinning: torch.Tensor, betas: torch.Tensor, basis: dict[str, torch.Tensor],
 ) -> torch.Tensor:
     """The `pair_matrix` form: [A_j rows] @ matrix, then the template and beta columns mixed by [1, betas]."""
     batch, joints = skinning.shape[:2]
-    rows = skinning[..., :3, :].transpose(1, 2).reshape(batch * 3, joints * 4)
-    per_beta = (rows @ basis["pair_matrix"]).view(batch, 3, 1 + betas.shape[1], -1)
-    coefficients = torch.nn.functional.pad(betas, (1, 0), value=1.0)
-    points = small_matmul(coefficients[:, None, None, :], per_beta).squeeze(2).transpose(1, 2)  # (B, K, 3)
+    keypoints = basis["pair_matrix"].shape[1] // (1 + betas.shape[1])
+    if torch.compiler.is_compiling() and basis.get("pair_points") is not None:
+        # Compiled: only the coupled pairs (80 of 480 on the open model); the dense matmul, mostly zeros, costs
+        # more than the rest of the compiled fit. Eager keeps the dense form (its results to the bit).
+        points = _sparse_pair_points(skinning, betas, basis, keypoints)
+    else:
+        rows = skinning[..., :3, :].transpose(1, 2).reshape(batch * 3, joints * 4)
+        per_beta = (rows @ basis["pair_matrix"]).view(batch, 3, 1 + betas.shape[1], -1)
+        coefficients = torch.nn.functional.pad(betas, (1, 0), value=1.0)
+        points = small_matmul(coefficients[:, None, None, :], per_beta).squeeze(2).transpose(1, 2)  # (B, K, 3)
     if basis.get("pair_posedirs") is not None:
         # Pose correctives move p per (k, j) pair with the pose: the dense pair sum, as smplx's posedirs.
         offsets = (pose_feature(rotmats) @ basis["pair_posedirs"]).view(batch, points.shape[1], joints, 3)
