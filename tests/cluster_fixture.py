@@ -22,7 +22,9 @@ import redis
 
 from spin_ray.store.server import RAY_GCS_PORT, find_redis_server
 
-NODE_TIMEOUT_MS = 1000  # a killed master's replica is promoted ~2 s later
+# cluster-node-timeout: long enough that a node starved of CPU on a busy 2-core machine is not failed over;
+# a failover test passes a short one (1000: a killed master's replica is promoted ~2 s later).
+NODE_TIMEOUT_MS = 5000
 
 
 def _free_cluster_port() -> int:
@@ -50,9 +52,11 @@ def _redis_cli() -> str:
 class LocalCluster:
     """`masters` masters with `replicas` replicas each, on 127.0.0.1; a context manager that stops them all."""
 
-    def __init__(self, folder: Path, masters: int = 3, replicas: int = 1, password: str | None = None) -> None:
+    def __init__(self, folder: Path, masters: int = 3, replicas: int = 1, password: str | None = None,
+                 node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
         self.folder = Path(folder)
         self.masters, self.replicas, self.password = masters, replicas, password
+        self.node_timeout_ms = node_timeout_ms
         self.ports: list[int] = []
         self.procs: dict[int, subprocess.Popen] = {}
 
@@ -72,7 +76,7 @@ class LocalCluster:
         folder.mkdir(parents=True, exist_ok=True)
         args = [str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--appendonly", "yes", "--appendfsync", "everysec",
+                "--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "yes", "--appendfsync", "everysec",
                 "--save", "", "--daemonize", "no", "--logfile", "redis.log"]
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]

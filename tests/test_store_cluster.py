@@ -167,11 +167,10 @@ def test_a_schema_1_namespace_is_named_and_migrated_with_the_same_answers(redis_
 # -- failover ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_a_master_killed_under_load_loses_no_acknowledged_fit(tmp_path):
     from cluster_fixture import LocalCluster
 
-    with LocalCluster(tmp_path / "c") as cluster:
+    with LocalCluster(tmp_path / "c", node_timeout_ms=1000) as cluster:
         store = FitStore.open(cluster.url, "failover", TEST_BODY_HASH, connect_timeout_s=30)
         acknowledged: dict[int, float] = {}
         batches = [0]  # batches acknowledged
