@@ -116,6 +116,18 @@ def test_uncovered_slots_and_a_wrong_password_are_one_line(tmp_path):
         store = FitStore.open(cluster.url, "pw", TEST_BODY_HASH)
         assert "s3cret-pass" not in repr(store)
         store.close()
+        # One node with another password: a write that reaches it fails in one line, both passwords hidden.
+        odd = cluster.master_ports()[-1]
+        cluster.client(odd).config_set("requirepass", "other-pass")
+        start = time.monotonic()
+        with pytest.raises(FitStoreError) as one_node:
+            writer = FitStore.open(cluster.url, "pw", TEST_BODY_HASH, connect_timeout_s=20)
+            writer.keep_best("coco", np.arange(64), np.zeros((64, 72)), np.zeros((64, 10)), np.ones(64), 0, "loop")
+        text = str(one_node.value)
+        assert "s3cret-pass" not in text and "other-pass" not in text and "\n" not in text, text
+        assert "AuthenticationError" in text or "refused the credentials" in text, text
+        assert time.monotonic() - start < 10  # not retried as if the node were failing over
+        redis.Redis(host="127.0.0.1", port=odd, password="other-pass").config_set("requirepass", "s3cret-pass")
         # Take the slots of one master away: the URL is refused with the slots named.
         victim = cluster.master_ports()[0]
         slots = [s for lo, hi, *nodes in cluster.client(victim).execute_command("CLUSTER SLOTS")

@@ -152,8 +152,8 @@ def retry_through_failover(client: RedisCluster, url: str, what: str, timeout_s:
         try:
             return send()
         except CLUSTER_TRANSIENT as err:
-            if time.monotonic() + delay > deadline:
-                raise
+            if isinstance(err, redis.AuthenticationError) or time.monotonic() + delay > deadline:
+                raise  # a wrong password on a node does not heal by waiting
             log.info("Redis Cluster %s while %s: %s; retrying in %.1f s", redact_url(url), what, type(err).__name__,
                      delay)
             time.sleep(delay)
