@@ -27,10 +27,10 @@ import redis
 from spin_ray.errors import FitStoreError
 from spin_ray.store import exports, files
 from spin_ray.store import records as rec
+from spin_ray.store.cluster import is_cluster, retry_through_failover
 from spin_ray.store.dataset_names import bind_dataset
 from spin_ray.store.decode import decode_records
 from spin_ray.store.integrity import load_summary
-from spin_ray.store.cluster import is_cluster, retry_through_failover
 from spin_ray.store.keys import KeyLayout, datasets_of
 from spin_ray.store.lua import INIT_META_LUA, KEEP_BEST_LUA, READ_LUA
 from spin_ray.store.namespace import META_FIELDS, check_meta

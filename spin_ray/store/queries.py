@@ -24,13 +24,6 @@ def progress_from_stats(raw: dict[bytes, bytes]) -> list[tuple[int, int, float]]
     return [(s, counts[s], sums.get(s, 0.0) / counts[s]) for s in sorted(counts) if counts[s] > 0]
 
 
-def names_with_prefix(client: redis.Redis, prefix: str) -> list[str]:
-    """The sorted, distinct rests of the key names that start with `prefix`."""
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    # SCAN may return a key more than once.
-    return sorted({k.decode()[len(prefix) :] for k in keys})
-
-
 def unlink_with_prefix(client: redis.Redis, prefix: str, chunk: int) -> int:
     """Delete every key that starts with `prefix`, `chunk` keys a command; the number deleted."""
     deleted = 0
