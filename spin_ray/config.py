@@ -86,7 +86,10 @@ class FittingConfig(Section):
     pose_prior_path: Path | None = Field(
         None, description="gmm_08.pkl of SMPLify for real SMPL; None uses the embedded open prior"
     )
-    batch_size: int = Field(64, gt=0, description="samples fitted together")
+    batch_size: int = Field(
+        256, gt=0, description="samples fitted together by the dataset fit (spin-ray fit --batch-size); 256 fitted "
+                               "fastest with spin_compiled of 64-4,096 on one CPU thread, and 1.7x 64's fits/s with "
+                               "spin (benchmarks/RESULTS.md, 'SMPLify, compiled')")
     valid_error_threshold: float = Field(100.0, gt=0, description="fits with a higher ranking error do not supervise")
     max_abs_beta: float = Field(3.0, gt=0, description="fits with any |beta| above this supervise only towards the mean")
     joints_only: bool = Field(True, description="use the joints-only forward in the loss (False: full mesh)")
@@ -96,11 +99,11 @@ class FittingConfig(Section):
     )
     recipe: Recipe = Field(
         "spin", description="fitting.fit's recipe: spin (the paper's two stages, the conformance reference), staged "
-                            "(depth released in the body stage, prior weights decreasing over steps) or multistart "
-                            "(staged from the start and from the pose prior's component means, the best kept), "
-                            "spin_compiled (spin's stages compiled by torch.compile: ~4x faster on CPU, equal to "
-                            "float rounding, not to the bit; "
-                            "spin_ray/fitting/recipes.py)"
+                            "(depth released in the body stage, prior weights decreasing over steps), multistart "
+                            "(staged from the start and from the pose prior's component means, the best kept) or "
+                            "spin_compiled (spin's stages, each iteration one torch.compile program: 2.8x spin's "
+                            "fits/s at batch 64 on one CPU thread, equal to float rounding, not to the bit; "
+                            "spin_ray/fitting/recipes.py, benchmarks/RESULTS.md)"
     )
     staged_prior_scales: tuple[float, ...] = Field(
         (3.0, 1.0, 0.3), min_length=1,

@@ -6,6 +6,7 @@ import pytest
 
 from spin_ray.cli import build_parser, main
 from spin_ray.cli.fit import _config
+from spin_ray.config import RunConfig
 
 
 def test_batch_size_reaches_the_fitting_config():
@@ -13,7 +14,7 @@ def test_batch_size_reaches_the_fitting_config():
     given = _config(parser.parse_args(["fit", "d.npz", "--out", "f.npy", "--batch-size", "1024"]))
     default = _config(parser.parse_args(["fit", "d.npz", "--out", "f.npy"]))
     assert given.fitting.batch_size == 1024
-    assert default.fitting.batch_size == 64
+    assert default.fitting.batch_size == RunConfig().fitting.batch_size == 256
     assert given.fitting.recipe == default.fitting.recipe  # nothing else moved
 
 

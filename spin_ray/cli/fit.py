@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "under 2x its cost: benchmarks/RESULTS.md, 'Fit quality')")
     parser.add_argument("--limit", type=positive_int, default=None, help="fit only the first N samples")
     parser.add_argument("--batch-size", type=positive_int, default=None,
-                        help="samples fitted together, per request to a fitter (default: fitting.batch_size, 64; "
+                        help="samples fitted together, per request to a fitter (default: fitting.batch_size, 256; "
                              "fits/s per batch size: benchmarks/RESULTS.md, 'SMPLify')")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads of this process")
     parser.add_argument("--bad-samples", choices=("skip", "raise"), default=None,

@@ -118,8 +118,10 @@ def compiled_run_stage(
             if iteration > 1:
                 raise
             _FAILED_COMPILES.add(device)
+            reason = str(err).splitlines()[0][:200] if str(err) else ""
             log.warning("torch.compile of the SMPLify stage failed on %s (%s: %s); fitting with the eager stage, "
-                        "~4x slower", device, type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+                        "several times slower (benchmarks/RESULTS.md, 'SMPLify, compiled')", device,
+                        type(err).__name__, reason)
             return run_stage(params, trainable, iterations, lr, failed, loss_fn, scales, on_iteration)
         leaves, exp_avg, exp_avg_sq, last_good, failed = out
         if on_iteration is not None:
