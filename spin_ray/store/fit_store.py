@@ -49,6 +49,7 @@ from spin_ray.store.server import connect, redact_url, redis_errors, resolve_url
 from spin_ray.store.validation import WriteBatch, as_numpy, group_finite_rows, validate_rows
 from spin_ray.store.writes import (
     PIPELINE_CHUNK,
+    SendResult,
     WriteTarget,
     counting_rows_before,
     script_error,
@@ -267,13 +268,7 @@ class FitStore:
         pending = np.arange(n)
         with self._redis_errors(what):
             for _attempt in range(3):
-                sent = self._cluster_retrying(what, lambda: send_keep_best(
-                    self._client, self._keep_best.sha, batch, target, pending, written,
-                    lambda reply, call: self._raise_script_error(reply, what, written, call),
-                ))  # fmt: skip
-                touched = sent.touched
-                if self._cluster and touched:
-                    self._cluster_retrying(what, lambda: wait_for_replicas(self._client, touched))
+                sent = self._cluster_retrying(what, lambda: self._send_acknowledged(batch, target, pending, written, what))
                 if sent.noscript:
                     # The script cache was flushed (server restart, SCRIPT FLUSH, a promoted replica): reload.
                     self._load_scripts()
@@ -284,6 +279,17 @@ class FitStore:
                     return written
         raise FitStoreError("Redis keeps forgetting the keep-best script or the group stamps (three tries); "
                             "is a SCRIPT FLUSH or a namespace drop looping?")
+
+    def _send_acknowledged(self, batch: WriteBatch, target: WriteTarget, rows: np.ndarray, written: np.ndarray,
+                           what: str) -> SendResult:
+        """send_keep_best, then on a cluster WAIT for the replicas; a failover during either sends the rows again
+        (a fit that went in answers '0' the second time and stays counted), so no fit lost with its master is
+        acknowledged."""
+        sent = send_keep_best(self._client, self._keep_best.sha, batch, target, rows, written,
+                              lambda reply, call: self._raise_script_error(reply, what, written, call))
+        if self._cluster and sent.touched:
+            wait_for_replicas(self._client, sent.touched)
+        return sent
 
     def _stamp_groups(self, dataset: str, groups: list[int]) -> None:
         try:
