@@ -137,12 +137,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=10_000, help="rows of the synthetic dataset (pool runs)")
     parser.add_argument("--local-samples", type=int, default=2_000, help="rows fitted by the single-process path")
     parser.add_argument("--fitters", type=int, nargs="+", default=[1, 2], help="pool sizes to measure")
+    parser.add_argument("--recipes", nargs="+", default=["spin"],
+                        help="fitting recipes, each path run with each in turn (e.g. spin spin_compiled)")
+    parser.add_argument("--batch-size", type=int, default=64, help="fitting.batch_size (samples per request)")
     parser.add_argument("--write-results", action="store_true", help="write the section into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     busy_before = cpu_busy_fraction()
     header = machine_summary(busy_before)
     cfg = RunConfig()
+    cfg.fitting.batch_size = args.batch_size
+    configs = {recipe: cfg.model_copy(update={"fitting": cfg.fitting.model_copy(update={"recipe": recipe})})
+               for recipe in args.recipes}
     body = BodyModel.from_config(cfg.body)
     job = synthetic_dataset(body, cfg, args.samples)
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=256 * 2**20,
@@ -151,13 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as data_dir, EmbeddedRedis(Path(data_dir)) as server:
             for fitters in args.fitters:
-                rows.append(measure_pool(body, cfg, server.url, job, fitters))
-                print(rows[-1], flush=True)
+                for recipe, recipe_cfg in configs.items():
+                    rows.append(measure_pool(body, recipe_cfg, server.url, job, fitters))
+                    rows[-1]["path"] += "" if len(configs) == 1 else f", {recipe}"
+                    print(rows[-1], flush=True)
     finally:
         ray.shutdown()
     if args.local_samples:
-        rows.append(measure_local(body, cfg, job, min(args.local_samples, args.samples)))
-        print(rows[-1], flush=True)
+        for recipe, recipe_cfg in configs.items():
+            rows.append(measure_local(body, recipe_cfg, job, min(args.local_samples, args.samples)))
+            rows[-1]["path"] += "" if len(configs) == 1 else f", {recipe}"
+            print(rows[-1], flush=True)
     command = "python benchmarks/bench_fit_dataset.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = section(rows, header, command.strip(), busy_before)
     print(text)

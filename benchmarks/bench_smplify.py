@@ -77,7 +77,8 @@ def time_fit(problem_file: Path, out_file: Path | None, joints_only: bool, threa
 
 
 def child(argv: list[str]) -> int:
-    """`--child PROBLEM OUT JOINTS_ONLY THREADS DEVICE RECIPE`: one timed fit in this process's spin_ray; prints seconds."""
+    """`--child PROBLEM OUT JOINTS_ONLY THREADS DEVICE RECIPE`: one timed fit in this process's spin_ray; prints
+    seconds."""
     problem, out, joints_only, threads, device, recipe = argv
     seconds, warm_up = time_fit(Path(problem), Path(out), joints_only == "1", int(threads), device, recipe)
     import spin_ray
