@@ -96,6 +96,7 @@ class LocalCluster:
         if self.masters < 3:  # redis-cli --cluster create wants 3 masters: join the nodes by hand
             self._create_by_hand()
             self.wait_ok()
+            self.wait_replicas_online()
             return self
         cmd = [_redis_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                "--cluster-replicas", str(self.replicas), "--cluster-yes"]
@@ -105,6 +106,7 @@ class LocalCluster:
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")
         self.wait_ok()
+        self.wait_replicas_online()
         return self
 
     def _create_by_hand(self) -> None:
@@ -131,6 +133,16 @@ class LocalCluster:
                     return False
             return True
         self._wait(ok, "cluster_state:ok on every node", timeout_s)
+
+    def wait_replicas_online(self, timeout_s: float = 30.0) -> None:
+        """Wait until the cluster has `masters` masters, each with `replicas` replicas synced (state=online)."""
+        def online() -> bool:
+            masters = self.master_ports()
+            return len(masters) == self.masters and all(
+                sum(1 for k, v in self.client(p).info("replication").items()
+                    if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online") >= self.replicas
+                for p in masters)
+        self._wait(online, f"{self.masters} masters with {self.replicas} replica(s) each in sync", timeout_s)
 
     def master_ports(self) -> list[int]:
         """Ports of the live masters, as a live node sees them."""

@@ -49,6 +49,7 @@ from spin_ray.store.server import connect, redact_url, redis_errors, resolve_url
 from spin_ray.store.validation import WriteBatch, as_numpy, group_finite_rows, validate_rows
 from spin_ray.store.writes import (
     PIPELINE_CHUNK,
+    ReplicaCounts,
     SendResult,
     WriteTarget,
     counting_rows_before,
@@ -83,6 +84,7 @@ class FitStore:
         self._read_batch = self._client.register_script(READ_LUA)
         self._init_meta = self._client.register_script(INIT_META_LUA)
         self._cluster = is_cluster(self._client)
+        self._replica_counts = ReplicaCounts()
         self._meta: NamespaceMeta | None = None
         self._groups: int | None = None
         with self._redis_errors("opening the namespace"):
@@ -288,7 +290,7 @@ class FitStore:
         sent = send_keep_best(self._client, self._keep_best.sha, batch, target, rows, written,
                               lambda reply, call: self._raise_script_error(reply, what, written, call))
         if self._cluster and sent.touched:
-            wait_for_replicas(self._client, sent.touched)
+            wait_for_replicas(self._client, sent.touched, self._replica_counts)
         return sent
 
     def _stamp_groups(self, dataset: str, groups: list[int]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -33,6 +34,7 @@ FITS_PER_CALL = 64
 # (WAIT), so a replica promoted after its master dies holds every acknowledged fit (docs/STORE.md).
 CLUSTER_REPLICA_ACKS = 1
 REPLICA_WAIT_MS = 2000
+REPLICA_COUNT_TTL_S = 1.0  # a master's in-sync replicas are asked again after this long
 _REFUSED_FIT = re.compile(r"\(fit (\d+) of \d+ in the call\)$")
 
 
@@ -168,28 +170,55 @@ def _send_streamed(client: redis.Redis, sha: str, calls: Calls) -> tuple[list[tu
         client.connection_pool.release(conn)
 
 
-def wait_for_replicas(client: redis.Redis, index_keys: set[str]) -> None:
+class ReplicaCounts:
+    """How many in-sync replicas each cluster master has, from its INFO replication, asked again after REPLICA_COUNT_TTL_S.
+
+    The cluster client's topology is learnt once and refreshed only on a redirection, so it misses a replica
+    that joins later (a restarted master rejoining as its successor's replica): the master itself is asked.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[str, tuple[int, float]] = {}
+        self._warned: dict[str, float] = {}  # node -> when a batch it acknowledged alone was last logged
+
+    def warn_alone(self, names: list[str]) -> None:
+        """Log masters that acknowledged a batch with no replica holding it, each at most once a minute."""
+        now = time.monotonic()
+        fresh = [n for n in names if now - self._warned.get(n, -1e9) >= 60.0]
+        if fresh:
+            self._warned.update({n: now for n in fresh})
+            log.warning("Redis Cluster master(s) %s acknowledged write batches that no replica holds yet (no live "
+                        "replica?): those fits live on the master alone until a replica catches up (logged once a "
+                        "minute)", ", ".join(fresh))
+
+    def of(self, client: redis.Redis, node) -> int:
+        """In-sync (online) replicas of `node`."""
+        count, until = self._counts.get(node.name, (0, 0.0))
+        if time.monotonic() >= until:
+            info = client.info("replication", target_nodes=node)
+            count = sum(1 for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)
+                        and v.get("state") == "online")
+            self._counts[node.name] = (count, time.monotonic() + REPLICA_COUNT_TTL_S)
+        return count
+
+
+def wait_for_replicas(client: redis.Redis, index_keys: set[str], counts: ReplicaCounts) -> None:
     """WAIT on every cluster master that holds one of the keys until CLUSTER_REPLICA_ACKS replicas have its writes.
 
     A client's WAIT covers the writes sent on its own connection; redis-py's cluster client hands a thread
-    the node's connection it used last, so this follows the pipeline that wrote. A master without a
-    replica in the topology (none configured, or just promoted) acknowledges alone, with a warning.
+    the node's connection it used last, so this follows the pipeline that wrote. A master without an
+    in-sync replica (none configured, just promoted, or still syncing) acknowledges alone, with a warning.
     """
-    nodes: dict[str, tuple[object, int]] = {}
-    for key in index_keys:
-        shard = client.nodes_manager.slots_cache.get(client.keyslot(key), [])
-        if shard:
-            nodes[shard[0].name] = (shard[0], len(shard) - 1)
+    nodes = {node.name: node for node in (client.get_node_from_key(key) for key in index_keys)}
     short = []
-    for name, (node, replicas) in nodes.items():
-        wanted = min(CLUSTER_REPLICA_ACKS, replicas)
+    for name, node in nodes.items():
+        wanted = min(CLUSTER_REPLICA_ACKS, counts.of(client, node))
         if wanted < CLUSTER_REPLICA_ACKS or (
-            wanted and int(client.execute_command("WAIT", wanted, REPLICA_WAIT_MS, target_nodes=node)) < wanted
+            int(client.execute_command("WAIT", wanted, REPLICA_WAIT_MS, target_nodes=node)) < wanted
         ):
             short.append(name)
     if short:
-        log.warning("Redis Cluster master(s) %s acknowledged a write batch that no replica holds yet (no live "
-                    "replica?): those fits live on the master alone until a replica catches up", ", ".join(short))
+        counts.warn_alone(short)
 
 
 def stamp_groups(client: redis.Redis, layout: KeyLayout, dataset: str, groups: list[int], body_model_hash: str) -> None:
