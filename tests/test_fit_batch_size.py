@@ -25,3 +25,26 @@ def test_a_batch_size_that_is_no_positive_whole_number_is_one_line(value, capsys
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(lines) == 1
     assert lines[0].startswith("spin-ray fit: error: argument --batch-size: must be a whole number")
+
+
+def test_a_batch_that_does_not_fit_in_memory_is_one_input_error():
+    import torch
+
+    from spin_ray.body.body_model import BodyModel
+    from spin_ray.errors import InputError
+    from spin_ray.fitting.priors import load_pose_prior
+    from spin_ray.fitting.recipes import fit
+    from spin_ray.fitting.smplify import SmplifyParams
+
+    cfg = RunConfig()
+    body = BodyModel.embedded()
+    n = 2_000_000_000  # expanded views: no memory until the fit's first copy (~1 TB) is refused by the allocator
+    keypoints = torch.ones(1, 49, 3).expand(n, 49, 3)
+    init = SmplifyParams(*(torch.zeros(1, w).expand(n, w) for w in (3, 69, body.num_betas, 3)))
+    for recipe in ("spin", "spin_compiled"):
+        fitting = cfg.fitting.model_copy(update={"recipe": recipe})
+        with pytest.raises(InputError) as err:
+            fit(body, load_pose_prior(cfg.fitting), keypoints, init, fitting, cfg.camera)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(f"fitting {n} samples at once ran out of memory")
+        assert message.endswith("lower fitting.batch_size (spin-ray fit --batch-size)")

@@ -79,6 +79,11 @@ def adam_iteration(
     return tuple(new_leaves), tuple(new_avg), tuple(new_avg_sq), good, failed
 
 
+def out_of_memory(err: BaseException) -> bool:
+    """Whether err is an allocator's refusal (CPU or CUDA): a batch too large, not a compile failure."""
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
 @functools.cache
 def compiled_iteration() -> Callable:
     """adam_iteration under torch.compile (one wrapper per process; dynamic batch: one program for every size)."""
@@ -115,7 +120,7 @@ def compiled_run_stage(
                 log.info("compiled SMPLify stage %s ready in %.1f s", "+".join(trainable),
                          time.perf_counter() - started)
         except Exception as err:  # noqa: BLE001 - any compile failure falls back to the eager stage
-            if iteration > 1:
+            if iteration > 1 or out_of_memory(err):
                 raise
             _FAILED_COMPILES.add(device)
             reason = str(err).splitlines()[0][:200] if str(err) else ""

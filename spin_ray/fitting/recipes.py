@@ -23,7 +23,7 @@ import torch
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RECIPES, CameraConfig, FittingConfig
 from spin_ray.errors import InputError
-from spin_ray.fitting.compiled_stage import compiled_run_stage
+from spin_ray.fitting.compiled_stage import compiled_run_stage, out_of_memory
 from spin_ray.fitting.smplify import (
     SmplifyParams,
     SmplifyResult,
@@ -130,7 +130,26 @@ def fit(
     fitting: FittingConfig, camera: CameraConfig,
     on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
 ) -> SmplifyResult:
-    """Fit SMPL to 2D keypoints (B, 49, 3) with fitting.recipe; `spin` is smplify itself."""
+    """Fit SMPL to 2D keypoints (B, 49, 3) with fitting.recipe; `spin` is smplify itself.
+
+    A batch that does not fit in memory is an InputError naming the batch size, not an allocator's traceback.
+    """
+    try:
+        return _fit(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration)
+    except RuntimeError as err:
+        if not out_of_memory(err):
+            raise
+        reason = str(err).strip().splitlines()[-1][:200]
+        raise InputError(f"fitting {keypoints_2d.shape[0]} samples at once ran out of memory ({reason}); lower "
+                         "fitting.batch_size (spin-ray fit --batch-size)") from None
+
+
+def _fit(
+    body: BodyModel, pose_prior: torch.nn.Module, keypoints_2d: torch.Tensor, init: SmplifyParams,
+    fitting: FittingConfig, camera: CameraConfig,
+    on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
+) -> SmplifyResult:
+    """fit's dispatch on fitting.recipe."""
     if fitting.recipe == "spin":
         return smplify(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration)
     if fitting.recipe == "spin_compiled":
