@@ -38,8 +38,8 @@ BENCHMARKS: dict[str, tuple[list[str], dict[str, str]]] = {
         "batch-64 read p50 ms": r"^\| 1 \| read, batch 64 \| p50 ([0-9.]+) ms",
     }),
     "pipeline": (["bench_pipeline.py", "--requests-per-fitter", "4", "--trainer-steps", "0"], {
-        "pool fits/s, 1 fitter": r"^1 fitter\(s\): ([0-9.]+) fits/s",
-        "pool fits/s, 2 fitters": r"^2 fitter\(s\): ([0-9.]+) fits/s",
+        "pool fits/s, 1 fitter": r"^1 fitter\(s\)(?:, recipe spin)?: ([0-9.]+) fits/s",
+        "pool fits/s, 2 fitters": r"^2 fitter\(s\)(?:, recipe spin)?: ([0-9.]+) fits/s",
     }),
     "trainer": (["bench_pipeline.py", "--fitters", "1", "--requests-per-fitter", "1", "--trainer-steps", "30"], {
         "static steps/s": r"^static: ([0-9.]+) steps/s",
