@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -81,6 +82,14 @@ def test_a_folder_of_photos_becomes_a_spin_dataset_and_a_rerun_uses_the_cache(ph
     code, stdout, err = run(capsys, "data", "import", photos, "--format", "detect", "--out", out)
     assert code == 0 and through(stdout) == (1, 3), stdout
     assert "p0.jpg" not in load_spin_npz(out, photos).imgname.tolist()
+
+    # Another folder of the same name, its files copied with their names, sizes and times, imported beside it:
+    # the cache file has the same name, but it belongs to the first folder and is not used.
+    other = tmp_path / "elsewhere" / "photos"
+    shutil.copytree(photos, other)  # copy2: the same names, sizes and modification times
+    code, stdout, err = run(capsys, "data", "import", other, "--format", "detect", "--out", out)
+    assert code == 0 and through(stdout) == (4, 0), stdout
+    assert "of another source" in stdout + err
 
 
 @needs_detector

@@ -38,7 +38,7 @@ class DetectionCache:
 
     @classmethod
     def open(cls, path: Path, settings: dict) -> DetectionCache:
-        """The cache at `path`; an unreadable one, or one of other detector settings, starts empty (with a note)."""
+        """The cache at `path`; an unreadable one, or one of another source or detector settings, starts empty (with a note)."""
         cache = cls(Path(path), settings)
         if not cache.path.is_file():
             return cache
@@ -51,7 +51,7 @@ class DetectionCache:
         if isinstance(entries, dict):
             cache.entries = entries
         else:
-            cache.notes.append(f"the detection cache {cache.path} is unreadable or from other detector settings; "
+            cache.notes.append(f"the detection cache {cache.path} is unreadable, of another source or of other detector settings; "
                                "every image is detected again")
         return cache
 
@@ -126,7 +126,9 @@ def detect_people_in(
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source}: no such folder or video; give a folder of photos or a video file")
-    settings = {**asdict(DetectorSettings()), "every": every}
+    # The source's own path belongs to the key: two folders of one name (a/photos, b/photos) imported beside each
+    # other share the cache file's name, and their files may share names, sizes and times (copies, archives).
+    settings = {**asdict(DetectorSettings()), "every": every, "source": str(source.resolve())}
     cache = DetectionCache.open(cache_path, settings)
     unreadable: list[str] = []
     detector = None
