@@ -369,3 +369,17 @@ def test_keep_best_samples_groups_mixed_datasets_and_skips_bad_rows(fit_store, m
     assert calls[-1] == ("mpii", [0])
     with pytest.raises(FitStoreError, match="one name or one per row"):
         fit_store.keep_best_samples(["coco"], [0, 1], pose[:2], betas[:2], [1.0, 2.0], 0, "loop")
+
+
+def test_index_groups_of_an_existing_namespace_are_kept_and_the_unused_setting_named(fit_store, store_url, caplog):
+    """`store.index_groups` is fixed when a namespace is created: another value later is named, not silently dropped."""
+    pose, betas, err = _rows(3)
+    fit_store.keep_best("coco", [0, 1, 2], pose, betas, err, 0, "loop")
+    created = fit_store.layout.groups
+    other = created + 3
+    later = FitStore.open(store_url, fit_store.namespace, TEST_BODY_HASH, index_groups=other)
+    with caplog.at_level("WARNING", logger="spin_ray.store.fit_store"):
+        later.keep_best("coco", [3], *_rows(1, seed=1)[:2], [5.0], 1, "loop")
+    assert later.layout.groups == created
+    assert f"store.index_groups {other} is not used" in caplog.text and f"created with {created}" in caplog.text
+    assert later.count("coco") == 4 and fit_store.count("coco") == 4

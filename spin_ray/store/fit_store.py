@@ -15,6 +15,7 @@ other side (a Ray actor or another process gets a working store from the same ob
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 # Re-exported: callers import these from here.
 __all__ = ["PIPELINE_CHUNK", "FitStore", "StoredFits", "resolve_url"]
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 CLUSTER_INDEX_GROUPS = 16  # index groups of a namespace created on a cluster: ~5 slots per shard of 3 masters
 
@@ -209,6 +211,11 @@ class FitStore:
         meta = check_meta(self.namespace, self._meta_key(), raw, self.address.body_model_hash)
         if meta is not None:
             self._groups = meta.index_groups
+            asked = self.address.index_groups
+            if asked is not None and asked != meta.index_groups:
+                log.warning("store.index_groups %d is not used: namespace %r was created with %d index group(s), "
+                            "fixed for its life (a new namespace takes the setting)", asked, self.namespace,
+                            meta.index_groups)
         return meta
 
     @property
