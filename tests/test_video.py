@@ -176,3 +176,19 @@ def test_refine_fits_every_person_of_the_frames_meshed(clip, tmp_path, capsys):
     tracks = np.load(out / "walk_tracks.npz")
     assert tracks["frame"].tolist() == [0, 4] and (tracks["track"] == 1).all()
     assert np.isfinite(tracks["error"]).all() and (tracks["error"] < 100).all()  # valid fits
+
+
+def test_the_overlay_video_is_h264_or_motion_jpeg(tmp_path):
+    """The issue's codecs: H.264 where OpenCV has an encoder, else Motion-JPEG; it reads back with every frame."""
+    from spin_ray.demo.video_out import OverlayVideoWriter
+
+    writer = OverlayVideoWriter(10.0, 64, 48)
+    for i in range(5):
+        writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
+    path = writer.finish(tmp_path / "clip_overlay")
+    capture = cv2.VideoCapture(str(path))
+    code = int(capture.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("latin-1").lower()
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert (path.suffix, code) in ((".mp4", "avc1"), (".mp4", "h264"), (".avi", "mjpg")), (path, code)
+    assert frames == 5

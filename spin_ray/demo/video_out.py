@@ -1,7 +1,8 @@
 """The demo's overlay video: frames written through OpenCV into a temporary folder, moved to --out when complete.
 
-MPEG-4 Part 2 in .mp4 (`mp4v`, which every OpenCV build with FFmpeg writes), else Motion-JPEG in .avi; H.264 needs
-an encoder most OpenCV wheels lack. Nothing appears under --out unless the whole video was written and reads back.
+H.264 in .mp4 (`avc1`) where this OpenCV's FFmpeg has an H.264 encoder, else Motion-JPEG in .avi, which every OpenCV
+build writes (the opencv-python wheels have no H.264 encoder). Nothing appears under --out unless the whole video was
+written and reads back.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from spin_ray.data.detect import quiet_stderr
 from spin_ray.errors import InputError
 
-# (suffix, fourcc) tried in order.
-CODECS = ((".mp4", "mp4v"), (".avi", "MJPG"))
+# (suffix, fourcc) tried in order: H.264, then Motion-JPEG.
+CODECS = ((".mp4", "avc1"), (".avi", "MJPG"))
 
 
 class OverlayVideoWriter:
@@ -28,8 +30,9 @@ class OverlayVideoWriter:
         for suffix, fourcc in CODECS:
             self.suffix, self.fourcc = suffix, fourcc
             self._path = self._folder / f"overlay{suffix}"
-            self._writer = cv2.VideoWriter(str(self._path), cv2.VideoWriter_fourcc(*fourcc), float(fps),
-                                           (width, height))
+            with quiet_stderr():  # FFmpeg's lines about an encoder it lacks, before the next codec is tried
+                self._writer = cv2.VideoWriter(str(self._path), cv2.VideoWriter_fourcc(*fourcc), float(fps),
+                                               (width, height))
             if self._writer.isOpened():
                 return
             self._writer.release()
