@@ -26,7 +26,7 @@ import ray
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import cpu_busy_fraction, machine_cpu_s, machine_summary, write_section  # noqa: E402
+from results import cpu_busy_fraction, fitting_variant, machine_cpu_s, machine_summary, write_section  # noqa: E402
 
 from spin_ray.body.body_model import BodyModel  # noqa: E402
 from spin_ray.config import RunConfig  # noqa: E402
@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=10_000, help="rows of the synthetic dataset (pool runs)")
     parser.add_argument("--local-samples", type=int, default=2_000, help="rows fitted by the single-process path")
     parser.add_argument("--fitters", type=int, nargs="+", default=[1, 2], help="pool sizes to measure")
-    parser.add_argument("--recipes", nargs="+", default=["spin"],
-                        help="fitting recipes, each path run with each in turn (e.g. spin spin_compiled)")
+    parser.add_argument("--recipes", nargs="+", default=["spin", "spin_compiled"],
+                        help="fitting recipes, each path run with each in turn: R (eager stages) or R_compiled "
+                             "(fitting.compiled, the default of spin-ray fit)")
     parser.add_argument("--batch-size", type=int, default=64, help="fitting.batch_size (samples per request)")
     parser.add_argument("--write-results", action="store_true", help="write the section into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     header = machine_summary(busy_before)
     cfg = RunConfig()
     cfg.fitting.batch_size = args.batch_size
-    configs = {recipe: cfg.model_copy(update={"fitting": cfg.fitting.model_copy(update={"recipe": recipe})})
+    configs = {recipe: cfg.model_copy(update={"fitting": cfg.fitting.model_copy(update=fitting_variant(recipe))})
                for recipe in args.recipes}
     body = BodyModel.from_config(cfg.body)
     job = synthetic_dataset(body, cfg, args.samples)

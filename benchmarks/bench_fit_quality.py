@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import machine_line, write_section  # noqa: E402
+from results import fitting_variant, machine_line, write_section  # noqa: E402
 
 from spin_ray.body.body_model import BodyModel  # noqa: E402
 from spin_ray.config import FittingConfig, RunConfig, SynthConfig  # noqa: E402
@@ -189,7 +189,7 @@ def interleaved_cost(body, prior, keypoints: torch.Tensor, inits: dict[str, Smpl
         for start, init in inits.items():
             for recipe in recipes:
                 tic = time.perf_counter()
-                fit(body, prior, keypoints, init, fitting.model_copy(update={"recipe": recipe}), camera)
+                fit(body, prior, keypoints, init, fitting.model_copy(update=fitting_variant(recipe)), camera)
                 times.setdefault((recipe, start), []).append((time.perf_counter() - tic) / keypoints.shape[0] * 1e3)
     return {key: float(np.median(values)) for key, values in times.items()}
 
@@ -225,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES),
+                        choices=[*RECIPES, *(f"{r}_compiled" for r in RECIPES)])
     parser.add_argument("--refresh", action="store_true", help="re-run cached cases")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md and the PNG alone")
     parser.add_argument("--cost-rounds", type=int, default=3, help="interleaved rounds of the cost table (0: none)")
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, str, str], dict] = {}
     for recipe in args.recipes:
-        fitting = cfg.fitting.model_copy(update={"recipe": recipe})
+        fitting = cfg.fitting.model_copy(update=fitting_variant(recipe))
         for start in STARTS:
             for noise in NOISES:
                 path = cache_path(recipe, start, noise, args.size, args.seed, fitting)

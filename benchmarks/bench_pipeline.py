@@ -27,7 +27,7 @@ import ray
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import cpu_busy_fraction, machine_cpu_s, machine_summary, write_section  # noqa: E402
+from results import cpu_busy_fraction, fitting_variant, machine_cpu_s, machine_summary, write_section  # noqa: E402
 
 from spin_ray.body.body_model import BodyModel  # noqa: E402
 from spin_ray.config import RunConfig  # noqa: E402
@@ -72,10 +72,10 @@ def start_ray() -> None:
 
 
 def pool_config(fitters: int, recipe: str = "spin") -> RunConfig:
-    """Paper SMPLify settings (50 + 50 iterations, `recipe`); one CPU and one torch thread per fitter; block on a
-    full pool."""
+    """Paper SMPLify settings (50 + 50 iterations, `recipe`: a results.fitting_variant label); one CPU and one torch
+    thread per fitter; block on a full pool."""
     cfg = RunConfig()
-    cfg.fitting.recipe = recipe
+    cfg.fitting = cfg.fitting.model_copy(update=fitting_variant(recipe))
     cfg.pipeline.num_fitters = fitters
     cfg.pipeline.fitter_num_cpus = 1.0
     cfg.pipeline.fitter_threads = 1
@@ -232,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests-per-fitter", type=int, default=6, help="timed batch-64 requests per fitter")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each pool size, interleaved")
     parser.add_argument("--fitters", type=int, nargs="+", default=[1, 2], help="pool sizes to measure")
-    parser.add_argument("--recipes", nargs="+", default=["spin"],
-                        help="fitting recipes of the fitters, interleaved with the pool sizes (e.g. spin spin_compiled)")
+    parser.add_argument("--recipes", nargs="+", default=["spin", "spin_compiled"],
+                        help="fitting recipes of the fitters, interleaved with the pool sizes: R (eager stages) or "
+                             "R_compiled (fitting.compiled, the default of a run)")
     parser.add_argument("--write-results", type=Path, default=None, help="update this RESULTS.md section")
     parser.add_argument("--trainer-steps", type=int, default=40, help="steps per mode (0: skip the trainer part)")
     parser.add_argument("--config", type=Path, default=Path(__file__).resolve().parents[1] / "configs" / "local.yaml",

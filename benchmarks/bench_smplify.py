@@ -1,6 +1,6 @@
 """SMPLify speed: fits/s at 50 + 50 iterations, joints-only vs full-mesh loss, and this tree vs a baseline revision.
 
-This tree fits with `--recipe` (default spin_compiled: spin's stages compiled, fitting/compiled_stage.py); the
+This tree fits with `--recipe` (default spin_compiled: recipe spin with fitting.compiled, fitting/compiled_stage.py); the
 baseline revision and the full-mesh path fit with spin's eager smplify. A compiled child's warm-up fit compiles its
 programs or loads them from inductor's on-disk cache: its seconds are reported beside the timed fit.
 
@@ -53,8 +53,12 @@ def time_fit(problem_file: Path, out_file: Path | None, joints_only: bool, threa
         from spin_ray.fitting.recipes import fit as smplify
     torch.set_num_threads(threads)
     cfg = RunConfig()
-    fitting = cfg.fitting.model_copy(update={"joints_only": joints_only} | ({} if recipe == "spin" else
-                                                                           {"recipe": recipe}))
+    if recipe == "spin":
+        update = {}
+    else:  # this tree: a label of benchmarks/results.fitting_variant
+        from results import fitting_variant
+        update = fitting_variant(recipe)
+    fitting = cfg.fitting.model_copy(update={"joints_only": joints_only} | update)
     body = BodyModel.embedded().to(device)
     prior = load_pose_prior(cfg.fitting).to(device)
     saved = torch.load(problem_file)
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU: the batch-size table (one thread) instead of the baseline table; cuda: the batches")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--baseline", help="a git revision whose joints-only fit runs beside this tree's")
-    parser.add_argument("--recipe", default="spin_compiled", help="this tree's recipe (the baseline runs spin)")
+    parser.add_argument("--recipe", default="spin_compiled", help="this tree's recipe, R or R_compiled (fitting.compiled); "
+                        "the baseline runs eager spin")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU threads of the baseline table")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timed fits per tree (median reported)")
     parser.add_argument("--no-full", action="store_true", help="skip the (slow) full-mesh path")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on a CUDA machine: the GPU tests (pytest -m gpu) and SMPLify fits/s at batch 64 to 4,096 on the GPU
-# (recipe spin_compiled, eager spin, the baseline revision, the full-mesh path), written to one file.
+# (spin_compiled: recipe spin with fitting.compiled; eager spin, the baseline revision, the full-mesh path), in one file.
 # Run from the repository root: bash benchmarks/gpu_check.sh [BASELINE_REV]   (default baseline 730d91e)
 # Numbers go to $OUT/gpu_check.md when OUT is set (the device runner's output folder), else
 # benchmarks/gpu_check.md. Nothing here is a claim until this ran on a GPU; copy the table into RESULTS.md.

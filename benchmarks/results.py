@@ -79,3 +79,10 @@ def write_section(heading: str, body: str, path: Path = RESULTS) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def fitting_variant(label: str) -> dict[str, object]:
+    """A benchmark's fitting label as FittingConfig fields: `R` is recipe R on the eager stages, `R_compiled` recipe R
+    with each Adam iteration compiled (fitting.compiled, the product's default)."""
+    recipe, compiled = (label[: -len("_compiled")], True) if label.endswith("_compiled") else (label, False)
+    return {"recipe": recipe, "compiled": compiled}

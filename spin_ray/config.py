@@ -63,7 +63,7 @@ class CameraConfig(Section):
 
 
 # SMPLify recipes (spin_ray/fitting/recipes.py); the one list, for the config and the command line.
-Recipe = Literal["spin", "staged", "multistart", "spin_compiled"]
+Recipe = Literal["spin", "staged", "multistart"]
 RECIPES: tuple[str, ...] = typing.get_args(Recipe)
 
 # Training modes (spin_ray/train/modes.py makes each one's fit supervisor); the one list, for the config and the
@@ -99,12 +99,24 @@ class FittingConfig(Section):
     )
     recipe: Recipe = Field(
         "spin", description="fitting.fit's recipe: spin (the paper's two stages, the conformance reference), staged "
-                            "(depth released in the body stage, prior weights decreasing over steps), multistart "
-                            "(staged from the start and from the pose prior's component means, the best kept) or "
-                            "spin_compiled (spin's stages, each iteration one torch.compile program: 2.8x spin's "
-                            "fits/s at batch 64 on one CPU thread, equal to float rounding, not to the bit; "
-                            "spin_ray/fitting/recipes.py, benchmarks/RESULTS.md)"
+                            "(depth released in the body stage, prior weights decreasing over steps) or multistart "
+                            "(staged from the start and from the pose prior's component means, the best kept); "
+                            "spin_ray/fitting/recipes.py, benchmarks/RESULTS.md"
     )
+    compiled: bool = Field(
+        True, description="run each Adam iteration of the recipe as one torch.compile program (fitting/"
+                          "compiled_stage.py): 1.5-2.8x the eager fits/s on CPU, equal to float rounding; a process "
+                          "compiles on its first fit (~30-60 s, then from inductor's disk cache in seconds). False: "
+                          "the eager stages, spin equal to SPIN's SMPLify to the bit (the conformance reference)"
+    )
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _former_recipe(cls, value: object) -> object:
+        if value == "spin_compiled":
+            raise ValueError("recipe spin_compiled is now recipe spin with fitting.compiled: true (the default)")
+        return value
+
     staged_prior_scales: tuple[float, ...] = Field(
         (3.0, 1.0, 0.3), min_length=1,
         description="staged: one body step per value, pose/angle/shape prior weights times the value in that step "

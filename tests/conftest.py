@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
-import pytest
-from hypothesis import settings
+# -- SMPLify's compiled stages: off for the suite, on where a test asks (`compiling`) -------------------
+# fitting.compiled (the default) makes every new process compile or load its programs on its first fit
+# (30-60 s cold, seconds warm); the suite starts hundreds of short processes and fits a few samples in each.
+# torch's own switch turns the compiled stages into the eager ones here and in every child process (Ray's
+# workers, CLI subprocesses): they are then `spin` to the bit. tests/test_compiled_stage.py and the tests
+# that use `compiling` run the compiled path itself.
+os.environ["TORCH_COMPILE_DISABLE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+torch._dynamo.config.disable = True
+
+
+@pytest.fixture
+def compiling():
+    """torch.compile on in this process for one test (the suite turns it off); children keep it off."""
+    with torch._dynamo.config.patch(disable=False):
+        yield
 
 # -- hypothesis: the same examples on every run, so CI fails only on a change; explore with ----------
 # `pytest --hypothesis-profile=explore` (random, more examples) and add what it finds as @example.

@@ -1,5 +1,5 @@
-"""The compiled SMPLify stage (recipe spin_compiled): spin's results to float rounding, spin's failure rules, and
-the eager stage with one warning line where compiling fails."""
+"""The compiled SMPLify stages (fitting.compiled): the eager stages' results to float rounding for every recipe,
+spin's failure rules, and the eager stage with one warning line where compiling fails or is switched off."""
 
 from __future__ import annotations
 
@@ -33,17 +33,22 @@ def prior():
     return load_pose_prior(CFG.fitting)
 
 
-def both(body, prior, keypoints, init, iterations: int):
-    """(spin, spin_compiled) results of one problem."""
+@pytest.fixture(autouse=True)
+def _compiling(compiling):
+    """Every test here runs torch.compile (the suite turns it off elsewhere)."""
+
+
+def both(body, prior, keypoints, init, iterations: int, recipe: str = "spin"):
+    """(eager, compiled) results of one problem."""
     out = []
-    for recipe in ("spin", "spin_compiled"):
-        fitting = CFG.fitting.model_copy(update={"recipe": recipe, "iterations_camera": iterations,
-                                                 "iterations_body": iterations})
+    for compiled in (False, True):
+        fitting = CFG.fitting.model_copy(update={"recipe": recipe, "compiled": compiled, "iterations_camera": iterations,
+                                                 "iterations_body": iterations, "staged_iterations": iterations})
         out.append(fit(body, prior, keypoints, init, fitting, CFG.camera))
     return out
 
 
-def test_spin_compiled_is_spin_to_float_rounding(body, prior):
+def test_compiled_spin_is_spin_to_float_rounding(body, prior):
     # The problem of test_fit_recipes' golden values (8 people, 2 px noise, 20 + 20 iterations).
     problem = synthetic_problems(body, 8, torch.Generator().manual_seed(3), CFG.camera, pixel_noise=2.0)
     init = network_like_init(problem, torch.Generator().manual_seed(4))
@@ -61,8 +66,7 @@ def test_spin_compiled_is_spin_to_float_rounding(body, prior):
 def test_a_batch_of_another_size_gives_each_sample_the_same_fit(body, prior):
     problem = synthetic_problems(body, 11, torch.Generator().manual_seed(7), CFG.camera)
     init = network_like_init(problem, torch.Generator().manual_seed(8))
-    fitting = CFG.fitting.model_copy(update={"recipe": "spin_compiled", "iterations_camera": 10,
-                                             "iterations_body": 10})
+    fitting = CFG.fitting.model_copy(update={"compiled": True, "iterations_camera": 10, "iterations_body": 10})
     whole = fit(body, prior, problem.keypoints_2d, init, fitting, CFG.camera)
     part = fit(body, prior, problem.keypoints_2d[3:8], type(init)(*(t[3:8] for t in init.tensors())), fitting,
                CFG.camera)
@@ -101,8 +105,8 @@ FALLBACK_SCRIPT = textwrap.dedent("""
     problem = synthetic_problems(body, 3, torch.Generator().manual_seed(1), cfg.camera)
     init = network_like_init(problem, torch.Generator().manual_seed(2))
     results = []
-    for recipe in ("spin_compiled", "spin_compiled", "spin"):
-        fitting = cfg.fitting.model_copy(update={"recipe": recipe, "iterations_camera": 2, "iterations_body": 2})
+    for compiled in (True, True, False):
+        fitting = cfg.fitting.model_copy(update={"compiled": compiled, "iterations_camera": 2, "iterations_body": 2})
         results.append(fit(body, prior, problem.keypoints_2d, init, fitting, cfg.camera))
     same = all(torch.equal(a, b) for r in results[:2] for a, b in zip(r.params.tensors(), results[2].params.tensors()))
     print("EQUAL" if same else "DIFFERENT")
@@ -112,7 +116,7 @@ FALLBACK_SCRIPT = textwrap.dedent("""
 def test_a_compile_failure_fits_with_the_eager_stage_and_says_so_once(tmp_path):
     # No C++ compiler (and an empty inductor cache): inductor cannot build the program.
     env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache"),
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT), "TORCH_COMPILE_DISABLE": "0"}
     proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -124,14 +128,14 @@ def test_a_compile_failure_fits_with_the_eager_stage_and_says_so_once(tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_spin_compiled_on_cuda_matches_eager_spin_on_the_cpu(body, prior):
+def test_compiled_spin_on_cuda_matches_eager_spin_on_the_cpu(body, prior):
     problem = synthetic_problems(body, 32, torch.Generator().manual_seed(1), CFG.camera)
     init = network_like_init(problem, torch.Generator().manual_seed(2))
     keypoints = problem.keypoints_2d.clone()
     keypoints[3] = float("nan")  # a rejected sample must not touch the others
-    eager = fit(body, prior, keypoints, init, CFG.fitting.model_copy(update={"iterations_camera": 10,
+    eager = fit(body, prior, keypoints, init, CFG.fitting.model_copy(update={"compiled": False, "iterations_camera": 10,
                                                                            "iterations_body": 10}), CFG.camera)
-    fitting = CFG.fitting.model_copy(update={"recipe": "spin_compiled", "iterations_camera": 10, "iterations_body": 10})
+    fitting = CFG.fitting.model_copy(update={"compiled": True, "iterations_camera": 10, "iterations_body": 10})
     gpu = fit(BodyModel.embedded().to("cuda"), prior.to("cuda"), keypoints.cuda(),
               type(init)(*(t.cuda() for t in init.tensors())), fitting, CFG.camera)
     assert gpu.error.device.type == "cuda"
@@ -139,6 +143,47 @@ def test_spin_compiled_on_cuda_matches_eager_spin_on_the_cpu(body, prior):
     ok = ~eager.failed
     torch.testing.assert_close(gpu.error.cpu()[ok], eager.error[ok], rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(gpu.params.pose.cpu()[ok], eager.params.pose[ok], rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("recipe", ["staged", "multistart"])
+def test_every_recipe_compiled_is_its_eager_self_to_float_rounding(body, prior, recipe):
+    problem = synthetic_problems(body, 8, torch.Generator().manual_seed(5), CFG.camera, pixel_noise=2.0)
+    init = network_like_init(problem, torch.Generator().manual_seed(6))
+    eager, compiled = both(body, prior, problem.keypoints_2d, init, 6, recipe)
+    for a, b in zip(eager.params.tensors(), compiled.params.tensors()):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(compiled.error, eager.error, atol=1e-3, rtol=1e-5)
+    assert (compiled.params.body_pose - init.body_pose).abs().max() > 1e-2
+
+
+def test_the_staged_steps_share_one_compiled_program(body, prior):
+    # Each step's prior weights enter as a tensor: a new scale is no new compile (each costs ~25 s cold).
+    import torch._dynamo
+
+    problem = synthetic_problems(body, 4, torch.Generator().manual_seed(9), CFG.camera)
+    init = network_like_init(problem, torch.Generator().manual_seed(10))
+    fitting = CFG.fitting.model_copy(update={"recipe": "staged", "compiled": True, "iterations_camera": 2,
+                                             "staged_iterations": 2, "staged_prior_scales": (2.0, 1.0, 0.5)})
+    fit(body, prior, problem.keypoints_2d, init, fitting, CFG.camera)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    fit(body, prior, problem.keypoints_2d, init, fitting.model_copy(update={"staged_prior_scales": (4.0, 0.7, 0.2)}),
+        CFG.camera)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == before
+
+
+@torch._dynamo.config.patch(disable=True)
+def test_torch_compile_disable_runs_the_eager_stages_to_the_bit(body, prior):
+    problem = synthetic_problems(body, 4, torch.Generator().manual_seed(13), CFG.camera)
+    init = network_like_init(problem, torch.Generator().manual_seed(14))
+    off, on = (fit(body, prior, problem.keypoints_2d, init,
+                   CFG.fitting.model_copy(update={"compiled": c, "iterations_camera": 3, "iterations_body": 3}),
+                   CFG.camera) for c in (False, True))
+    assert all(torch.equal(a, b) for a, b in zip(off.params.tensors(), on.params.tensors()))
+
+
+def test_the_former_recipe_name_is_one_line_naming_its_replacement():
+    with pytest.raises(ValueError, match="recipe spin_compiled is now recipe spin with fitting.compiled: true"):
+        RunConfig.model_validate({"fitting": {"recipe": "spin_compiled"}})
 
 
 def test_the_compiled_joints_only_forward_equals_the_eager_one(body):

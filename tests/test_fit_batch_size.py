@@ -27,7 +27,7 @@ def test_a_batch_size_that_is_no_positive_whole_number_is_one_line(value, capsys
     assert lines[0].startswith("spin-ray fit: error: argument --batch-size: must be a whole number")
 
 
-def test_a_batch_that_does_not_fit_in_memory_is_one_input_error():
+def test_a_batch_that_does_not_fit_in_memory_is_one_input_error(compiling):
     import torch
 
     from spin_ray.body.body_model import BodyModel
@@ -41,8 +41,8 @@ def test_a_batch_that_does_not_fit_in_memory_is_one_input_error():
     n = 2_000_000_000  # expanded views: no memory until the fit's first copy (~1 TB) is refused by the allocator
     keypoints = torch.ones(1, 49, 3).expand(n, 49, 3)
     init = SmplifyParams(*(torch.zeros(1, w).expand(n, w) for w in (3, 69, body.num_betas, 3)))
-    for recipe in ("spin", "spin_compiled"):
-        fitting = cfg.fitting.model_copy(update={"recipe": recipe})
+    for compiled in (False, True):
+        fitting = cfg.fitting.model_copy(update={"compiled": compiled})
         with pytest.raises(InputError) as err:
             fit(body, load_pose_prior(cfg.fitting), keypoints, init, fitting, cfg.camera)
         message = str(err.value)

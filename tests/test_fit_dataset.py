@@ -51,19 +51,35 @@ def test_the_no_augmentation_record_changes_nothing():
     torch.testing.assert_close(augment_keypoints(keypoints, torch.tensor([NO_AUG, NO_AUG])), keypoints)
 
 
+def test_the_dataset_fit_runs_compiled_stages_by_default_and_eager_ones_on_request(tiny_spin_data, tmp_path, capsys,
+                                                                                    compiling):
+    # The dataset fit's default recipe on its compiled stages (fitting.compiled), equal to the eager fit to rounding.
+    npz = tiny_spin_data["tiny-itw"]
+    out = {}
+    for flag in ("--compiled", "--no-compiled"):
+        out[flag] = tmp_path / f"{flag[2:]}.npy"
+        assert main(["fit", str(npz), "--local", "--iterations", "3", "--limit", "16", "--out", str(out[flag]),
+                     "--no-progress", flag]) == 0
+        stages = "compiled" if flag == "--compiled" else "eager"
+        assert f"(multistart recipe, {stages} stages)" in capsys.readouterr().out
+    compiled, eager = (np.load(errors_path_for(out[f])) for f in ("--compiled", "--no-compiled"))
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(np.load(out["--compiled"]), np.load(out["--no-compiled"]), atol=2e-3)
+
+
 def test_fit_sends_only_missing_rows_and_equals_the_local_fit(tiny_spin_data, redis_server, ray_local, tmp_path,
                                                                capsys):
     npz = tiny_spin_data["tiny-itw"]
     local = tmp_path / "local.npy"
     assert main(["fit", str(npz), "--local", "--iterations", ITERATIONS, "--out", str(local), "--no-progress"]) == 0
     said = capsys.readouterr().out
-    assert "(multistart recipe)" in said and re.search(r"\d+ valid \(< 100\), \d+ rejected", said), said
+    assert "(multistart recipe, eager stages)" in said and re.search(r"\d+ valid \(< 100\), \d+ rejected", said), said
     table, errors = np.load(local), np.load(errors_path_for(local))
     n = len(errors)
     paper = tmp_path / "paper.npy"  # --recipe spin: the paper's SMPLify, another fit of the same rows
     assert main(["fit", str(npz), "--local", "--iterations", ITERATIONS, "--out", str(paper), "--no-progress",
                  "--recipe", "spin", "--limit", "8"]) == 0
-    assert "(spin recipe)" in capsys.readouterr().out
+    assert "(spin recipe, eager stages)" in capsys.readouterr().out
     assert not np.allclose(np.load(errors_path_for(paper)), errors[:8])
     namespace = f"fit-{uuid.uuid4().hex[:8]}"
     # A store a killed run left half full: the first 40 rows hold the local fits.
@@ -277,7 +293,7 @@ def test_iterations_change_the_default_recipes_fit(tiny_spin_data, tmp_path, cap
         out = tmp_path / f"fits{n}.npy"
         assert main(["fit", npz, "--local", "--out", str(out), "--limit", "3", "--iterations", n,
                      "--no-progress"]) == 0
-        assert "(multistart recipe)" in capsys.readouterr().out
+        assert "(multistart recipe, eager stages)" in capsys.readouterr().out
         errors[n] = np.load(errors_path_for(out))
     assert not np.allclose(errors["0"], errors["2"])
 

@@ -1,6 +1,6 @@
 """Profile one SMPLify fit (batch 64, 50 + 50 iterations, 1 thread) with torch.profiler: the top ops by self CPU time.
 
-Run: .venv/bin/python benchmarks/smplify_profile/profile_smplify.py OUT.txt [--recipe spin|spin_compiled]
+Run: .venv/bin/python benchmarks/smplify_profile/profile_smplify.py OUT.txt [--recipe spin|spin_compiled] (benchmarks/results.fitting_variant labels)
 (spin_compiled: its programs are compiled or loaded from cache by the warm-up fit, outside the profile)
 """
 
@@ -13,11 +13,14 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from spin_ray.body.body_model import BodyModel
-from spin_ray.config import RunConfig
-from spin_ray.fitting.priors import load_pose_prior
-from spin_ray.fitting.recipes import fit
-from spin_ray_sim.fitting_problems import network_like_init, synthetic_problems
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from results import fitting_variant  # noqa: E402
+
+from spin_ray.body.body_model import BodyModel  # noqa: E402
+from spin_ray.config import RunConfig  # noqa: E402
+from spin_ray.fitting.priors import load_pose_prior  # noqa: E402
+from spin_ray.fitting.recipes import fit  # noqa: E402
+from spin_ray_sim.fitting_problems import network_like_init, synthetic_problems  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     prior = load_pose_prior(cfg.fitting)
     problem = synthetic_problems(body, args.batch, torch.Generator().manual_seed(0), cfg.camera)
     init = network_like_init(problem, torch.Generator().manual_seed(1))
-    fitting = cfg.fitting.model_copy(update={"recipe": args.recipe})
+    fitting = cfg.fitting.model_copy(update=fitting_variant(args.recipe))
     fit(body, prior, problem.keypoints_2d, init, fitting, cfg.camera)  # warm-up (and compile)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fit(body, prior, problem.keypoints_2d, init, fitting, cfg.camera)

@@ -74,6 +74,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="fitting recipe (default: multistart from the mean pose, staged from --init or "
                              "--checkpoint; each measured better than spin, the paper's SMPLify, from such starts at "
                              "under 2x its cost: benchmarks/RESULTS.md, 'Fit quality')")
+    parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=None,
+                        help="each Adam iteration one torch.compile program (default: fitting.compiled, on: 1.5-2.8x "
+                             "the eager fits/s, ~30-60 s to compile in each new process, seconds from the cache "
+                             "after); --no-compiled fits on the eager stages (spin: SPIN's SMPLify to the bit)")
     parser.add_argument("--limit", type=positive_int, default=None, help="fit only the first N samples")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="samples fitted together, per request to a fitter (default: fitting.batch_size, 256; "
@@ -99,7 +103,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
     # As `spin-ray store ...` does: a job on a cluster names its Redis in the environment.
     url = url_override(args.store, cfg.store)
     iterations = {} if args.iterations is None else iteration_overrides(recipe, args.iterations)
-    fitting = {"recipe": recipe, "batch_size": args.batch_size, **iterations}
+    fitting = {"recipe": recipe, "batch_size": args.batch_size, "compiled": args.compiled, **iterations}
     return with_overrides(cfg, data={"bad_samples": args.bad_samples}, fitting=fitting,
                           store={"url": url, "namespace": args.namespace})
 
@@ -247,7 +251,7 @@ def _fit_local(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
     median = float(np.median(fits.error[ok])) if ok.any() else float("nan")
     skipped = f", {int((~fits.fitted).sum())} skipped (bad annotations)" if not fits.fitted.all() else ""
     rejected = int((ok & ~valid).sum())
-    print(f"fitted {int(fits.fitted.sum())} of {n} samples of {args.dataset.name} ({cfg.fitting.recipe} recipe): "
+    print(f"fitted {int(fits.fitted.sum())} of {n} samples of {args.dataset.name} ({stages(cfg)}): "
           f"{int(fits.failed.sum())} failed{skipped}, median error {median:.2f}, {int(valid.sum())} valid "
           f"(< {cfg.fitting.valid_error_threshold:g}), {rejected} rejected "
           "(error above it: training will not use them)")
@@ -292,12 +296,20 @@ def _fit_into_store(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
     return 0
 
 
+def stages(cfg: RunConfig) -> str:
+    """The recipe and how its stages ran (compiled, or eager: fitting.compiled off or TORCH_COMPILE_DISABLE set)."""
+    from spin_ray.fitting.compiled_stage import compiling_disabled
+
+    compiled = cfg.fitting.compiled and not compiling_disabled()
+    return f"{cfg.fitting.recipe} recipe, {'compiled' if compiled else 'eager'} stages"
+
+
 def _print_summary(summary, cfg: RunConfig, where: str) -> None:
     s = summary
     skipped = s.rows - s.usable
     retry = s.failed + s.unfinished
     print(f"{s.dataset}: {s.stored_before} of {s.usable} usable rows had a fit already; fitted {s.fitted} of {s.sent} "
-          f"sent in {s.seconds:.1f} s ({s.fits_per_s:.1f} fits/s, {s.fitters} fitters, {cfg.fitting.recipe} recipe), "
+          f"sent in {s.seconds:.1f} s ({s.fits_per_s:.1f} fits/s, {s.fitters} fitters, {stages(cfg)}), "
           f"{s.failed} failed, "
           f"{s.written} improved the store" + (f", {s.unfinished} unfinished" if s.unfinished else ""))
     print(f"{s.dataset}: {s.stored_after} of {s.usable} usable rows have a fit in {where}, median error "

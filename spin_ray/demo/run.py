@@ -204,7 +204,8 @@ def run_demo(request: DemoRequest) -> DemoResult:
             + ("" if request.refine else " (add --refine to fit it to the keypoints)"))
     predictor = model_predictor(model) if trained else mean_params_predictor(model)
     camera = cfg.camera
-    fitting = cfg.fitting.model_copy(update={"recipe": request.recipe})
+    # Eager stages: a photo's few people fit in well under the 30-60 s a compile takes.
+    fitting = cfg.fitting.model_copy(update={"recipe": request.recipe, "compiled": False})
     people_estimate = estimate_people(predictor, body, image, [(center, scale) for _, center, scale in boxes],
                                       [people[person] for person, _, _ in boxes], cfg.data.img_res, camera,
                                       fitting if request.refine else None)

@@ -102,7 +102,8 @@ def run_video(request: VideoRequest) -> VideoResult:
         frames.close()
         raise
     predictor = model_predictor(model) if trained else mean_params_predictor(model)
-    fitting = cfg.fitting.model_copy(update={"recipe": request.recipe}) if request.refine else None
+    # Eager stages: a clip's frames fit one person each, a compile (30-60 s) would not pay off.
+    fitting = cfg.fitting.model_copy(update={"recipe": request.recipe, "compiled": False}) if request.refine else None
     tracker = IouTracker()
     smoother = TrackSmoother(request.smoothing, frames.info.fps / request.every)
     rows: dict[str, list] = {k: [] for k in ("frame", "track", "raw", "keypoints", "center", "scale", "pose",

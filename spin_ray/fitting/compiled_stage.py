@@ -6,11 +6,13 @@ thread their dispatch costs more than their arithmetic. Here the gradient comes 
 inside the traced program, so an iteration is one call with no autograd graph at run time. The update is
 Adam's (torch.optim.Adam's formula, betas 0.9 / 0.999, eps 1e-8) and the failure rules are run_stage's: a
 sample whose loss or parameters turn non-finite is frozen at its last good values and flagged. Results equal
-the eager stage's to float rounding, not to the bit (fused kernels sum in another order), so this runs only
-behind its own recipe (`spin_compiled`, fitting/recipes.py); `spin` stays the eager reference.
+the eager stage's to float rounding, not to the bit (fused kernels sum in another order): every recipe runs
+it when `fitting.compiled` is on (the default, fitting/recipes.py); `compiled: false` keeps the eager stages,
+where `spin` equals SPIN's SMPLify to the bit.
 
 A compile failure or an unsupported platform runs the eager `run_stage` instead, with one warning line per
-process and device type. Compiled code is cached by inductor on disk (its FX graph cache, under
+process and device type; so does torch's own switch TORCH_COMPILE_DISABLE=1 (one info line), which the test
+suite sets so that its many short-lived processes do not each compile. Compiled code is cached by inductor on disk (its FX graph cache, under
 TORCHINDUCTOR_CACHE_DIR or the temp folder), so a restarted fitter loads it in seconds instead of compiling.
 """
 
@@ -84,6 +86,19 @@ def out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
+def compiling_disabled() -> bool:
+    """Whether torch's TORCH_COMPILE_DISABLE is set (said once a process): the eager stage runs instead."""
+    disabled = bool(torch._dynamo.config.disable)
+    if disabled:
+        _say_disabled()
+    return disabled
+
+
+@functools.cache
+def _say_disabled() -> None:
+    log.info("TORCH_COMPILE_DISABLE is set: SMPLify runs its eager stages (fitting.compiled has no effect)")
+
+
 @functools.cache
 def compiled_iteration() -> Callable:
     """adam_iteration under torch.compile (one wrapper per process; dynamic batch: one program for every size)."""
@@ -98,7 +113,7 @@ def compiled_run_stage(
 ) -> tuple[SmplifyParams, torch.Tensor]:
     """run_stage's contract with each iteration compiled; the eager run_stage (one warning) where compiling fails."""
     device = params.global_orient.device.type
-    if iterations == 0 or device in _FAILED_COMPILES:
+    if iterations == 0 or device in _FAILED_COMPILES or compiling_disabled():
         return run_stage(params, trainable, iterations, lr, failed, loss_fn, scales, on_iteration)
     scales = scales or {}
     step = compiled_iteration()

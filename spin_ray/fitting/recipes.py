@@ -8,8 +8,9 @@ SPIN pins the depth of its start, so a start 10 % too far stays 10 % too far.
 means as body poses (same orientation, shape and camera), with a short camera stage and the first
 staged step, keeps per sample the one with the lowest ranking error, and runs the remaining staged
 steps from it: a far start (the mean pose) ends in the basin of the pose that explains the keypoints.
-`spin_compiled` is `spin` with each Adam iteration compiled (fitting/compiled_stage.py): the same
-stages and loss, equal to float rounding rather than to the bit, several times faster on CPU.
+With `fitting.compiled` (the default) every recipe runs each Adam iteration as one compiled program
+(fitting/compiled_stage.py): the same stages and loss, equal to float rounding rather than to the bit,
+1.5-2.8x faster on CPU; `compiled: false` runs the eager stages (`spin` then equals SPIN's SMPLify to the bit).
 Measured in benchmarks/bench_fit_quality.py (RESULTS.md, "Fit quality, recipes") and bench_smplify.py.
 """
 
@@ -27,6 +28,7 @@ from spin_ray.fitting.compiled_stage import compiled_run_stage, out_of_memory
 from spin_ray.fitting.smplify import (
     SmplifyParams,
     SmplifyResult,
+    StageRunner,
     body_stage_loss,
     camera_stage,
     fit_result,
@@ -38,19 +40,11 @@ from spin_ray.fitting.smplify import (
 
 
 
-def scaled_priors(fitting: FittingConfig, scale: float) -> FittingConfig:
-    """fitting with its pose, bending and shape prior weights times scale."""
-    return fitting.model_copy(update={
-        "pose_prior_weight": fitting.pose_prior_weight * scale,
-        "angle_prior_weight": fitting.angle_prior_weight * scale,
-        "shape_prior_weight": fitting.shape_prior_weight * scale,
-    })
-
-
 def staged_fit(
     body: BodyModel, pose_prior: torch.nn.Module, keypoints_2d: torch.Tensor, init: SmplifyParams,
     fitting: FittingConfig, camera: CameraConfig,
     on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
+    runner: StageRunner = run_stage,
 ) -> SmplifyResult:
     """SPIN's camera stage, then body steps with decreasing prior weights and the camera translation free."""
     inputs = prepare_fit(body, keypoints_2d, init, fitting, camera)
@@ -59,14 +53,16 @@ def staged_fit(
     def kp(p: SmplifyParams) -> torch.Tensor:
         return model_keypoints(body, p, fitting.joints_only)
 
-    params, failed = camera_stage(body, inputs, fitting, camera, on_iteration)
+    params, failed = camera_stage(body, inputs, fitting, camera, on_iteration, runner)
     depth_scale = torch.tensor([1.0, 1.0, fitting.staged_depth_lr_scale], dtype=params.camera_t.dtype)
     for scale in fitting.staged_prior_scales:
-        step = scaled_priors(fitting, scale)
-        params, failed = run_stage(
+        # The step's prior weights times scale, as a tensor: every step is one compiled program, not one per scale.
+        prior_scale = torch.tensor(scale**2, dtype=params.camera_t.dtype, device=params.camera_t.device)
+        params, failed = runner(
             params, ("global_orient", "body_pose", "betas", "camera_t"), fitting.staged_iterations, fitting.lr,
             failed,
-            lambda p, step=step: body_stage_loss(kp(p), p, keypoints_2d, inputs.conf, pose_prior, camera, step),
+            lambda p, s=prior_scale: body_stage_loss(kp(p), p, keypoints_2d, inputs.conf, pose_prior, camera, fitting,
+                                                     s),
             scales={"camera_t": depth_scale}, on_iteration=on_iteration,
         )
     return fit_result(body, inputs, params, failed, fitting, camera)
@@ -90,6 +86,7 @@ def multistart_fit(
     body: BodyModel, pose_prior: torch.nn.Module, keypoints_2d: torch.Tensor, init: SmplifyParams,
     fitting: FittingConfig, camera: CameraConfig,
     on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
+    runner: StageRunner = run_stage,
 ) -> SmplifyResult:
     """Screen init and the prior's component means together (short camera stage, first staged step), keep each
     sample's lowest ranking error, then run the remaining staged steps from it (on_iteration sees those)."""
@@ -101,20 +98,21 @@ def multistart_fit(
         "staged_prior_scales": fitting.staged_prior_scales[:1],
         "staged_iterations": fitting.multistart_screen_iterations,
     })
-    screened = staged_fit(body, pose_prior, keypoints_2d.repeat(repeat, 1, 1), starts, screening, camera)
+    screened = staged_fit(body, pose_prior, keypoints_2d.repeat(repeat, 1, 1), starts, screening, camera,
+                          runner=runner)
     best = screened.error.view(repeat, batch).argmin(dim=0)  # failed starts score inf
     rows = best * batch + torch.arange(batch, device=best.device)
     winner = SmplifyParams(*(t[rows] for t in screened.params.tensors()))
     rest = fitting.model_copy(update={"iterations_camera": 0, "staged_prior_scales": fitting.staged_prior_scales[1:]
                                       or fitting.staged_prior_scales[-1:]})
-    result = staged_fit(body, pose_prior, keypoints_2d, winner, rest, camera, on_iteration)
+    result = staged_fit(body, pose_prior, keypoints_2d, winner, rest, camera, on_iteration, runner)
     # The caller compares the fit with its own start (keep-best): report init's error, not the winner's.
     return replace(result, initial_error=screened.initial_error[:batch])
 
 
 def iteration_overrides(recipe: str, iterations: int) -> dict[str, int]:
     """FittingConfig fields that give every stage of `recipe` `iterations` Adam iterations (one home for `--iterations`)."""
-    if recipe in ("spin", "spin_compiled"):
+    if recipe == "spin":
         return {"iterations_camera": iterations, "iterations_body": iterations}
     if recipe == "staged":
         return {"iterations_camera": iterations, "staged_iterations": iterations}
@@ -150,12 +148,11 @@ def _fit(
     on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
 ) -> SmplifyResult:
     """fit's dispatch on fitting.recipe."""
+    runner = compiled_run_stage if fitting.compiled else run_stage
     if fitting.recipe == "spin":
-        return smplify(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration)
-    if fitting.recipe == "spin_compiled":
-        return smplify(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration, runner=compiled_run_stage)
+        return smplify(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration, runner)
     if fitting.recipe == "staged":
-        return staged_fit(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration)
+        return staged_fit(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration, runner)
     if fitting.recipe == "multistart":
-        return multistart_fit(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration)
+        return multistart_fit(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration, runner)
     raise InputError(f"fitting.recipe {fitting.recipe!r} is not one of {RECIPES}")

@@ -169,15 +169,21 @@ def camera_stage_loss(
 def body_stage_loss(
     keypoints_3d: torch.Tensor, params: SmplifyParams, keypoints_2d: torch.Tensor, conf: torch.Tensor,
     pose_prior: torch.nn.Module, camera: CameraConfig, fitting: FittingConfig,
+    prior_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-sample body-stage loss (B,): robust reprojection + pose, bending and shape priors (SPIN's weights squared)."""
+    """Per-sample body-stage loss (B,): robust reprojection + pose, bending and shape priors (SPIN's weights squared,
+    each times prior_scale where given: the staged recipe's steps)."""
     projected = project(keypoints_3d, params.camera_t, camera)
     reprojection = reprojection_terms(projected, keypoints_2d, conf, fitting.gmof_sigma).sum(-1)
+    weights = [fitting.pose_prior_weight**2, fitting.angle_prior_weight**2, fitting.shape_prior_weight**2]
+    if prior_scale is not None:
+        weights = [w * prior_scale for w in weights]
+    pose_w, angle_w, shape_w = weights
     return (
         reprojection
-        + fitting.pose_prior_weight**2 * pose_prior(params.body_pose)
-        + fitting.angle_prior_weight**2 * angle_prior(params.body_pose)
-        + fitting.shape_prior_weight**2 * shape_prior(params.betas)
+        + pose_w * pose_prior(params.body_pose)
+        + angle_w * angle_prior(params.body_pose)
+        + shape_w * shape_prior(params.betas)
     )
 
 
