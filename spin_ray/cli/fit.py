@@ -176,8 +176,8 @@ def network_starts(checkpoint: Path, job_rows: np.ndarray, npz: Path, image_root
     from spin_ray.data.dataset import SpinImageDataset
     from spin_ray.data.spin_format import load_spin_npz
     from spin_ray.errors import InputError
-    from spin_ray.geometry import matrix_to_axis_angle
     from spin_ray.train.checkpoint import load_checkpoint, load_regressor
+    from spin_ray.train.supervision import smplify_terms
 
     model, ckpt_cfg, ckpt_body = load_regressor(checkpoint)
     if ckpt_body.identity != body_identity:
@@ -199,8 +199,8 @@ def network_starts(checkpoint: Path, job_rows: np.ndarray, npz: Path, image_root
         with torch.no_grad():
             out = model(torch.stack([item["img"] for _, item in items]))
         rows = np.array([r for r, _ in items])
-        pose[rows] = matrix_to_axis_angle(out.rotmat).reshape(len(rows), -1).numpy()
-        betas[rows] = out.betas.numpy()
+        # No camera: each row's start camera comes from its keypoints, as with --init.
+        pose[rows], betas[rows], _ = (t.numpy() for t in smplify_terms(out, ckpt_cfg.camera))
     missed = int(np.isnan(pose[job_rows]).any(axis=1).sum())
     return pose, betas, step, missed
 

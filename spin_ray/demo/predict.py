@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
-from spin_ray.body.joints import NUM_KEYPOINTS, NUM_OPENPOSE, NUM_SMPL_JOINTS
+from spin_ray.body.joints import NUM_KEYPOINTS, NUM_OPENPOSE
 from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.data.augment import SCALE_UNIT_PX, crop_image, crop_matrix, transform_points
 from spin_ray.data.dataset import normalise_crop
@@ -22,7 +22,7 @@ from spin_ray.eval.evaluate import Predictor
 from spin_ray.fitting.priors import load_pose_prior
 from spin_ray.fitting.recipes import fit
 from spin_ray.fitting.smplify import SmplifyParams, SmplifyResult
-from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
+from spin_ray.train.supervision import smplify_terms
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,8 @@ def network_input(image: np.ndarray, center: np.ndarray, scale: float, img_res: 
 @torch.no_grad()
 def regress(predict: Predictor, images: torch.Tensor, camera: CameraConfig) -> BodyEstimate:
     """The predictor's parameters for crops (N, 3, R, R), their weak-perspective camera as a crop-camera translation."""
-    out = predict(images)
-    pose = matrix_to_axis_angle(out.rotmat).reshape(-1, 3 * NUM_SMPL_JOINTS)
-    camera_t = weak_perspective_to_translation(out.camera, camera.focal_length, camera.crop_size)
-    return BodyEstimate(pose.float(), out.betas.float(), camera_t.float())
+    pose, betas, camera_t = smplify_terms(predict(images), camera)
+    return BodyEstimate(pose.float(), betas.float(), camera_t.float())
 
 
 def fitting_keypoints(openpose: np.ndarray, center: np.ndarray, scale: float, camera: CameraConfig) -> torch.Tensor:

@@ -339,7 +339,7 @@ def load_predictor(path: str | Path, camera: CameraConfig):
     import cv2
 
     from spin_ray.data.dataset import normalise_crop
-    from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
+    from spin_ray.train.supervision import smplify_terms
 
     model, cfg, _ = load_regressor(path)
     res = cfg.data.img_res
@@ -349,9 +349,7 @@ def load_predictor(path: str | Path, camera: CameraConfig):
             raise ModelError(f"predictor takes RGB crops (N, S, S, 3), got {crops.shape}")
         batch = torch.stack([normalise_crop(cv2.resize(c, (res, res), interpolation=cv2.INTER_AREA)) for c in crops])
         with torch.no_grad():
-            out = model(batch)
-        pose = matrix_to_axis_angle(out.rotmat).reshape(len(crops), -1)
-        camera_t = weak_perspective_to_translation(out.camera, camera.focal_length, camera.crop_size)
-        return pose.numpy(), out.betas.numpy(), camera_t.numpy()
+            pose, betas, camera_t = smplify_terms(model(batch), camera)
+        return pose.numpy(), betas.numpy(), camera_t.numpy()
 
     return predict

@@ -186,22 +186,25 @@ class StoreFits:
         """Nothing to release: the store belongs to whoever opened it."""
 
 
-def step_predictions(batch: Batch, pred: HMROutput, step: int, camera: CameraConfig) -> StepPredictions:
-    """The network's output in SMPLify's terms: rotation matrices to axis-angle, weak-perspective camera to translation.
+def smplify_terms(pred: HMROutput, camera: CameraConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The network's output in SMPLify's terms, detached: axis-angle pose (B, 72), betas, crop-camera translation (B, 3).
 
     SMPLify optimises axis-angle (its pose prior is a density over axis-angle) and the store holds
-    axis-angle, so this is the one place a prediction's rotation matrices are converted.
+    axis-angle, so this is the one place a prediction's rotation matrices and weak-perspective camera are
+    converted (training's loop, the demo, `spin-ray fit --checkpoint`, a checkpoint's predictor).
     """
-    datasets, indices = batch_samples(batch)
     rotmat = pred.rotmat.detach()
-    return StepPredictions(
-        step, datasets, indices,
-        pose=matrix_to_axis_angle(rotmat).reshape(rotmat.shape[0], -1),
-        betas=pred.betas.detach(),
-        camera_t=weak_perspective_to_translation(pred.camera.detach(), camera.focal_length, camera.crop_size),
-        keypoints=batch["keypoints"].detach(),
-        aug=batch["aug"].detach(),
-    )
+    pose = matrix_to_axis_angle(rotmat).reshape(rotmat.shape[0], -1)
+    camera_t = weak_perspective_to_translation(pred.camera.detach(), camera.focal_length, camera.crop_size)
+    return pose, pred.betas.detach(), camera_t
+
+
+def step_predictions(batch: Batch, pred: HMROutput, step: int, camera: CameraConfig) -> StepPredictions:
+    """A step's predictions as an SMPLify start (`smplify_terms`) with the batch's samples, keypoints and augmentation."""
+    datasets, indices = batch_samples(batch)
+    pose, betas, camera_t = smplify_terms(pred, camera)
+    return StepPredictions(step, datasets, indices, pose=pose, betas=betas, camera_t=camera_t,
+                           keypoints=batch["keypoints"].detach(), aug=batch["aug"].detach())
 
 
 class SyncFits:
