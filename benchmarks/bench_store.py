@@ -121,15 +121,18 @@ def per_fit_keep_best(store: FitStore, sha: str, dataset: str, idx, pose, betas,
     prefix = store.key_prefix
     keys = (f"{prefix}idx:{dataset}", f"{prefix}stats:{dataset}", f"{prefix}meta")
     written = np.zeros(batch.indices.size, dtype=bool)
-    pb, bb = 288, 40
+
+    def column(values: list[str], i: int) -> str:  # a WriteBatch column holds one value a row or one for all
+        return values[i] if len(values) > 1 else (values[0] if values else "")
+
     for start in range(0, batch.indices.size, PIPELINE_CHUNK):
         pipe = store.client.pipeline(transaction=False)
         for i in range(start, min(start + PIPELINE_CHUNK, batch.indices.size)):
             index = int(batch.indices[i])
             pipe.evalsha(
-                sha, 4, f"{prefix}fit:{dataset}:{index}", *keys, batch.errors[i],
-                batch.pose_bytes[i * pb : (i + 1) * pb], batch.betas_bytes[i * bb : (i + 1) * bb], batch.steps[i],
-                batch.sources[i], batch.times[i], index, str(SCHEMA_VERSION), BODY_HASH, batch.updates[i],
+                sha, 4, f"{prefix}fit:{dataset}:{index}", *keys, batch.errors[i], batch.fits[i, :72].tobytes(),
+                batch.fits[i, 72:].tobytes(), column(batch.steps, i), column(batch.sources, i), column(batch.times, i),
+                index, str(SCHEMA_VERSION), BODY_HASH, column(batch.updates, i),
             )  # fmt: skip
         written[start : start + PIPELINE_CHUNK] = [bool(r) for r in pipe.execute()]
     return written
@@ -158,10 +161,11 @@ def redis_benchmark_ceiling(server: EmbeddedRedis, sha: str, seconds: float) -> 
     client = connect(server.url, 5)
     client.hset(layout.stats("ceiling", 0), mapping={"schema_version": SCHEMA_VERSION, "body_model_hash": BODY_HASH})
     client.close()
-    args: list[bytes | str] = []
-    for i in range(FITS_PER_CALL):
-        args += ["7.5", pose[i].tobytes(), betas[i].tobytes(), "1", "loop", "1700000000.0", "__rand_int__"]
-    args += [str(SCHEMA_VERSION), BODY_HASH] + [""] * FITS_PER_CALL
+    # The script's arguments as keep_best sends them (store/lua.py): the fits' bytes in one argument, one
+    # argument a column, each index its own random number.
+    blob = np.concatenate((pose, betas), axis=1).astype("<f4").tobytes()
+    args: list[bytes | str] = [str(SCHEMA_VERSION), BODY_HASH, blob, " ".join(["7.5"] * FITS_PER_CALL), "1", "loop",
+                               "1700000000.0", " ".join(["__rand_int__"] * FITS_PER_CALL), ""]
     port = str(server.port)
     calls = max(200, int(seconds * 150_000 / FITS_PER_CALL))  # about `seconds` at the target rate
     command = [binary, "-h", "127.0.0.1", "-p", port, "-c", "1", "-P", str(CEILING_PIPELINE), "-n", str(calls),

@@ -36,19 +36,28 @@ def _rows(n: int, seed: int = 0):
     return rng.normal(size=(n, 72)).astype(np.float32), rng.normal(size=(n, 10)).astype(np.float32)
 
 
-def _call(store, dataset: str, fits: list[tuple]) -> object:
-    """Call the batched script directly with (index, error, pose bytes, betas bytes) of one index group, as a client
-    that skips validation."""
+def _script_args(store, dataset: str, fits: list[tuple], **columns: str) -> list:
+    """Keys and arguments of one batched script call (store/lua.py) for (index, error, pose bytes, betas bytes) of
+    one index group, step 1, source loop; `columns` replaces a list argument (steps, sources, times, indices,
+    updates) or the pose-and-betas bytes (blob) as it is sent."""
     group = store.layout.group_of(fits[0][0])
     assert all(store.layout.group_of(i) == group for i, *_ in fits)
-    store._stamp_groups(dataset, [group])
     keys = [store.record_key(dataset, i) for i, *_ in fits]
     keys += [store.layout.index(dataset, group), store.layout.stats(dataset, group)]
-    args: list = []
-    for index, error, pose, betas in fits:
-        args += [error, pose, betas, 1, "loop", 1.7e9, index]
-    args += [SCHEMA_VERSION, TEST_BODY_HASH] + [""] * len(fits)
-    return store.client.evalsha(store._keep_best.sha, len(keys), *keys, *args)
+    args = {
+        "blob": b"".join(pose + betas for _, _, pose, betas in fits),
+        "errors": " ".join(str(error) for _, error, _, _ in fits),
+        "steps": "1", "sources": "loop", "times": "1.7e9",
+        "indices": " ".join(str(i) for i, *_ in fits), "updates": "",
+    }  # fmt: skip
+    args.update(columns)
+    return [len(keys), *keys, SCHEMA_VERSION, TEST_BODY_HASH, *args.values()]
+
+
+def _call(store, dataset: str, fits: list[tuple], **columns: str) -> object:
+    """Call the batched script directly (as a client that skips validation) with `_script_args`."""
+    store._stamp_groups(dataset, [store.layout.group_of(fits[0][0])])
+    return store.client.evalsha(store._keep_best.sha, *_script_args(store, dataset, fits, **columns))
 
 
 def test_duplicates_of_one_sample_in_a_batch_the_lowest_wins_and_equal_does_not_replace(fit_store):
@@ -146,3 +155,65 @@ def test_records_of_the_former_per_fit_script_are_read_and_replaced_alike(fit_st
     stats = fit_store.stats(datasets=["coco"]).datasets[0]
     assert fit_store.progress("coco") == [(0, 3, 11.0), (1, 1, 9.0)]
     assert stats is not None
+
+
+@pytest.mark.parametrize(
+    "columns,refusal",
+    [
+        ({"blob": b"\0" * 655}, "call of 2 fits to {index}: 655 bytes of pose and betas (expected 656)"),
+        ({"errors": "1.0"}, "call of 2 fits to {index}: 656 bytes of pose and betas (expected 656), 1 errors and 2 indices"),
+        ({"indices": "0 4 8"}, "3 indices (expected 2)"),
+        ({"steps": "1 1 1"}, "3 steps, 1 sources, 1 times and 0 updates (expected 1 or 2; updates may be none)"),
+        ({"updates": "1 2 3"}, "3 updates (expected 1 or 2"),
+        ({"steps": "1 1.5"}, "{key4}: step 1.5 is not an integer >= 0 (fit 2 of 2 in the call)"),
+        ({"steps": "-1"}, "{key0}: step -1 is not an integer >= 0 (fit 1 of 2 in the call)"),
+        ({"sources": "loop fitted"}, "{key4}: source fitted is not static, loop or gt (fit 2 of 2 in the call)"),
+        ({"times": "soon"}, "{key0}: time soon is not a number (fit 1 of 2 in the call)"),
+        ({"indices": "0 x4"}, "{key4}: index x4 is not an integer >= 0 (fit 2 of 2 in the call)"),
+        ({"updates": "2 0"}, "{key4}: updates 0 is not an integer >= 1 (fit 2 of 2 in the call)"),
+        ({"errors": "1.0 -0.5"}, "{key4}: error -0.5 is not a finite number >= 0 (fit 2 of 2 in the call)"),
+    ],
+    ids=["short-blob", "few-errors", "many-indices", "many-steps", "many-updates", "step-fraction", "step-negative",
+         "source", "time", "index", "updates-0", "error-negative"],
+)
+def test_the_script_refuses_a_malformed_call_in_one_line_and_writes_nothing(fit_store, columns, refusal):
+    pose, betas = _rows(2)
+    fits = [(0, "1.0", pose[0].tobytes(), betas[0].tobytes()), (4, "2.0", pose[1].tobytes(), betas[1].tobytes())]
+    with pytest.raises(redis.exceptions.ResponseError) as refused:
+        _call(fit_store, "coco", fits, **columns)
+    text = str(refused.value)
+    named = refusal.format(index=fit_store.layout.index("coco", 0), key0=fit_store.record_key("coco", 0),
+                           key4=fit_store.record_key("coco", 4))
+    assert text.startswith("SPINRAY_BAD ") and named in text and "\n" not in text
+    assert fit_store.client.exists(fit_store.record_key("coco", 0), fit_store.record_key("coco", 4)) == 0
+    assert fit_store.count("coco") == 0
+    assert _call(fit_store, "coco", fits) == b"11"  # the same fits, well formed, go in
+
+
+def test_a_column_of_one_value_is_every_fits_and_of_n_values_each_fits_own(fit_store):
+    pose, betas = _rows(3)
+    fits = [(i, f"{i + 1}.5", pose[k].tobytes(), betas[k].tobytes()) for k, i in enumerate((0, 4, 8))]
+    assert _call(fit_store, "coco", fits, steps="7", sources="gt", times="1700000000.25", updates="5") == b"111"
+    got = fit_store.read("coco", [0, 4, 8])
+    assert got.step.tolist() == [7, 7, 7] and got.source.tolist() == ["gt"] * 3 and got.updates.tolist() == [5] * 3
+    assert got.time.tolist() == [1700000000.25] * 3 and got.error.tolist() == [1.5, 5.5, 9.5]
+    assert np.array_equal(got.pose, pose) and np.array_equal(got.betas, betas)
+    better = [(i, "0.5", pose[k].tobytes(), betas[k].tobytes()) for k, i in enumerate((0, 4, 8))]
+    assert _call(fit_store, "coco", better, steps="1 2 3", sources="loop static loop", times="1 2 3") == b"111"
+    got = fit_store.read("coco", [0, 4, 8])
+    assert got.step.tolist() == [1, 2, 3] and got.source.tolist() == ["loop", "static", "loop"]
+    assert got.time.tolist() == [1.0, 2.0, 3.0] and got.updates.tolist() == [6, 6, 6]  # none given: stored + 1
+    assert fit_store.progress("coco") == [(1, 1, 0.5), (2, 1, 0.5), (3, 1, 0.5), (7, 3, pytest.approx(16.5 / 3))]
+
+
+@pytest.mark.parametrize("field", ["pose", "betas"])
+def test_a_stored_record_of_the_wrong_length_is_replaced_by_a_fit_of_higher_error(fit_store, field):
+    pose, betas = _rows(2)
+    assert fit_store.keep_best("coco", [0, 1], pose, betas, [5.0, 5.0], 1, "loop").all()
+    fit_store.client.hset(fit_store.record_key("coco", 0), field, b"abc")  # corrupt, its error still sound
+    new_pose, new_betas = _rows(2, seed=1)
+    written = fit_store.keep_best("coco", [0, 1], new_pose, new_betas, [9.0, 9.0], 2, "loop")
+    assert written.tolist() == [True, False]  # the sound record 1 keeps its lower error
+    got = fit_store.read("coco", [0, 1])
+    assert got.found.all() and got.error.tolist() == [9.0, 5.0] and got.updates.tolist() == [2, 1]
+    assert np.array_equal(got.pose[0], new_pose[0]) and np.array_equal(got.betas[0], new_betas[0])

@@ -33,12 +33,15 @@ def _first_bad_row(mask: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class WriteBatch:
-    """A validated batch of rows ready to be sent; built only when every row passed its checks."""
+    """A validated batch of rows ready to be sent; built only when every row passed its checks.
 
-    indices: np.ndarray
-    pose_bytes: bytes
-    betas_bytes: bytes
-    errors: list[str]
+    The text columns hold one value a row, or one value for every row (steps, sources, times, updates);
+    `updates` may be empty: each stored count + 1. This is how the keep-best script takes them (store/lua.py).
+    """
+
+    indices: np.ndarray  # (n,) int64
+    fits: np.ndarray  # (n, 82) little-endian float32: each row's pose, then its betas
+    errors: list[str]  # n exact decimal texts (repr)
     steps: list[str]
     sources: list[str]
     times: list[str]
@@ -82,29 +85,31 @@ def validate_rows(
             f"errors[{row}] (sample {dataset}:{idx[row]}) is {err[row]}: a fit error must be finite and >= 0 "
             f"(do not write failed fits; a negative error would never be replaced)"
         )
-    for name, arr in (("poses", pose), ("betas", shape)):
-        bad = ~np.isfinite(arr).all(axis=1)
-        if bad.any():
-            row = _first_bad_row(bad)
-            raise FitStoreError(f"{name}[{row}] (sample {dataset}:{idx[row]}) holds NaN or inf")
+    fits = np.concatenate((pose, shape), axis=1, dtype=rec.FLOAT32_LE)  # the script's layout, in one call
+    if not np.isfinite(fits).all():  # one check of the batch; the row is looked for only when it fails
+        for name, arr in (("poses", pose), ("betas", shape)):
+            bad = ~np.isfinite(arr).all(axis=1)
+            if bad.any():
+                row = _first_bad_row(bad)
+                raise FitStoreError(f"{name}[{row}] (sample {dataset}:{idx[row]}) holds NaN or inf")
     steps = as_numpy(step, np.int64, "step")
-    steps = np.broadcast_to(steps, (n,)) if steps.ndim == 0 else steps.reshape(-1)
-    if steps.shape != (n,) or (steps < 0).any():
+    steps = steps.reshape(1) if steps.ndim == 0 else steps.reshape(-1)
+    if steps.shape not in ((1,), (n,)) or (steps < 0).any():
         raise FitStoreError(f"step must be one integer >= 0 or one per index ({n}), got {step!r}")
-    sources = [source] * n if isinstance(source, str) else [str(s) for s in source]
-    if len(sources) != n:
+    sources = [source] if isinstance(source, str) else [str(s) for s in source]
+    if len(sources) not in (1, n):
         raise FitStoreError(f"source must be one name or one per index ({n}), got {len(sources)}")
     for s in set(sources):
         rec.check_source(s)
     if times is None:
-        time_list = [rec.format_float(time.time())] * n
+        time_list = [rec.format_float(time.time())]
     else:
         t = as_numpy(times, np.float64, "times").reshape(-1)
         if t.shape != (n,) or not np.isfinite(t).all():
             raise FitStoreError(f"times must be {n} finite Unix times")
         time_list = [rec.format_float(v) for v in t.tolist()]
     if updates is None:
-        update_list = [""] * n
+        update_list = []
     else:
         u = as_numpy(updates, np.int64, "updates").reshape(-1)
         if u.shape != (n,) or (u < 1).any():
@@ -112,9 +117,8 @@ def validate_rows(
         update_list = [str(v) for v in u.tolist()]
     return WriteBatch(
         indices=idx,
-        pose_bytes=np.ascontiguousarray(pose, dtype=rec.FLOAT32_LE).tobytes(),
-        betas_bytes=np.ascontiguousarray(shape, dtype=rec.FLOAT32_LE).tobytes(),
-        errors=[rec.format_float(v) for v in err.tolist()],
+        fits=fits,
+        errors=list(map(repr, err.tolist())),  # Python floats: repr is rec.format_float, without a call a row
         steps=[str(v) for v in steps.tolist()],
         sources=sources,
         times=time_list,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import re
 import time
@@ -15,7 +16,6 @@ import numpy as np
 import redis
 
 from spin_ray.errors import FitStoreError, StoreFullError
-from spin_ray.store import records as rec
 from spin_ray.store.cluster import is_cluster
 from spin_ray.store.keys import KeyLayout
 from spin_ray.store.lua import STAMP_LUA
@@ -61,11 +61,17 @@ class SendResult:
         return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
+def _column(values: list[str], rows: list[int]) -> str:
+    """One list argument of the keep-best script: the values of `rows` separated by spaces, or the one value
+    every row shares (none: empty)."""
+    if len(values) <= 1:
+        return values[0] if values else ""
+    return " ".join([values[i] for i in rows])
+
+
 def keep_best_calls(batch: WriteBatch, target: WriteTarget, rows: np.ndarray) -> Iterator[tuple[np.ndarray, int, list]]:
     """(rows, group, EVALSHA keys-and-args) of each keep-best script call: one index group a call, FITS_PER_CALL rows at most."""
     schema = str(SCHEMA_VERSION)
-    pb, bb = rec.POSE_BYTES, rec.BETAS_BYTES
-    pose, betas = batch.pose_bytes, batch.betas_bytes
     layout, dataset = target.layout, target.dataset
     for group, positions in layout.by_group(batch.indices[rows]).items():
         group_rows = rows[positions]  # stable: duplicates of a sample keep their order
@@ -74,15 +80,13 @@ def keep_best_calls(batch: WriteBatch, target: WriteTarget, rows: np.ndarray) ->
         for start in range(0, group_rows.size, FITS_PER_CALL):
             call = group_rows[start : start + FITS_PER_CALL]
             row_list = call.tolist()
-            index_text = [str(i) for i in batch.indices[call].tolist()]
-            args: list = [prefix + i for i in index_text]
-            args += tail
-            for i, index in zip(row_list, index_text):
-                args += (batch.errors[i], pose[i * pb : (i + 1) * pb], betas[i * bb : (i + 1) * bb], batch.steps[i],
-                         batch.sources[i], batch.times[i], index)  # fmt: skip
-            args += (schema, target.body_model_hash)
-            args += [batch.updates[i] for i in row_list]
-            yield call, group, [len(row_list) + 2, *args]
+            index_text = list(map(str, batch.indices[call].tolist()))
+            yield call, group, [
+                len(row_list) + 2, *[prefix + i for i in index_text], *tail,
+                schema, target.body_model_hash, batch.fits[call].tobytes(), _column(batch.errors, row_list),
+                _column(batch.steps, row_list), _column(batch.sources, row_list), _column(batch.times, row_list),
+                " ".join(index_text), _column(batch.updates, row_list),
+            ]  # fmt: skip
 
 
 def send_keep_best(
@@ -105,10 +109,8 @@ def send_keep_best(
     result = SendResult()
     calls = keep_best_calls(batch, target, rows)
     send = _send_cluster if is_cluster(client) else _send_streamed
-    while True:
-        sent, replies = send(client, sha, calls)
-        if not sent:
-            break
+    while (first := next(calls, None)) is not None:  # no connection is taken for an empty round
+        sent, replies = send(client, sha, itertools.chain([first], calls))
         failed: tuple[Exception, np.ndarray] | None = None
         for (call, group), reply in zip(sent, replies):
             if isinstance(reply, redis.exceptions.NoScriptError):
