@@ -102,6 +102,9 @@ def _say_disabled() -> None:
 @functools.cache
 def compiled_iteration() -> Callable:
     """adam_iteration under torch.compile (one wrapper per process; dynamic batch: one program for every size)."""
+    if not torch.cuda.is_available():
+        # Inductor's C++ build says "No CUDA runtime is found" once a process on a CPU machine: nothing to act on.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(adam_iteration, fullgraph=True, dynamic=True)
 
 
