@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -148,14 +149,14 @@ def _nul_free_rows(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
     return np.stack(out)
 
 
-def redis_benchmark_ceiling(server: EmbeddedRedis, sha: str, seconds: float) -> float | None:
+def redis_benchmark_ceiling(server: EmbeddedRedis, sha: str, seconds: float, namespace: str = "bench") -> float | None:
     """Fits/s of redis-benchmark sending EVALSHA calls of FITS_PER_CALL new fits, CEILING_PIPELINE calls a round trip."""
     binary = shutil.which("redis-benchmark")
     if binary is None:
         return None
     rng = np.random.default_rng(7)
     pose, betas = _nul_free_rows(rng, FITS_PER_CALL, 72), _nul_free_rows(rng, FITS_PER_CALL, 10)
-    layout = KeyLayout("bench", 1)
+    layout = KeyLayout(namespace, 1)
     keys = [layout.record_prefix("ceiling", 0) + "__rand_int__"] * FITS_PER_CALL
     keys += [layout.index("ceiling", 0), layout.stats("ceiling", 0)]
     client = connect(server.url, 5)
@@ -211,26 +212,64 @@ def _batched_writes(store: FitStore, seconds: float, fresh: bool, tag: str = "")
     return rows / (time.perf_counter() - t0)
 
 
+def _wait_for_aof_rewrite(client, timeout_s: float = 120.0) -> None:
+    """Return once Redis runs no AOF rewrite and has none scheduled (or after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = client.info("persistence")
+        if not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+            return
+        time.sleep(0.05)
+
+
+def _on_new_namespace(server: EmbeddedRedis, namespace: str, measure: Callable[[FitStore], float]) -> tuple[float, bool]:
+    """`measure(store)` on a new namespace, started once no AOF rewrite runs; (its result, whether Redis forked
+    during it, i.e. an AOF rewrite ran beside it); the namespace is dropped after, so every measurement starts
+    from the same keyspace."""
+    store = FitStore.open(server.url, namespace, body_model_hash=BODY_HASH)
+    try:
+        _wait_for_aof_rewrite(store.client)
+        forks = store.client.info("stats")["total_forks"]
+        result = measure(store)
+        return result, store.client.info("stats")["total_forks"] > forks
+    finally:
+        store.drop()
+        store.close()
+
+
 def side_by_side(server: EmbeddedRedis, store: FitStore, seconds: float, rounds: int = 3) -> list[str]:
     """One client: batched keep_best, the per-fit script, and redis-benchmark's ceiling of the batched script.
 
     Each is measured `rounds` times, interleaved (A B C D A B C D ...), and the medians are reported with
-    the per-round ratio to the ceiling: on a shared machine the load moves between measurements.
+    the per-round ratio to the ceiling: on a shared machine the load moves between measurements. Each
+    measurement writes into a namespace of its own, dropped after it, and starts once no AOF rewrite runs
+    (one that starts during it is counted): the keyspace and the AOF do not grow from one to the next.
     """
     per_fit_sha = store.client.script_load(PER_FIT_LUA)
     batched_sha = store.client.script_load(store._keep_best.script)
     part = seconds / rounds
     runs: dict[str, list[float]] = {"per_fit": [], "improving": [], "new": [], "ceiling": [], "server_us": []}
-    for r in range(rounds):
-        runs["per_fit"].append(_per_fit_writes(store, per_fit_sha, part, f"-{r}"))
-        runs["improving"].append(_batched_writes(store, part, fresh=False, tag=f"-{r}"))
-        store.client.config_resetstat()
-        runs["new"].append(_batched_writes(store, part, fresh=True, tag=f"-{r}"))
-        stat = store.client.info("commandstats").get("cmdstat_evalsha", {})
+    forked: dict[str, int] = {"per_fit": 0, "improving": 0, "new": 0, "ceiling": 0}
+
+    def new_samples(side: FitStore) -> float:
+        side.client.config_resetstat()
+        fits = _batched_writes(side, part, fresh=True)
+        stat = side.client.info("commandstats").get("cmdstat_evalsha", {})
         runs["server_us"].append(stat.get("usec_per_call", float("nan")) / FITS_PER_CALL)
-        ceiling = redis_benchmark_ceiling(server, batched_sha, part)
-        if ceiling is not None:
-            runs["ceiling"].append(ceiling)
+        return fits
+
+    measures: dict[str, Callable[[FitStore], float | None]] = {
+        "per_fit": lambda side: _per_fit_writes(side, per_fit_sha, part),
+        "improving": lambda side: _batched_writes(side, part, fresh=False),
+        "new": new_samples,
+        "ceiling": lambda side: redis_benchmark_ceiling(server, batched_sha, part, side.namespace),
+    }
+    for r in range(rounds):
+        for name, measure in measures.items():
+            result, fork = _on_new_namespace(server, f"side-{name.replace('_', '-')}-{r}", measure)
+            if result is not None:
+                runs[name].append(result)
+                forked[name] += fork
     per_fit, improving, new = (float(np.median(runs[k])) for k in ("per_fit", "improving", "new"))
     lines = [
         f"| one client, batch 64 (median of {rounds} interleaved rounds) | fits/s |",
@@ -256,6 +295,8 @@ def side_by_side(server: EmbeddedRedis, store: FitStore, seconds: float, rounds:
             f"| keep_best (new samples) / ceiling, median of the rounds (each round's) | {np.median(ratios):.2f} "
             f"({', '.join(f'{r:.2f}' for r in ratios)}) |",
         ]
+    lines.append("| measurements an AOF rewrite ran beside (Redis forked during them), of "
+                 f"{rounds} each | {', '.join(f'{k} {v}' for k, v in forked.items())} |")
     for line in lines:
         print(line, flush=True)
     return lines
