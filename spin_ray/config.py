@@ -167,12 +167,21 @@ class PipelineConfig(Section):
     fitter_device: str | None = Field(
         None, description="torch device of the fitters: cpu or cuda[:i]; None uses the run's device"
     )
-    max_in_flight_per_fitter: int = Field(2, ge=1, description="requests sent to one fitter and not yet collected")
+    max_in_flight_per_fitter: int = Field(
+        2, ge=1, description="calls sent to one fitter and not yet collected (a call: one request, or queued requests "
+                             "fitted together up to fitter_batch_size samples)"
+    )
     max_in_flight: int | None = Field(
         None, ge=1, description="requests in flight over the whole pool; None: num_fitters x max_in_flight_per_fitter"
     )
     max_pending: int | None = Field(
         None, ge=0, description="requests queued in the pool while every fitter is busy; None: max_in_flight"
+    )
+    fitter_batch_size: int | None = Field(
+        256, ge=1, description="most samples one fitter call fits together: requests queued when a fitter frees up are "
+                               "fitted as one batch up to this size (a request is never split); None: one request a "
+                               "call. 256 fitted fastest of 64-4,096 on one CPU thread with compiled stages "
+                               "(benchmarks/RESULTS.md, 'SMPLify, compiled')"
     )
     busy_policy: Literal["drop", "block"] = Field(
         "drop", description="pool full: drop the oldest queued request (submit never waits), or block submit"

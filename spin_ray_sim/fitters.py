@@ -18,10 +18,10 @@ class SlowFitter(FitterActor):
 
     delay_s: float = 0.0
 
-    def fit(self, request: FitRequest) -> FitReport:
-        """Sleep delay_s, then fit as FitterActor does."""
+    def fit_many(self, requests: list[FitRequest]) -> list[FitReport]:
+        """Sleep delay_s (once a call: `fit` comes here too), then fit as FitterActor does."""
         time.sleep(self.delay_s)
-        return super().fit(request)
+        return super().fit_many(requests)
 
 
 class BusyFitter(SlowFitter):

@@ -94,7 +94,8 @@ def test_requests_land_improved_fits_in_the_store(make_pool, store, body):
 
 
 def test_drop_policy_bounds_in_flight_drops_the_oldest_and_never_blocks(make_pool, body):
-    pool = make_pool(num_fitters=2, max_in_flight_per_fitter=2, max_pending=3, delay_s=0.6)
+    # One request a call (no batching of queued requests), so the bounds count requests here.
+    pool = make_pool(num_fitters=2, max_in_flight_per_fitter=2, max_pending=3, delay_s=0.6, fitter_batch_size=None)
     camera = fast_config().camera
     requests = [make_request(body, camera, BATCH, seed, step=seed) for seed in range(16)]
     durations, samples = [], []
@@ -114,6 +115,47 @@ def test_drop_policy_bounds_in_flight_drops_the_oldest_and_never_blocks(make_poo
     assert m.dropped == 16 - m.completed
     # Drop means the oldest queued goes: the three newest requests are always fitted.
     assert {r.request_id for r in requests[-3:]} <= completed
+
+
+def test_queued_requests_are_fitted_together_up_to_the_fitter_batch_size(make_pool, store, body):
+    # pipeline.fitter_batch_size: requests queued while the fitter is busy go in one call (never split), each
+    # written with its own step and reported on its own, with the same fits as one request a call.
+    pool = make_pool(num_fitters=1, max_in_flight_per_fitter=1, max_pending=8, delay_s=0.5,
+                     fitter_batch_size=3 * BATCH)
+    camera = fast_config().camera
+    requests = [make_request(body, camera, BATCH, seed, step=seed, first_index=BATCH * seed, augment=seed % 2 == 1)
+                for seed in range(7)]
+    assert all(pool.submit(r) for r in requests)  # the first is sent at once, six wait
+    assert pool.drain(60)
+    reports = {r.request_id: r for r in pool.poll()}
+    m = pool.metrics()
+    assert m.completed == 7 and m.dropped == 0 and accounted(m) == m.submitted == 7
+    assert m.fitter_calls == 3  # 1 request, then 3 + 3 of the six queued (12 samples each)
+    assert sorted(reports) == sorted(r.request_id for r in requests)
+    assert all(reports[r.request_id].step == r.step and reports[r.request_id].batch_size == BATCH for r in requests)
+    together = {seed: store.read("synth", r.indices) for seed, r in enumerate(requests)}
+    for seed, request in enumerate(requests):
+        assert (together[seed].source == "loop").all() and (together[seed].step == request.step).all()
+    # The same requests one a call, into a fresh namespace: the same fits to float rounding.
+    from spin_ray.store.fit_store import FitStore
+
+    alone = FitStore.open(store.address.url.get_secret_value(), f"{store.namespace}-alone", body_model_hash=body.identity)
+    try:
+        single = FitterPool(fast_config(num_fitters=1, fitter_batch_size=None, busy_policy="block"), alone.address,
+                            name="alone")
+        try:
+            for request in requests:
+                single.submit(request)
+            assert single.drain(60) and single.metrics().fitter_calls == 7
+        finally:
+            single.shutdown()
+        for seed, request in enumerate(requests):
+            one = alone.read("synth", request.indices)
+            np.testing.assert_allclose(together[seed].error, one.error, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(together[seed].pose, one.pose, atol=1e-3)
+    finally:
+        alone.drop()
+        alone.close()
 
 
 def test_drop_with_no_queue_refuses_the_new_request_and_failed_fits_are_counted(make_pool, store, body):

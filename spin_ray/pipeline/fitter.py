@@ -18,7 +18,7 @@ from spin_ray.body.joints import NUM_KEYPOINTS
 from spin_ray.config import CameraConfig, FittingConfig, RunConfig
 from spin_ray.data.augment import IDENTITY_AUG
 from spin_ray.errors import ConfigError, PipelineError
-from spin_ray.fitting.canonical_fits import CanonicalFits, fit_predictions
+from spin_ray.fitting.canonical_fits import START_FIELDS, CanonicalFits, StartBatch, fit_predictions
 from spin_ray.fitting.priors import load_pose_prior
 from spin_ray.fitting.starts import typical_depth
 from spin_ray.model.device import resolve_device
@@ -78,9 +78,24 @@ class FitterActor(FitterHealth):
 
     def fit(self, request: FitRequest) -> FitReport:
         """Fit one request, write every improvement to the store (source `self.source`), report what happened."""
+        return self.fit_many([request])[0]
+
+    def fit_many(self, requests: list[FitRequest]) -> list[FitReport]:
+        """Fit several requests as one SMPLify batch; write and report each as `fit` would (its own step), with
+        the call's wall and CPU time shared out by samples."""
         start, cpu_start = time.perf_counter(), time.process_time()
-        fits = fit_predictions(self.body, self.prior, request, self.fitting, self.camera)
-        error = fits.error.cpu().numpy().astype(np.float64)
-        written = self.store.keep_best_samples(request.row_datasets, request.indices, fits.pose.cpu().numpy(),
-                                               fits.betas.cpu().numpy(), error, request.step, self.source)
-        return FitReport(**report_fields(request, error, int(written.sum()), self.actor_id, start, cpu_start))
+        together = requests[0] if len(requests) == 1 else StartBatch(
+            *(torch.from_numpy(np.concatenate([getattr(r, name) for r in requests])) for name in START_FIELDS))
+        fits = fit_predictions(self.body, self.prior, together, self.fitting, self.camera)
+        pose, betas = fits.pose.cpu().numpy(), fits.betas.cpu().numpy()
+        errors = fits.error.cpu().numpy().astype(np.float64)
+        bounds = np.cumsum([0] + [r.batch_size for r in requests])
+        reports = []
+        for request, a, b in zip(requests, bounds[:-1], bounds[1:]):
+            written = self.store.keep_best_samples(request.row_datasets, request.indices, pose[a:b], betas[a:b],
+                                                   errors[a:b], request.step, self.source)
+            reports.append(report_fields(request, errors[a:b], int(written.sum()), self.actor_id, start, cpu_start))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        return [FitReport(**(fields | {"elapsed_s": wall * fields["batch_size"] / bounds[-1],
+                                       "cpu_s": cpu * fields["batch_size"] / bounds[-1]}))
+                for fields in reports]

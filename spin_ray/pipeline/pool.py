@@ -47,7 +47,7 @@ WAIT_SLICE_S = 1.0
 
 @dataclass
 class _Sent:
-    request: FitRequest
+    requests: list[FitRequest]  # one fitter call: `fit` of one request or `fit_many` of several
     slot: Slot
     sent_at: float
 
@@ -192,7 +192,7 @@ class FitterPool:
             if remaining <= 0:
                 raise PipelineError(
                     f"pool {self.name}: waited {self._pipeline.block_timeout_s:.0f} s for a free fitter "
-                    f"({len(self._sent)} requests in flight); fitters may be stuck. Raise "
+                    f"({self._requests_in_flight()} requests in flight); fitters may be stuck. Raise "
                     "pipeline.block_timeout_s, add fitters, or use busy_policy: drop"
                 )
             self._collect(timeout_s=min(remaining, WAIT_SLICE_S), at_least_one=True)
@@ -213,18 +213,21 @@ class FitterPool:
                     continue
                 sent.slot.in_flight -= 1
                 try:
-                    report = ray.get(ref)
+                    reports = ray.get(ref)
                 except RayActorError as err:
                     self._fitter_died(sent, err)
                 except RayError as err:
-                    self._counts.failed += 1
-                    self._last_error = f"{sent.slot.actor_id}: request {sent.request.request_id}: {_cause(err)}"
+                    ids = ", ".join(str(r.request_id) for r in sent.requests)
+                    self._counts.failed += len(sent.requests)
+                    self._last_error = f"{sent.slot.actor_id}: request {ids}: {_cause(err)}"
                     log.warning("pool %s: %s", self.name, self._last_error)
-                    self._finish(sent.request.request_id)
+                    for request in sent.requests:
+                        self._finish(request.request_id)
                     if isinstance(remote := remote_spin_error(err), StoreFullError):
                         self._store_full = self._store_full or remote
                 else:
-                    self._record(report)
+                    for report in reports if isinstance(reports, list) else [reports]:
+                        self._record(report)
         self._last_error = self._fitters.check_starting() or self._last_error
         restarted, self._last_error = self._fitters.replace_dead(self._last_error)
         self._counts.restarts += restarted
@@ -243,8 +246,7 @@ class FitterPool:
             held.append(self._sent.pop(ref))
             slot.in_flight -= 1
         held.sort(key=lambda s: s.sent_at)
-        for lost in reversed(held):  # appendleft: keep the original order at the queue's head
-            request = lost.request
+        for request in reversed([r for lost in held for r in lost.requests]):  # appendleft: keep the queue's order
             if request.request_id in self._resent_ids:
                 self._counts.lost += 1
                 self._finish(request.request_id)
@@ -263,14 +265,25 @@ class FitterPool:
         self._resent_ids.discard(request_id)
 
     def _dispatch(self) -> None:
-        """Send queued requests, oldest first, to the least busy fitters while limits allow."""
+        """Send queued requests, oldest first, to the least busy fitters while limits allow; requests queued
+        together go in one call up to pipeline.fitter_batch_size samples (to a fitter class with `fit_many`)."""
         while self._pending and self._free_capacity() > 0:
             slot = min(self._fitters.active(), key=lambda s: s.in_flight)
-            request = self._pending.popleft()
-            ref = slot.actor.fit.remote(request)
-            self._sent[ref] = _Sent(request, slot, time.monotonic())
+            requests = [self._pending.popleft()]
+            limit, size = self._pipeline.fitter_batch_size, requests[0].batch_size
+            if limit is not None and hasattr(slot.actor, "fit_many"):
+                while self._pending and size + self._pending[0].batch_size <= limit:
+                    requests.append(self._pending.popleft())
+                    size += requests[-1].batch_size
+            ref = slot.actor.fit.remote(requests[0]) if len(requests) == 1 else slot.actor.fit_many.remote(requests)
+            self._sent[ref] = _Sent(requests, slot, time.monotonic())
             slot.in_flight += 1
-            self._counts.peak_in_flight = max(self._counts.peak_in_flight, len(self._sent))
+            self._counts.fitter_calls += 1
+            self._counts.peak_in_flight = max(self._counts.peak_in_flight, self._requests_in_flight())
+
+    def _requests_in_flight(self, slot: Slot | None = None) -> int:
+        """Requests sent and not yet collected (of one fitter's slot, or of all); a call may carry several."""
+        return sum(len(s.requests) for s in self._sent.values() if slot is None or s.slot is slot)
 
     # -- limits -------------------------------------------------------------------------------------
 
@@ -305,7 +318,8 @@ class FitterPool:
         """A snapshot of sizes, outcomes and recent throughput."""
         return self._counts.snapshot(
             self.name, self._pipeline.metrics_window_s, self._started, num_fitters=len(self._fitters.active()),
-            in_flight=len(self._sent), in_flight_per_fitter={s.actor_id: s.in_flight for s in self._fitters.slots},
+            in_flight=self._requests_in_flight(),
+            in_flight_per_fitter={s.actor_id: self._requests_in_flight(s) for s in self._fitters.slots},
             pending=len(self._pending), current_step=self._step, last_error=self._last_error)
 
     @property
@@ -323,7 +337,7 @@ class FitterPool:
             return self.metrics()
         if drain_timeout_s > 0:
             self.drain(drain_timeout_s)
-        self._counts.abandoned += len(self._sent) + len(self._pending)
+        self._counts.abandoned += self._requests_in_flight() + len(self._pending)
         self._sent.clear()
         self._pending.clear()
         self._live_ids.clear()

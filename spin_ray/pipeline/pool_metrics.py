@@ -25,6 +25,8 @@ class PoolMetrics(BaseModel):
     in_flight: int = Field(description="requests sent to fitters and not yet collected")
     peak_in_flight: int = Field(description="largest in_flight seen since the pool started")
     in_flight_per_fitter: dict[str, int] = Field(description="in-flight requests by fitter actor id")
+    fitter_calls: int = Field(0, description="fitter calls sent; fewer than the requests sent where queued requests "
+                                             "were fitted together")
     pending: int = Field(description="requests queued in the pool, waiting for a free fitter")
     submitted: int = Field(description="requests given to submit")
     completed: int = Field(description="requests whose fits came back (written or not)")
@@ -59,6 +61,7 @@ class PoolCounts:
     samples_fitted: int = 0
     written: int = 0
     peak_in_flight: int = 0
+    fitter_calls: int = 0
     recent: deque = field(default_factory=deque)  # (time, fitted, error sum) per completed request
 
     def record(self, report: Any, stale: bool) -> None:
@@ -80,7 +83,7 @@ class PoolCounts:
         span = max(min(window_s, now - started), 1e-9)
         counts = {k: getattr(self, k) for k in ("submitted", "completed", "failed", "dropped", "resubmitted", "lost",
                                                 "abandoned", "restarts", "stale", "samples_fitted", "written",
-                                                "peak_in_flight")}
+                                                "peak_in_flight", "fitter_calls")}
         return PoolMetrics(name=name, **counts, **live, fits_per_s=fitted / span,
                            mean_error=error_sum / fitted if fitted else float("nan"))
 
