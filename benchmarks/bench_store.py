@@ -195,21 +195,25 @@ def _per_fit_writes(store: FitStore, sha: str, seconds: float, tag: str = "") ->
     return rows / (time.perf_counter() - t0)
 
 
-def _batched_writes(store: FitStore, seconds: float, fresh: bool, tag: str = "") -> float:
-    """Fits/s of keep_best at batch 64 from this process: new samples (`fresh`) or improving stored ones."""
+def _batched_writes(store: FitStore, seconds: float, fresh: bool, tag: str = "", cpu_us: list | None = None) -> float:
+    """Fits/s of keep_best at batch 64 from this process: new samples (`fresh`) or improving stored ones; the
+    client's CPU time per fit (µs, load-independent) is appended to `cpu_us`."""
     rng = np.random.default_rng(4)
     pose = rng.normal(size=(SAMPLES_PER_CLIENT, 72)).astype(np.float32)
     betas = rng.normal(size=(SAMPLES_PER_CLIENT, 10)).astype(np.float32)
     dataset = ("side-new" if fresh else "side-improve") + tag
     error, rows, cursor, base = 1e6, 0, 0, 0
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         if cursor + 64 > SAMPLES_PER_CLIENT:
             cursor, error, base = 0, error - (0.0 if fresh else 1.0), base + (SAMPLES_PER_CLIENT if fresh else 0)
         idx = np.arange(cursor, cursor + 64)
         rows += int(store.keep_best(dataset, base + idx, pose[idx], betas[idx], np.full(64, error), 1, "loop").sum())
         cursor += 64
-    return rows / (time.perf_counter() - t0)
+    elapsed = time.perf_counter() - t0
+    if cpu_us is not None:
+        cpu_us.append((time.process_time() - cpu0) / max(rows, 1) * 1e6)
+    return rows / elapsed
 
 
 def _wait_for_aof_rewrite(client, timeout_s: float = 120.0) -> None:
@@ -248,12 +252,13 @@ def side_by_side(server: EmbeddedRedis, store: FitStore, seconds: float, rounds:
     per_fit_sha = store.client.script_load(PER_FIT_LUA)
     batched_sha = store.client.script_load(store._keep_best.script)
     part = seconds / rounds
-    runs: dict[str, list[float]] = {"per_fit": [], "improving": [], "new": [], "ceiling": [], "server_us": []}
+    runs: dict[str, list[float]] = {"per_fit": [], "improving": [], "new": [], "ceiling": [], "server_us": [],
+                                    "client_us": []}
     forked: dict[str, int] = {"per_fit": 0, "improving": 0, "new": 0, "ceiling": 0}
 
     def new_samples(side: FitStore) -> float:
         side.client.config_resetstat()
-        fits = _batched_writes(side, part, fresh=True)
+        fits = _batched_writes(side, part, fresh=True, cpu_us=runs["client_us"])
         stat = side.client.info("commandstats").get("cmdstat_evalsha", {})
         runs["server_us"].append(stat.get("usec_per_call", float("nan")) / FITS_PER_CALL)
         return fits
@@ -274,7 +279,8 @@ def side_by_side(server: EmbeddedRedis, store: FitStore, seconds: float, rounds:
     lines = [
         f"| one client, batch 64 (median of {rounds} interleaved rounds) | fits/s |",
         "| --- | --- |",
-        f"| keep_best, batched script, new samples | {new:,.0f} |",
+        f"| keep_best, batched script, new samples (each round's) | {new:,.0f} "
+        f"({', '.join(f'{x:,.0f}' for x in runs['new'])}) |",
         f"| keep_best, batched script, improving stored fits | {improving:,.0f} |",
         f"| former per-fit script (one EVALSHA a fit, pipelined), improving stored fits | {per_fit:,.0f} |",
     ]
@@ -283,6 +289,8 @@ def side_by_side(server: EmbeddedRedis, store: FitStore, seconds: float, rounds:
         f"| Redis CPU per new fit in the keep_best rounds (INFO commandstats) | {server_us:.1f} µs, i.e. a ceiling of "
         f"{1e6 / server_us:,.0f} fits/s for one Redis core |",
         f"| keep_best (new samples) / that ceiling: the share of the time Redis runs the script | {new * server_us / 1e6:.2f} |",
+        f"| client CPU per new fit in those rounds (process time: validation, packing, sending, replies) | "
+        f"{float(np.median(runs['client_us'])):.1f} µs |",
     ]
     if not runs["ceiling"]:
         lines += ["| redis-benchmark ceiling | not measured: no redis-benchmark on PATH (apt-get install redis-tools) |"]
