@@ -103,11 +103,18 @@ class FittingConfig(Section):
                             "(staged from the start and from the pose prior's component means, the best kept); "
                             "spin_ray/fitting/recipes.py, benchmarks/RESULTS.md"
     )
-    compiled: bool = Field(
-        True, description="run each Adam iteration of the recipe as one torch.compile program (fitting/"
-                          "compiled_stage.py): 1.5-2.8x the eager fits/s on CPU, equal to float rounding; a process "
-                          "compiles on its first fit (~30-60 s, then from inductor's disk cache in seconds). False: "
-                          "the eager stages, spin equal to SPIN's SMPLify to the bit (the conformance reference)"
+    compiled: bool | Literal["auto"] = Field(
+        "auto", description="run each Adam iteration of the recipe as one torch.compile program (fitting/"
+                            "compiled_stage.py): 1.4-2.8x the eager fits/s on CPU, equal to float rounding, but a "
+                            "process first compiles (30-100 s, 15-30 s from inductor's disk cache). auto: training's "
+                            "pool fitters compile (they fit for the whole run), a dataset fit or static fits only "
+                            "where one process fits at least compile_min_samples; true: always; false: the eager "
+                            "stages, spin equal to SPIN's SMPLify to the bit (the conformance reference)"
+    )
+    compile_min_samples: int = Field(
+        20_000, ge=0, description="compiled: auto compiles a dataset fit's or static fits' stages from this many "
+                                  "samples a process on (a warm compile costs what ~10,000 eager fits save at one "
+                                  "thread; benchmarks/RESULTS.md, 'SMPLify, compiled')"
     )
 
     @field_validator("recipe", mode="before")

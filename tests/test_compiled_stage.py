@@ -181,6 +181,15 @@ def test_torch_compile_disable_runs_the_eager_stages_to_the_bit(body, prior):
     assert all(torch.equal(a, b) for a, b in zip(off.params.tensors(), on.params.tensors()))
 
 
+def test_auto_compiles_open_ended_fitters_and_dataset_fits_from_the_threshold():
+    from spin_ray.fitting.compiled_stage import compiles
+
+    auto = CFG.fitting.model_copy(update={"compiled": "auto", "compile_min_samples": 1000})
+    assert compiles(auto) and compiles(auto, 1000) and not compiles(auto, 999)
+    assert compiles(auto.model_copy(update={"compiled": True}), 1)
+    assert not compiles(auto.model_copy(update={"compiled": False}))
+
+
 def test_the_former_recipe_name_is_one_line_naming_its_replacement():
     with pytest.raises(ValueError, match="recipe spin_compiled is now recipe spin with fitting.compiled: true"):
         RunConfig.model_validate({"fitting": {"recipe": "spin_compiled"}})

@@ -51,16 +51,15 @@ def test_the_no_augmentation_record_changes_nothing():
     torch.testing.assert_close(augment_keypoints(keypoints, torch.tensor([NO_AUG, NO_AUG])), keypoints)
 
 
-def test_the_dataset_fit_runs_compiled_stages_by_default_and_eager_ones_on_request(tiny_spin_data, tmp_path, capsys,
-                                                                                    compiling):
-    # The dataset fit's default recipe on its compiled stages (fitting.compiled), equal to the eager fit to rounding.
+def test_the_dataset_fit_compiles_where_it_pays_or_when_asked(tiny_spin_data, tmp_path, capsys, compiling):
+    # fitting.compiled auto: 16 rows are far below compile_min_samples, so the default fits eagerly; --compiled
+    # compiles anyway, equal to the eager fit to rounding; --no-compiled is eager.
     npz = tiny_spin_data["tiny-itw"]
     out = {}
-    for flag in ("--compiled", "--no-compiled"):
-        out[flag] = tmp_path / f"{flag[2:]}.npy"
+    for flag, stages in (("--compiled", "compiled"), ("--no-compiled", "eager"), (None, "eager")):
+        out[flag] = tmp_path / f"{flag or 'auto'}.npy"
         assert main(["fit", str(npz), "--local", "--iterations", "3", "--limit", "16", "--out", str(out[flag]),
-                     "--no-progress", flag]) == 0
-        stages = "compiled" if flag == "--compiled" else "eager"
+                     "--no-progress"] + ([flag] if flag else [])) == 0
         assert f"(multistart recipe, {stages} stages)" in capsys.readouterr().out
     compiled, eager = (np.load(errors_path_for(out[f])) for f in ("--compiled", "--no-compiled"))
     np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-3)

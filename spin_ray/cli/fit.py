@@ -75,9 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "--checkpoint; each measured better than spin, the paper's SMPLify, from such starts at "
                              "under 2x its cost: benchmarks/RESULTS.md, 'Fit quality')")
     parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=None,
-                        help="each Adam iteration one torch.compile program (default: fitting.compiled, on: 1.5-2.8x "
-                             "the eager fits/s, ~30-60 s to compile in each new process, seconds from the cache "
-                             "after); --no-compiled fits on the eager stages (spin: SPIN's SMPLify to the bit)")
+                        help="each Adam iteration one torch.compile program: 1.4-2.8x the eager fits/s after a "
+                             "compile of 15-100 s in each new process (default: fitting.compiled, auto: compiled "
+                             "where a process fits at least fitting.compile_min_samples, 20,000); --no-compiled fits "
+                             "on the eager stages (spin: SPIN's SMPLify to the bit)")
     parser.add_argument("--limit", type=positive_int, default=None, help="fit only the first N samples")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="samples fitted together, per request to a fitter (default: fitting.batch_size, 256; "
@@ -238,6 +239,7 @@ def _fit_local(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
         print(f"note: --local fits on this process's CPU; the config's device: {cfg.device} is the trainer's (to fit "
               "on GPUs, leave out --local: the fitter pool places fitters on GPUs with --fitter-gpus G)",
               file=sys.stderr)
+    cfg = resolved_compiled(cfg, int(np.count_nonzero(job.usable)))
     fits = fit_static(body, load_pose_prior(cfg.fitting), torch.from_numpy(job.keypoints),
                       torch.from_numpy(np.asarray(job.init_pose, np.float32)),
                       torch.from_numpy(np.asarray(job.init_betas, np.float32)), cfg.fitting, cfg.camera,
@@ -272,6 +274,8 @@ def _fit_into_store(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
     embedded = resolve_url(cfg.store) is None
     where = f"the embedded store in {redis_dir}" if embedded else f"namespace {namespace!r} of the store"
     pool_cfg = dataset_fit_config(cfg, args.fitters, args.fitter_gpus)
+    share = -(-int(np.count_nonzero(job.usable)) // pool_cfg.pipeline.num_fitters)  # a fitter's rows, at most
+    pool_cfg, cfg = resolved_compiled(pool_cfg, share), resolved_compiled(cfg, share)
     received: list[int] = []
     try:
         with stop_on_signals() as received, store_url(cfg.store, redis_dir) as url:
@@ -294,6 +298,14 @@ def _fit_into_store(args: argparse.Namespace, cfg: RunConfig, job, body) -> int:
     if exported is not None:
         print(f"wrote {exported} and {exported.with_name(exported.stem + '.errors.npy')}")
     return 0
+
+
+def resolved_compiled(cfg: RunConfig, samples_per_process: int) -> RunConfig:
+    """cfg with fitting.compiled auto decided for processes that each fit samples_per_process samples."""
+    from spin_ray.fitting.compiled_stage import compiles
+
+    compiled = compiles(cfg.fitting, samples_per_process)
+    return cfg.model_copy(update={"fitting": cfg.fitting.model_copy(update={"compiled": compiled})})
 
 
 def stages(cfg: RunConfig) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from spin_ray.config import FittingConfig
 from spin_ray.fitting.smplify import SmplifyParams, run_stage
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,14 @@ def adam_iteration(
 def out_of_memory(err: BaseException) -> bool:
     """Whether err is an allocator's refusal (CPU or CUDA): a batch too large, not a compile failure."""
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
+def compiles(fitting: FittingConfig, samples: int | None = None) -> bool:
+    """Whether `fitting` runs compiled stages in a process that fits `samples` samples (None: open-ended, e.g. a
+    training run's pool fitter); fitting.compiled auto compiles from fitting.compile_min_samples on."""
+    if fitting.compiled == "auto":
+        return samples is None or samples >= fitting.compile_min_samples
+    return bool(fitting.compiled)
 
 
 def compiling_disabled() -> bool:

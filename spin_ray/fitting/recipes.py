@@ -24,7 +24,7 @@ import torch
 from spin_ray.body.body_model import BodyModel
 from spin_ray.config import RECIPES, CameraConfig, FittingConfig
 from spin_ray.errors import InputError
-from spin_ray.fitting.compiled_stage import compiled_run_stage, out_of_memory
+from spin_ray.fitting.compiled_stage import compiled_run_stage, compiles, out_of_memory
 from spin_ray.fitting.smplify import (
     SmplifyParams,
     SmplifyResult,
@@ -148,7 +148,7 @@ def _fit(
     on_iteration: Callable[[SmplifyParams, torch.Tensor], None] | None = None,
 ) -> SmplifyResult:
     """fit's dispatch on fitting.recipe."""
-    runner = compiled_run_stage if fitting.compiled else run_stage
+    runner = compiled_run_stage if compiles(fitting) else run_stage
     if fitting.recipe == "spin":
         return smplify(body, pose_prior, keypoints_2d, init, fitting, camera, on_iteration, runner)
     if fitting.recipe == "staged":

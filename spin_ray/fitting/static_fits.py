@@ -20,6 +20,7 @@ from spin_ray.body.frames import NO_AUG, SCALE_UNIT_PX
 from spin_ray.config import CameraConfig, FittingConfig
 from spin_ray.errors import InputError
 from spin_ray.fitting.canonical_fits import StartBatch, fit_predictions
+from spin_ray.fitting.compiled_stage import compiles
 from spin_ray.fitting.starts import typical_depth
 from spin_ray.fitting.smplify import SmplifyParams, camera_from_keypoints, ignored_joints, rejected_samples
 from spin_ray.geometry import pixels_to_normalised
@@ -102,6 +103,7 @@ def fit_static(
     if fitted.shape != (n,):
         raise InputError(f"fit_rows has shape {fitted.shape}, expected ({n},) for {n} samples")
     todo = np.flatnonzero(fitted)
+    fitting = fitting.model_copy(update={"compiled": compiles(fitting, len(todo))})  # auto: by the rows to fit
     pose = np.full((n, 72), np.nan, np.float32)
     betas = np.full((n, body.num_betas), np.nan, np.float32)
     error = np.full(n, np.inf)
