@@ -38,9 +38,6 @@ class FitStart(Protocol):
     aug: Any  # (B, 6) augmentation records in AUG_FIELDS order
 
 
-START_FIELDS: tuple[str, ...] = ("pose", "betas", "camera_t", "keypoints", "aug")  # a FitStart's fields, in order
-
-
 @dataclass(frozen=True)
 class StartBatch:
     """A `FitStart` of tensors: what `static_fits.static_start` builds from given parameters."""

@@ -18,7 +18,7 @@ from spin_ray.body.joints import NUM_KEYPOINTS
 from spin_ray.config import CameraConfig, FittingConfig, RunConfig
 from spin_ray.data.augment import IDENTITY_AUG
 from spin_ray.errors import ConfigError, PipelineError
-from spin_ray.fitting.canonical_fits import START_FIELDS, CanonicalFits, StartBatch, fit_predictions
+from spin_ray.fitting.canonical_fits import CanonicalFits, fit_predictions
 from spin_ray.fitting.priors import load_pose_prior
 from spin_ray.fitting.starts import typical_depth
 from spin_ray.model.device import resolve_device
@@ -84,8 +84,7 @@ class FitterActor(FitterHealth):
         """Fit several requests as one SMPLify batch; write and report each as `fit` would (its own step), with
         the call's wall and CPU time shared out by samples."""
         start, cpu_start = time.perf_counter(), time.process_time()
-        together = requests[0] if len(requests) == 1 else StartBatch(
-            *(torch.from_numpy(np.concatenate([getattr(r, name) for r in requests])) for name in START_FIELDS))
+        together = requests[0] if len(requests) == 1 else FitRequest.joined(requests)
         fits = fit_predictions(self.body, self.prior, together, self.fitting, self.camera)
         pose, betas = fits.pose.cpu().numpy(), fits.betas.cpu().numpy()
         errors = fits.error.cpu().numpy().astype(np.float64)

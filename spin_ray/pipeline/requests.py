@@ -163,6 +163,13 @@ class FitRequest:
         return cls.build(predictions.step, predictions.datasets, predictions.indices, predictions.pose,
                          predictions.betas, predictions.camera_t, predictions.keypoints, predictions.aug)
 
+    @classmethod
+    def joined(cls, requests: Sequence[FitRequest]) -> FitRequest:
+        """Several requests as one batch (their rows in order, the newest step), for one SMPLify call."""
+        arrays = (np.concatenate([getattr(r, name) for r in requests])
+                  for name in ("indices", "pose", "betas", "camera_t", "keypoints", "aug"))
+        return cls.build(max(r.step for r in requests), [d for r in requests for d in r.row_datasets], *arrays)
+
     @property
     def row_datasets(self) -> np.ndarray:
         """(B,) the dataset name of each row."""
