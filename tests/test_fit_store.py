@@ -383,3 +383,15 @@ def test_index_groups_of_an_existing_namespace_are_kept_and_the_unused_setting_n
     assert later.layout.groups == created
     assert f"store.index_groups {other} is not used" in caplog.text and f"created with {created}" in caplog.text
     assert later.count("coco") == 4 and fit_store.count("coco") == 4
+
+
+def test_an_embedded_servers_records_are_compact_hashes_and_read_back_the_same(fit_store):
+    if fit_store.is_cluster:
+        pytest.skip("the cluster's servers are configured by whoever runs them (tests/cluster_fixture.py here)")
+    pose, betas, err = _rows(3)
+    assert fit_store.keep_best("coco", [0, 1, 2], pose, betas, err, 4, "loop").all()
+    for i in range(3):  # one allocation a record, not a hash table (store/embedded.py: hash-max-ziplist-value)
+        assert fit_store.client.object("encoding", fit_store.record_key("coco", i)) in (b"ziplist", b"listpack")
+    got = fit_store.read("coco", [0, 1, 2])
+    assert np.array_equal(got.pose, pose) and np.array_equal(got.betas, betas) and got.error.tolist() == err.tolist()
+    assert fit_store.client.hstrlen(fit_store.record_key("coco", 1), "pose") == 288
