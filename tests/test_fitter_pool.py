@@ -126,8 +126,16 @@ def test_queued_requests_are_fitted_together_up_to_the_fitter_batch_size(make_po
     requests = [make_request(body, camera, BATCH, seed, step=seed, first_index=BATCH * seed, augment=seed % 2 == 1)
                 for seed in range(7)]
     assert all(pool.submit(r) for r in requests)  # the first is sent at once, six wait
-    assert pool.drain(60)
+    m = pool.metrics()
+    assert m.in_flight == 1 and m.in_flight_samples == BATCH and m.pending == 6
     reports = {r.request_id: r for r in pool.poll()}
+    while pool.metrics().in_flight == 1:  # the first comes back: three of the six go in one call
+        time.sleep(0.02)
+        reports |= {r.request_id: r for r in pool.poll()}
+    m = pool.metrics()
+    assert (m.in_flight, m.in_flight_samples, m.pending, m.fitter_calls) == (3, 3 * BATCH, 3, 2), m
+    assert pool.drain(60)
+    reports |= {r.request_id: r for r in pool.poll()}
     m = pool.metrics()
     assert m.completed == 7 and m.dropped == 0 and accounted(m) == m.submitted == 7
     assert m.fitter_calls == 3  # 1 request, then 3 + 3 of the six queued (12 samples each)

@@ -319,6 +319,7 @@ class FitterPool:
         return self._counts.snapshot(
             self.name, self._pipeline.metrics_window_s, self._started, num_fitters=len(self._fitters.active()),
             in_flight=self._requests_in_flight(),
+            in_flight_samples=sum(r.batch_size for s in self._sent.values() for r in s.requests),
             in_flight_per_fitter={s.actor_id: self._requests_in_flight(s) for s in self._fitters.slots},
             pending=len(self._pending), current_step=self._step, last_error=self._last_error)
 

@@ -25,6 +25,8 @@ class PoolMetrics(BaseModel):
     in_flight: int = Field(description="requests sent to fitters and not yet collected")
     peak_in_flight: int = Field(description="largest in_flight seen since the pool started")
     in_flight_per_fitter: dict[str, int] = Field(description="in-flight requests by fitter actor id")
+    in_flight_samples: int = Field(0, description="samples of the in-flight requests (a fitter call fits up to "
+                                                  "pipeline.fitter_batch_size of them together)")
     fitter_calls: int = Field(0, description="fitter calls sent; fewer than the requests sent where queued requests "
                                              "were fitted together")
     pending: int = Field(description="requests queued in the pool, waiting for a free fitter")
