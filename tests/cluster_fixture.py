@@ -77,6 +77,7 @@ class LocalCluster:
         args = [str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "yes", "--appendfsync", "everysec",
+                "--hash-max-ziplist-value", "512",
                 "--save", "", "--daemonize", "no", "--logfile", "redis.log"]
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
