@@ -50,10 +50,11 @@ def test_a_worse_fit_scores_higher():
 
 def test_a_step_and_the_request_made_of_it_fit_the_same():
     """The trainer's tensors (sync mode) and the pool's read-only numpy request go through one fit, equally."""
-    from spin_ray.fitting.canonical_fits import StepPredictions, fit_predictions
+    from spin_ray.fitting.canonical_fits import fit_predictions
     from spin_ray.fitting.priors import load_pose_prior
     from spin_ray.fitting.starts import typical_depth
     from spin_ray.pipeline.requests import FitRequest
+    from spin_ray.train.supervision import StepPredictions
 
     body = BodyModel.embedded()
     problem = synthetic_problems(body, 4, torch.Generator().manual_seed(5), CFG.camera)

@@ -27,8 +27,8 @@ from spin_ray.geometry import keypoints_to_pixels
 class FitStart(Protocol):
     """What `fit_predictions` fits: an SMPLify start in a batch's augmented crop, with its keypoints and augmentation.
 
-    Tensors or numpy arrays: `StepPredictions`, `StartBatch` and the pipeline's `FitRequest` all have
-    these fields, so each hands itself to `fit_predictions` as it is (no torch object crosses Ray).
+    Tensors or numpy arrays: the trainer's `StepPredictions`, `StartBatch` and the pipeline's `FitRequest` all
+    have these fields, so each hands itself to `fit_predictions` as it is (no torch object crosses Ray).
     """
 
     pose: Any  # (B, 72) axis-angle, augmented frame
@@ -49,21 +49,15 @@ class StartBatch:
     aug: torch.Tensor
 
 
-@dataclass(frozen=True)
-class StepPredictions:
-    """A step's detached predictions as an SMPLify start (a `FitStart`), with the batch's sample names.
+class SampleStarts(FitStart, Protocol):
+    """A `FitStart` of named samples at a trainer step: what the fitter pool takes (`FitQueue.submit_predictions`).
 
-    What the trainer hands the fitter pool and what `spin-ray fit` sends it: it lives here, below both.
+    The trainer's `StepPredictions` (train/supervision.py) is one; the pool turns it into its own `FitRequest`.
     """
 
-    step: int
-    datasets: list[str]  # (B,) dataset of each row
-    indices: np.ndarray  # (B,) int64 dataset rows
-    pose: torch.Tensor  # (B, 72) axis-angle, in the batch's augmented frame
-    betas: torch.Tensor  # (B, num_betas)
-    camera_t: torch.Tensor  # (B, 3) camera translation
-    keypoints: torch.Tensor  # (B, 49, 3) normalised in the augmented crop
-    aug: torch.Tensor  # (B, 6) augmentation records
+    step: int  # the trainer step whose predictions these are (0: a dataset fit's starts)
+    datasets: Any  # (B,) dataset name of each row
+    indices: Any  # (B,) int64 dataset rows
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,6 @@ from spin_ray.pipeline.fitter import FitterActor
 from spin_ray.pipeline.pool import FitterPool
 from spin_ray.pipeline.requests import FitRequest
 from spin_ray.store.fit_store import FitStore
-from spin_ray.fitting.canonical_fits import StepPredictions
 
 # Store rows read per round of the "what is missing" scan (one pipelined batch read each).
 READ_CHUNK = 8192
@@ -128,13 +127,13 @@ def rows_to_fit(store: FitStore, dataset: str, usable: np.ndarray, refit_above: 
     return np.concatenate(todo) if todo else np.zeros(0, np.int64)
 
 
-def start_predictions(body: BodyModel, job: DatasetFit, rows: np.ndarray, cfg: RunConfig) -> StepPredictions:
-    """The rows' starts as a step's predictions in the canonical crop, what the pool takes from a trainer."""
+def start_request(body: BodyModel, job: DatasetFit, rows: np.ndarray, cfg: RunConfig) -> FitRequest:
+    """The rows' starts in the canonical crop as a request, what the pool makes of a trainer's predictions."""
     pose, betas = job.start_of(rows)
     keypoints = torch.from_numpy(np.ascontiguousarray(job.keypoints[rows], np.float32))
     start = static_start(body, keypoints, pose, betas, cfg.camera, cfg.fitting)
-    return StepPredictions(job.step, [job.dataset] * len(rows), rows.astype(np.int64), start.pose, start.betas,
-                           start.camera_t, start.keypoints, start.aug)
+    return FitRequest.build(job.step, job.dataset, rows.astype(np.int64), start.pose, start.betas, start.camera_t,
+                            start.keypoints, start.aug)
 
 
 class _Progress:
@@ -207,7 +206,7 @@ def _send_all(pool: FitterPool, body: BodyModel, job: DatasetFit, cfg: RunConfig
     """Submit the rows batch by batch (each submit waits for a free fitter), then wait for the last reports."""
     for begin in range(0, len(todo), cfg.fitting.batch_size):
         rows = todo[begin:begin + cfg.fitting.batch_size]
-        request = FitRequest.from_predictions(start_predictions(body, job, rows, cfg))
+        request = start_request(body, job, rows, cfg)
         tracker.rows_of[request.request_id] = rows
         pool.submit(request)  # busy_policy block: waits for a free fitter, never drops
         tracker.take(pool.poll())

@@ -27,7 +27,7 @@ from ray.exceptions import RayActorError, RayError
 
 from spin_ray.config import RunConfig
 from spin_ray.errors import PipelineError, StoreFullError
-from spin_ray.fitting.canonical_fits import StepPredictions
+from spin_ray.fitting.canonical_fits import SampleStarts
 from spin_ray.pipeline.fitter_protocol import fitter_actor_class
 from spin_ray.pipeline.fitter_slots import FitterSlots, Slot
 from spin_ray.pipeline.pool_metrics import PoolCounts, PoolMetrics, RayMetrics
@@ -115,7 +115,7 @@ class FitterPool:
         """Tell the pool the trainer's current step (results older than staleness_steps count stale)."""
         self._step = max(self._step, int(step))
 
-    def submit_predictions(self, predictions: StepPredictions) -> bool:
+    def submit_predictions(self, predictions: SampleStarts) -> bool:
         """A step's predictions as a request (train's `FitQueue` call); False if dropped at once."""
         return self.submit(FitRequest.from_predictions(predictions))
 

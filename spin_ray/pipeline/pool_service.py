@@ -21,7 +21,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from spin_ray.config import RunConfig
 from spin_ray.errors import PipelineError
-from spin_ray.fitting.canonical_fits import StepPredictions
+from spin_ray.fitting.canonical_fits import SampleStarts
 from spin_ray.pipeline.pool import REPORTS_KEPT, FitterPool, PoolMetrics
 from spin_ray.pipeline.ray_errors import cause_line as _cause
 from spin_ray.pipeline.ray_errors import spin_error
@@ -186,7 +186,7 @@ class PoolClient:
                 raise PipelineError(f"the shared fitter pool refused a request from worker {self.rank}: "
                                     f"{_cause(err)}") from None
 
-    def submit_predictions(self, predictions: StepPredictions) -> bool:
+    def submit_predictions(self, predictions: SampleStarts) -> bool:
         """A step's predictions as a request to the shared pool (train's `FitQueue` call)."""
         return self.submit(FitRequest.from_predictions(predictions))
 

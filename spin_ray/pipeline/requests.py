@@ -18,7 +18,7 @@ import numpy as np
 from spin_ray.body.frames import AUG_DIM, AUG_FIELDS
 from spin_ray.body.joints import NUM_KEYPOINTS
 from spin_ray.errors import FitStoreError, PipelineError
-from spin_ray.fitting.canonical_fits import StepPredictions
+from spin_ray.fitting.canonical_fits import SampleStarts
 from spin_ray.store.records import BETAS_SIZE, POSE_SIZE, check_name
 
 CAMERA_T_SIZE = 3
@@ -158,7 +158,7 @@ class FitRequest:
             raise PipelineError(f"fit request: aug[{row}] holds NaN or inf; augmentation records must be finite")
 
     @classmethod
-    def from_predictions(cls, predictions: StepPredictions) -> FitRequest:
+    def from_predictions(cls, predictions: SampleStarts) -> FitRequest:
         """The request for one step's predictions (what the trainer hands the pool)."""
         return cls.build(predictions.step, predictions.datasets, predictions.indices, predictions.pose,
                          predictions.betas, predictions.camera_t, predictions.keypoints, predictions.aug)

@@ -28,7 +28,7 @@ import torch
 from spin_ray.body.body_model import BodyModel, axis_angle_pose_to_rotmats
 from spin_ray.body.frames import augment_pose
 from spin_ray.config import CameraConfig, FittingConfig
-from spin_ray.fitting.canonical_fits import StepPredictions, fit_predictions
+from spin_ray.fitting.canonical_fits import fit_predictions
 from spin_ray.geometry import matrix_to_axis_angle, weak_perspective_to_translation
 from spin_ray.model.hmr import HMROutput
 from spin_ray.store.decode import describe
@@ -184,6 +184,21 @@ class StoreFits:
 
     def close(self) -> None:
         """Nothing to release: the store belongs to whoever opened it."""
+
+
+@dataclass(frozen=True)
+class StepPredictions:
+    """A step's detached predictions as an SMPLify start, with the batch's sample names: a `SampleStarts`
+    (fitting/canonical_fits.py), which the fitter pool takes and `sync` mode fits itself."""
+
+    step: int
+    datasets: list[str]  # (B,) dataset of each row
+    indices: np.ndarray  # (B,) int64 dataset rows
+    pose: torch.Tensor  # (B, 72) axis-angle, in the batch's augmented frame
+    betas: torch.Tensor  # (B, num_betas)
+    camera_t: torch.Tensor  # (B, 3) camera translation
+    keypoints: torch.Tensor  # (B, 49, 3) normalised in the augmented crop
+    aug: torch.Tensor  # (B, 6) augmentation records
 
 
 def smplify_terms(pred: HMROutput, camera: CameraConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
