@@ -124,7 +124,8 @@ def section(rows: list[dict], header: str, command: str, busy_before: float) -> 
         lines += ["", "On GPUs nothing was measured here (this machine has none). With benchmarks/SCALING.md's "
                   "*assumed* 0.25 GPU-s per batch of 64 (256 fits/s per GPU), N GPU fitters would take "
                   f"{PROJECTED / 256 / 60:.0f} / N minutes, as long as the store keeps up: the keep-best writes "
-                  "measured in bench_store (18-38k/s on this machine) allow ~70-150 such GPUs on one Redis."]
+                  "measured in bench_store (~6 µs of Redis CPU a write, ~11 µs a sample with its read; SCALING.md) allow "
+                  "~250 such GPUs on one Redis at half its core."]
     if busy_before > 0.15:
         lines += ["", f"Other work kept the CPU {100 * busy_before:.0f} % busy in the second before this run: "
                   "wall-clock numbers are lower bounds, the 2-fitter row most of all."]
