@@ -203,3 +203,21 @@ def test_the_compiled_joints_only_forward_equals_the_eager_one(body):
     betas = torch.randn(16, body.num_betas, generator=g)
     compiled = torch.compile(lambda r, b: body.keypoints(r, b), fullgraph=True)(rotmats, betas)
     torch.testing.assert_close(compiled, body.keypoints(rotmats, betas), rtol=0, atol=1e-5)
+
+
+def test_the_fitters_warm_up_batch_compiles_the_program_every_batch_size_uses(body, prior):
+    # FitterActor warms up on WARM_UP_BATCH rows before it reports ready; a batch of 1, 2 or 5 there got a program
+    # of its own and the first real request compiled again (83 requests dropped in a make run while it did).
+    import torch._dynamo
+
+    from spin_ray.pipeline.fitter import WARM_UP_BATCH
+
+    torch._dynamo.reset()
+    fitting = CFG.fitting.model_copy(update={"compiled": True, "iterations_camera": 1, "iterations_body": 1})
+    graphs = []
+    for batch in (WARM_UP_BATCH, 32, 64):
+        problem = synthetic_problems(body, batch, torch.Generator().manual_seed(batch), CFG.camera)
+        fit(body, prior, problem.keypoints_2d, network_like_init(problem, torch.Generator().manual_seed(1)), fitting,
+            CFG.camera)
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert graphs[0] == graphs[1] == graphs[2], graphs

@@ -38,6 +38,9 @@ def fitter_device(config: RunConfig) -> torch.device:
         raise ConfigError(f"{err} (fitter processes see a GPU only with pipeline.fitter_num_gpus > 0)") from None
 
 
+WARM_UP_BATCH = 17
+
+
 class FitterActor(FitterHealth):
     """One fitter process: builds its body model, prior and store connection once, then fits requests."""
 
@@ -67,13 +70,18 @@ class FitterActor(FitterHealth):
         self._warm_up()
 
     def _warm_up(self) -> None:
-        """One tiny fit, so lazy imports (torch's Adam pulls in torch._dynamo: seconds) happen before readiness."""
+        """One short fit before readiness: lazy imports (torch's Adam pulls in torch._dynamo: seconds) and, with
+        compiled stages, the compile itself, so the first request does not wait for it."""
         fitting = self.fitting.model_copy(update={"iterations_camera": 1, "iterations_body": 1})
-        keypoints = np.zeros((1, NUM_KEYPOINTS, 3), np.float32)
+        # 17 rows: a batch size no other dimension of the program has, so torch.compile makes the program for
+        # every batch size at once (a batch of 1, 2 or 5 got a program of its own, and the first real request
+        # then compiled again, 30-60 s during training).
+        n = WARM_UP_BATCH
+        keypoints = np.zeros((n, NUM_KEYPOINTS, 3), np.float32)
         keypoints[..., 2] = 1.0
-        camera_t = np.array([[0.0, 0.0, typical_depth(self.camera)]], np.float32)
-        warm = FitRequest.build(0, "warm-up", [0], np.zeros((1, 72)), np.zeros((1, self.body.num_betas)), camera_t,
-                                keypoints, IDENTITY_AUG.as_array()[None])
+        camera_t = np.tile(np.array([[0.0, 0.0, typical_depth(self.camera)]], np.float32), (n, 1))
+        warm = FitRequest.build(0, "warm-up", np.arange(n), np.zeros((n, 72)), np.zeros((n, self.body.num_betas)),
+                                camera_t, keypoints, np.tile(IDENTITY_AUG.as_array()[None], (n, 1)))
         fit_predictions(self.body, self.prior, warm, fitting, self.camera)
 
     def fit(self, request: FitRequest) -> FitReport:
