@@ -117,6 +117,13 @@ class FittingConfig(Section):
                                   "thread; benchmarks/RESULTS.md, 'SMPLify, compiled')"
     )
 
+    @field_validator("compiled", mode="before")
+    @classmethod
+    def _compiled_choice(cls, value: object) -> object:
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError("compiled is true, false or auto")
+
     @field_validator("recipe", mode="before")
     @classmethod
     def _former_recipe(cls, value: object) -> object:

@@ -190,6 +190,12 @@ def test_auto_compiles_open_ended_fitters_and_dataset_fits_from_the_threshold():
     assert not compiles(auto.model_copy(update={"compiled": False}))
 
 
+def test_a_compiled_setting_other_than_true_false_or_auto_is_one_line():
+    with pytest.raises(ValueError, match="compiled is true, false or auto") as err:
+        RunConfig.model_validate({"fitting": {"compiled": "maybe"}})
+    assert str(err.value).count("compiled") == 2  # the field's name and the message: no second union error
+
+
 def test_the_former_recipe_name_is_one_line_naming_its_replacement():
     with pytest.raises(ValueError, match="recipe spin_compiled is now recipe spin with fitting.compiled: true"):
         RunConfig.model_validate({"fitting": {"recipe": "spin_compiled"}})
