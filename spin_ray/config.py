@@ -207,7 +207,8 @@ class PipelineConfig(Section):
     )
     fitter_class: str = Field(
         "spin_ray.pipeline.fitter:FitterActor",
-        description="module:Class of the fitter actors (FitterActor's calls: fit, ping, pid); the default runs SMPLify",
+        description="module:Class of the fitter actors (FitterActor's calls: fit, fit_many, ping, pid); the default "
+                    "runs SMPLify",
     )
     startup_timeout_s: float = Field(300.0, gt=0, description="wait this long for new fitters to answer a ping")
     autoscaler_report_wait_s: float = Field(

@@ -1,5 +1,9 @@
 """What the pool expects of a fitter actor class (pipeline.fitter_class): fit, ping and pid, and the report.
 
+Optionally `fit_many(requests) -> reports`, one report a request: the pool then sends a fitter the requests
+that queued for it as one call, up to pipeline.fitter_batch_size samples (FitterActor's `fit` is its
+`fit_many` of one, so a subclass changes `fit_many`); a class without it gets one request a call.
+
 Torch-free on purpose: any fitter class may build on it without paying for torch in its process.
 `FitterHealth` gives a class the pool's ping and pid (in their own Ray concurrency group, so they
 answer while a fit runs); `report_fields` is the one place a fitter's report is computed from a
