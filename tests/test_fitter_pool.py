@@ -145,8 +145,6 @@ def test_queued_requests_are_fitted_together_up_to_the_fitter_batch_size(make_po
     for seed, request in enumerate(requests):
         assert (together[seed].source == "loop").all() and (together[seed].step == request.step).all()
     # The same requests one a call, into a fresh namespace: the same fits to float rounding.
-    from spin_ray.store.fit_store import FitStore
-
     alone = FitStore.open(store.address.url.get_secret_value(), f"{store.namespace}-alone", body_model_hash=body.identity)
     try:
         single = FitterPool(fast_config(num_fitters=1, fitter_batch_size=None, busy_policy="block"), alone.address,
@@ -164,6 +162,25 @@ def test_queued_requests_are_fitted_together_up_to_the_fitter_batch_size(make_po
     finally:
         alone.drop()
         alone.close()
+
+
+def test_a_fitter_class_without_fit_many_gets_one_request_a_call_and_says_so(ray_local, store, body, caplog):
+    from spin_ray_sim.standin import standin_fitter_class
+
+    caplog.set_level("INFO", logger="spin_ray.pipeline.pool")
+    config = fast_config(num_fitters=1, max_in_flight_per_fitter=1, max_pending=8, fitter_batch_size=64)
+    pool = FitterPool(config, store.address, name="no-batching", fitter_class=standin_fitter_class(20.0))
+    try:
+        said = [r.message for r in caplog.records if "fitter_batch_size is unused" in r.message]
+        assert len(said) == 1 and "has no fit_many" in said[0]
+        camera = config.camera
+        for seed in range(4):  # one sent, three queued behind it
+            assert pool.submit(make_request(body, camera, BATCH, seed, step=seed, first_index=BATCH * seed))
+        assert pool.drain(60)
+        m = pool.metrics()
+        assert m.completed == 4 and m.fitter_calls == 4
+    finally:
+        pool.shutdown()
 
 
 def test_drop_with_no_queue_refuses_the_new_request_and_failed_fits_are_counted(make_pool, store, body):

@@ -28,7 +28,7 @@ from ray.exceptions import RayActorError, RayError
 from spin_ray.config import RunConfig
 from spin_ray.errors import PipelineError, StoreFullError
 from spin_ray.fitting.canonical_fits import SampleStarts
-from spin_ray.pipeline.fitter_protocol import fitter_actor_class
+from spin_ray.pipeline.fitter_protocol import fitter_actor_class, import_fitter_class
 from spin_ray.pipeline.fitter_slots import FitterSlots, Slot
 from spin_ray.pipeline.pool_metrics import PoolCounts, PoolMetrics, RayMetrics
 from spin_ray.pipeline.ray_errors import cause_line as _cause
@@ -64,6 +64,12 @@ class FitterPool:
         self._config = config
         self._store = store
         self._pipeline = config.pipeline
+        fitter_class = fitter_class or import_fitter_class(self._pipeline.fitter_class)
+        # Queued requests go to a fitter together only where its class can fit several in one call.
+        self._batch_limit = self._pipeline.fitter_batch_size if hasattr(fitter_class, "fit_many") else None
+        if self._pipeline.fitter_batch_size is not None and self._batch_limit is None:
+            log.info("pool %s: %s has no fit_many, so pipeline.fitter_batch_size is unused: one request a call",
+                     name, fitter_class.__name__)
         self._fitters = FitterSlots(fitter_actor_class(self._pipeline, fitter_class), config, store, name)
         self._target = 0
         self._sent: dict[ray.ObjectRef, _Sent] = {}
@@ -270,8 +276,8 @@ class FitterPool:
         while self._pending and self._free_capacity() > 0:
             slot = min(self._fitters.active(), key=lambda s: s.in_flight)
             requests = [self._pending.popleft()]
-            limit, size = self._pipeline.fitter_batch_size, requests[0].batch_size
-            if limit is not None and hasattr(slot.actor, "fit_many"):
+            limit, size = self._batch_limit, requests[0].batch_size
+            if limit is not None:
                 while self._pending and size + self._pending[0].batch_size <= limit:
                     requests.append(self._pending.popleft())
                     size += requests[-1].batch_size
