@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from spin_ray.errors import DataDirInUseError, FitStoreError
 
@@ -112,7 +114,9 @@ def check_port_free(port: int) -> None:
 
 def _listener(port: int) -> str:
     """What answers on 127.0.0.1:`port`, in words, as far as a Redis PING tells."""
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5)
+    # No retries: redis-py's default retries a silent listener for ~10 s.
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=0.5,
+                         retry=Retry(NoBackoff(), 0))
     try:
         pid = client.info("server").get("process_id")
         return f"another redis-server (pid {pid})"
