@@ -14,6 +14,7 @@ from spin_ray.store.fit_store import FitStore
 from spin_ray.store.server import EmbeddedRedis, free_port
 
 from conftest import TEST_BODY_HASH
+from store_writer import concurrent_writer
 
 
 @pytest.fixture
@@ -103,32 +104,14 @@ def test_curation_queries_match_numpy(fit_store):
 # -- concurrency ----------------------------------------------------------------------------------
 
 
-def _concurrent_writer(store, worker, n_samples, rounds, barrier, results):
-    rng = np.random.default_rng(100 + worker)
-    all_errors, total_written = [], 0
-    barrier.wait(timeout=120)  # all writers start together, so their batches really interleave
-    for _ in range(rounds):
-        order = rng.permutation(n_samples)
-        errors = rng.uniform(0, 1000, size=n_samples)
-        for start in range(0, n_samples, 64):
-            idx = order[start : start + 64]
-            e = errors[idx]
-            # The pose carries its own error so a test can tell which write a record came from.
-            pose = np.repeat(e.astype(np.float32)[:, None], 72, axis=1)
-            betas = np.full((idx.size, 10), worker, dtype=np.float32)
-            total_written += int(store.keep_best("coco", idx, pose, betas, e, worker, "loop").sum())
-        all_errors.append(errors)
-    store.close()
-    results.put((worker, np.stack(all_errors), total_written))
-
-
 def test_concurrent_writers_keep_the_minimum(fit_store):
     n_samples, workers, rounds = 1000, 8, 2
-    # forkserver: writers start clean even if other tests left threads (torch, Ray) in this process.
+    # forkserver: writers start clean even if other tests left threads (torch, Ray) in this process; the
+    # writer lives in a module without torch, so that each of them starts in ~0.5 s (2.7 s through conftest).
     ctx = mp.get_context("forkserver")
     barrier, queue = ctx.Barrier(workers), ctx.Queue()
     procs = [
-        ctx.Process(target=_concurrent_writer, args=(fit_store, w, n_samples, rounds, barrier, queue))
+        ctx.Process(target=concurrent_writer, args=(fit_store, w, n_samples, rounds, barrier, queue))
         for w in range(workers)
     ]
     for proc in procs:
