@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
+from spin_ray.cli import exit_with
 from spin_ray.cli.launch import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -33,6 +33,11 @@ def _alive(procs):
     return left
 
 
+def _program_names(procs):
+    """The program names of the live processes (one just forked may show no command line yet)."""
+    return {parts[1].rsplit("/", 1)[-1] for parts in map(str.split, _alive(procs)) if len(parts) > 1}
+
+
 def _in_session(sid):
     found = set()
     for pid in psutil.pids():
@@ -87,8 +92,7 @@ def test_sigint_to_a_background_launch_before_training_leaves_nothing(tmp_path, 
                                                              "init_store_from_static_fits": False})
     run, seen = _background_launch(tmp_path, cfg), set()
     try:
-        _wait_for(run, seen, lambda: {"redis-server", "raylet"} <= {line.split()[1].rsplit("/", 1)[-1]
-                                                                    for line in _alive(seen)})
+        _wait_for(run, seen, lambda: {"redis-server", "raylet"} <= _program_names(seen))
         time.sleep(1.0)  # the run is past ray.init, in the driver's wait for the trainer
         _stop_and_check(run, signal.SIGINT, seen)
     finally:
