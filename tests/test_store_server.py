@@ -155,6 +155,15 @@ def test_bad_url_scheme(tmp_path):
         connect("http://user:pw@127.0.0.1:1", 0.1)
 
 
+def test_a_misspelt_url_option_is_one_line(redis_server):
+    """redis-py hands unknown query options to its connection, which raised a TypeError with a traceback."""
+    with pytest.raises(FitStoreError, match=r"has an option the Redis client does not take \(.*'ssl_ca_cert'\)"):
+        connect(redis_server.url + "?ssl_ca_cert=/etc/ca.pem", 5)
+    with pytest.raises(FitStoreError, match="to a plain connection: write rediss://"):
+        connect(redis_server.url + "?ssl_ca_certs=/etc/hostname", 5)
+    connect(redis_server.url + "?socket_keepalive=true", 5).close()  # the client's own options still pass
+
+
 def test_store_url_yields_the_configured_server(redis_server, tmp_path, monkeypatch):
     with store_url(StoreConfig(url=redis_server.url), tmp_path / "unused") as url:
         assert url == redis_server.url

@@ -21,7 +21,7 @@ from spin_ray.errors import FitStoreError, FitStoreUnavailable, StoreFullError
 from spin_ray.redact import redact_url, scrub
 from spin_ray.store.cluster import CLUSTER_SCHEMES, connect_cluster, refuse_cluster_node
 from spin_ray.store.embedded import RAY_GCS_PORT, EmbeddedRedis, find_redis_server, free_port
-from spin_ray.store.tls import tls_failure, tls_options
+from spin_ray.store.tls import TLS_OPTIONS, tls_failure, tls_options
 
 if TYPE_CHECKING:
     from spin_ray.config import StoreConfig
@@ -98,6 +98,12 @@ def connect(url: str, timeout_s: float = 30.0) -> redis.Redis:
             raise FitStoreError(
                 f"bad host in Redis URL {redact_url(url)!r} ({type(err).__name__}: {scrub(first_line(err), url)}): "
                 f"give a host name or IP address, and percent-encode # / ? @ in a password"
+            ) from None
+        except TypeError as err:  # redis-py passes unknown query options on to its connection: a misspelt one
+            client.close()
+            raise FitStoreError(
+                f"Redis URL {redact_url(url)!r} has an option the Redis client does not take ({scrub(err, url)}): "
+                f"check its spelling (TLS: {', '.join(TLS_OPTIONS)})"
             ) from None
         except redis.RedisError as err:  # e.g. InvalidResponse: something else listens on that port
             client.close()
