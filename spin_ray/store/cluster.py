@@ -1,8 +1,9 @@
 """Redis Cluster for the fit store: the `redis+cluster://` URL, redis-py's cluster client, and its bad input.
 
 `redis+cluster://[user:password@]host:port[,host:port...]` (or `rediss+cluster://` for TLS, with the TLS
-options of store/tls.py in its query string) names the start nodes of a cluster; the client learns the rest of the topology from them and follows it when a
-replica is promoted. Every message shows the URL with its password masked.
+options of store/tls.py in its query string) names the start nodes of a cluster; the client learns the
+rest of the topology from them and follows it when a replica is promoted. Every message shows the URL
+with its password masked.
 """
 
 from __future__ import annotations
